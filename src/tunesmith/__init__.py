@@ -1,0 +1,31 @@
+"""tunesmith: check your data, fine-tune a model on it, prove it beat the base model, deploy it.
+
+The Python API mirrors the CLI; heavy modules load on first use so `import tunesmith` is instant.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+from tunesmith.config import Config, load_config  # noqa: E402
+from tunesmith.errors import TunesmithError  # noqa: E402
+
+_LAZY = {
+    "load_model": ("tunesmith.models.load", "load_model"),
+    "ModelStore": ("tunesmith.models.store", "ModelStore"),
+    "generate": ("tunesmith.generation", "generate"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'tunesmith' has no attribute {name!r}")
+
+
+__all__ = ["Config", "TunesmithError", "load_config", *_LAZY]

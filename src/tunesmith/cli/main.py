@@ -1,0 +1,54 @@
+"""The `tunesmith` command: registers each noun's module and turns TunesmithError into one clear line."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from tunesmith.cli.common import err_console
+from tunesmith.errors import TunesmithError
+
+app = typer.Typer(
+    name="tunesmith",
+    help="Make a language model learn your way: check data, fine-tune, prove it beat the base model, deploy.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+
+# Each module has register(app). Modules import heavy libraries inside their commands only,
+# so `tunesmith --help` stays instant.
+COMMAND_MODULES = ["models", "config_cmd", "generate", "quickstart"]
+
+
+@app.callback()
+def main(
+    debug: bool = typer.Option(False, "--debug", help="show full tracebacks for errors"),
+) -> None:
+    """tunesmith: fine-tuning with data checks, honest evaluation and safe resume."""
+
+
+def _register() -> None:
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"tunesmith.cli.{name}").register(app)
+
+
+_register()
+
+
+def run() -> None:
+    """Console-script entry point."""
+    debug = "--debug" in sys.argv
+    try:
+        app()
+    except TunesmithError as e:
+        if debug:
+            raise
+        err_console.print(f"[bold red]error:[/] {e}", markup=True, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,1 @@
+"""Data: formats (detect + normalise), check (quality report), split/prepare, render (ids + loss mask)."""

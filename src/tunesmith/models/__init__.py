@@ -1,0 +1,1 @@
+"""Models: the named store (store.py) and local-only loading, GGUF included (load.py)."""

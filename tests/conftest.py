@@ -1,0 +1,57 @@
+"""Shared fixtures: a tiny Llama (2 layers, hidden 64) with the real SmolLM2 tokenizer, and an isolated store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = Path(__file__).resolve().parent / "assets"
+TOKENIZER_DIR = ASSETS / "smollm2-tokenizer"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The embedded model's converted cache persists here across runs (it takes ~20 s to build).
+os.environ.setdefault("TUNESMITH_HOME", str(ROOT / ".tunesmith-home"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def build_tiny_model(folder: Path, seed: int = 0) -> Path:
+    """Save a randomly initialised 2-layer Llama (hidden 64) with the real tokenizer into `folder`."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny model folder (read-only by convention: copy it before changing it)."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from tunesmith.models.load import load_tokenizer
+
+    return load_tokenizer(TOKENIZER_DIR)
+
+
+@pytest.fixture
+def store_home(tmp_path, monkeypatch) -> Path:
+    """An empty $TUNESMITH_HOME for tests that add or remove models or runs."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("TUNESMITH_HOME", str(home))
+    return home
