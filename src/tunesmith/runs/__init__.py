@@ -1,0 +1,1 @@
+"""Runs: the self-describing run folder (layout), the SQLite registry (registry), lookup (store), tuned models (tuned)."""
