@@ -322,10 +322,10 @@ def _all_dotted() -> list[str]:
 
 
 def _unknown(key: str, valid: list[str], where: str) -> str:
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    if not close:  # a key put under the wrong section: match on the last part
-        leaf = key.rsplit(".", 1)[-1]
-        close = [k for k in _all_dotted() if k.rsplit(".", 1)[-1] == leaf][:1]
+    leaf = key.rsplit(".", 1)[-1]
+    # A key put under the wrong section ('data.lr') is matched on its last part first.
+    close = [k for k in _all_dotted() if k.rsplit(".", 1)[-1] == leaf and k != key][:1]
+    close = close or difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     hint = f"did you mean '{close[0]}'?" if close else "see `tunesmith config keys`"
     return f"{where}unknown key '{key}': {hint}"
 

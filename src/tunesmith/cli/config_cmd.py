@@ -34,14 +34,14 @@ def show_cmd(
     for section, value in to_dict(resolved.config).items():
         if not isinstance(value, dict):
             src = resolved.sources.get(section)
-            console.print(f"{section}: {yaml.safe_dump(value).strip().removesuffix('...').strip()}"
-                          + (f"    # {src}" if src else ""), markup=False)
+            typer.echo(f"{section}: {yaml.safe_dump(value).strip().removesuffix('...').strip()}"
+                       + (f"    # {src}" if src else ""))
             continue
-        console.print(f"{section}:", markup=False)
+        typer.echo(f"{section}:")
         for key, v in value.items():
             src = resolved.sources.get(f"{section}.{key}")
             text = yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
-            console.print(f"  {key}: {text}" + (f"    # {src}" if src else ""), markup=False)
+            typer.echo(f"  {key}: {text}" + (f"    # {src}" if src else ""))
 
 
 @config_app.command("keys")

@@ -128,7 +128,7 @@ class ModelStore:
         path = Path(path).expanduser().resolve()
         if not path.exists():
             raise ModelError(f"no such file or folder: {path}")
-        name = validate_name(name or (path.stem if path.is_file() else path.name))
+        name = validate_name(name if name is not None else (path.stem if path.is_file() else path.name))
         if name == BUILTIN_NAME or name in self._read():
             raise ModelError(f"a model named '{name}' already exists", "pick another with --name, or `tunesmith models rm` it first")
         entry = load.inspect(path, name=name, allow_pickle=allow_pickle, store=self)

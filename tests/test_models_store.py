@@ -1,0 +1,109 @@
+"""Model store: built-in entry, add / info / rm, offline and safety refusals, clear errors."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tunesmith.errors import ModelError
+from tunesmith.models.load import load_model, read_gguf
+from tunesmith.models.store import BUILTIN_NAME, ModelStore, builtin_gguf
+
+
+def test_builtin_is_listed_and_found_through_the_installed_wheel(store_home):
+    store = ModelStore()
+    entries = store.list()
+    assert entries[0].name == BUILTIN_NAME and entries[0].builtin
+    assert Path(entries[0].path) == builtin_gguf()
+    assert builtin_gguf().name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def test_builtin_info_reads_the_gguf_header(store_home):
+    entry = ModelStore().info(BUILTIN_NAME)
+    assert (entry.architecture, entry.parameters, entry.context_length, entry.chat_template) == (
+        "llama", 134_515_008, 8192, True)
+    assert len(entry.sha256) == 64
+
+
+def test_add_info_rm_a_model_folder(store_home, tiny_model_dir):
+    store = ModelStore()
+    entry = store.add(tiny_model_dir, name="tiny")
+    assert entry.kind == "hf" and entry.architecture == "LlamaForCausalLM"
+    assert entry.parameters == 3_219_776
+    assert entry.context_length == 1024 and entry.chat_template is True
+    assert len(entry.sha256) == 64
+    assert store.info("tiny").to_dict() == entry.to_dict()
+    assert [e.name for e in store.list()] == [BUILTIN_NAME, "tiny"]
+    model, tok = load_model("tiny")
+    assert model.config.num_hidden_layers == 2 and tok.eos_token == "<|im_end|>"
+    with pytest.raises(ModelError, match="already exists"):
+        store.add(tiny_model_dir, name="tiny")
+    store.remove("tiny")
+    assert [e.name for e in store.list()] == [BUILTIN_NAME]
+    assert tiny_model_dir.exists()  # rm never deletes the user's files
+
+
+def test_unknown_name_suggests_the_nearest(store_home):
+    with pytest.raises(ModelError) as info:
+        ModelStore().get("smollm2-135m-instrct")
+    assert str(info.value) == "unknown model 'smollm2-135m-instrct' (did you mean 'smollm2-135m-instruct'?)"
+
+
+def test_hub_id_is_refused_offline(store_home):
+    with pytest.raises(ModelError) as info:
+        load_model("HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert str(info.value).startswith("not found locally: 'HuggingFaceTB/SmolLM2-135M-Instruct' (tunesmith works offline;")
+    assert "tunesmith models add PATH" in str(info.value)
+
+
+def test_pickle_weights_refused_unless_allowed(store_home, tiny_model_dir, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, folder)
+    state = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    torch.save(state, folder / "pytorch_model.bin")
+    with pytest.raises(ModelError, match="pickle weights"):
+        ModelStore().add(folder, name="pickled")
+    entry = ModelStore().add(folder, name="pickled", allow_pickle=True)
+    assert entry.parameters == 3_219_776
+
+
+def test_not_a_model_folder(store_home, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="config.json is missing"):
+        ModelStore().add(tmp_path / "empty")
+    with pytest.raises(ModelError, match="no such file or folder"):
+        ModelStore().add(tmp_path / "missing")
+
+
+def test_incomplete_weights_are_detected(store_home, tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "partial"
+    shutil.copytree(tiny_model_dir, folder)
+    state = load_file(str(folder / "model.safetensors"))
+    state.pop("model.norm.weight")
+    save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(ModelError, match="weights are missing 1 tensors"):
+        ModelStore().add(folder, name="partial")
+
+
+def test_truncated_gguf_gives_one_clear_error(store_home, tmp_path):
+    bad = tmp_path / "cut.gguf"
+    bad.write_bytes(builtin_gguf().read_bytes()[:1_000_000])
+    with pytest.raises(ModelError, match=r"is not a valid GGUF file .*truncated"):
+        read_gguf(bad)
+    with pytest.raises(ModelError, match="is not a valid GGUF file"):
+        ModelStore().add(bad)
+    assert not (store_home / "models" / "registry.json").exists()  # nothing written half-way
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "", ".", "x" * 101])
+def test_invalid_names_refused(store_home, tiny_model_dir, name):
+    with pytest.raises(ModelError, match="invalid model name"):
+        ModelStore().add(tiny_model_dir, name=name)
