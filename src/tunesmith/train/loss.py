@@ -1,0 +1,126 @@
+"""The training loss: lm_head applied only where a label is trained, in chunks, so (B, T, V) logits never exist.
+
+`causal_lm_loss(model, batch) -> (loss_sum, n_loss_tokens)` is the loop's `loss_fn` seam. It
+runs the decoder for hidden states, keeps the positions whose next token is trained, and
+computes the cross-entropy over the vocabulary a chunk of positions at a time, with the
+gradient of each chunk taken in the same pass (as Liger's fused linear cross-entropy does):
+peak memory is one (chunk, V) block instead of (B, T, V) logits and their gradient.
+
+Two cases take a plainer path that gives the same numbers:
+- a model wrapped for DDP (its gradient hooks need the wrapper's forward): the model's own
+  forward with a boolean `logits_to_keep`, so logits exist only at trained positions;
+- an lm_head that is not a plain Linear (e.g. LoRA on it): logits at trained positions, at once.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+IGNORE = -100
+CHUNK = 1024  # positions per lm_head chunk: 1024 x 49152 fp32 logits = 200 MB
+
+
+def causal_lm_loss(model, batch: dict, *, chunk_size: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token cross-entropy over trained positions, and their count (a 0-d long tensor)."""
+    labels = batch["labels"]
+    keep = _trained_positions(labels)  # (B, T) bool: position t predicts a trained label t+1
+    targets = labels[:, 1:][keep[:, :-1]]  # (N,)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    if _is_ddp(model):
+        logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits  # (N, V)
+        return _cross_entropy_sum(logits, targets), keep.sum()
+    lm = _causal_lm(model)
+    hidden = lm.get_decoder()(**inputs, use_cache=False).last_hidden_state  # (B, T, H)
+    selected = hidden[keep]  # (N, H)
+    head = lm.get_output_embeddings()
+    if _plain_linear(head):
+        return linear_cross_entropy(selected, head.weight, targets, chunk_size=chunk_size), keep.sum()
+    return _cross_entropy_sum(head(selected), targets), keep.sum()
+
+
+def plain_loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference: the model's own forward and loss over full (B, T, V) logits, as a sum and a count."""
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    logits = model(**inputs, use_cache=False).logits[:, :-1]  # (B, T-1, V)
+    targets = batch["labels"][:, 1:]
+    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+    return loss, (targets != IGNORE).sum()
+
+
+def linear_cross_entropy(hidden, weight, targets, *, chunk_size: int = CHUNK) -> torch.Tensor:
+    """sum_i CE(hidden[i] @ weight.T, targets[i]) with (chunk, V) logits at a time; gradients for both inputs."""
+    return _LinearCrossEntropy.apply(hidden, weight, targets, chunk_size)
+
+
+# ------------------------------------------------------------------ internals
+
+
+def _trained_positions(labels: torch.Tensor) -> torch.Tensor:
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE
+    return keep
+
+
+def _cross_entropy_sum(logits, targets) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), targets, reduction="sum")
+
+
+def _is_ddp(model) -> bool:
+    return isinstance(model, DistributedDataParallel)
+
+
+def _causal_lm(model):
+    """The transformers causal LM inside peft and accelerate wrappers."""
+    if hasattr(model, "get_base_model"):  # peft: the base model with the adapters injected
+        model = model.get_base_model()
+    while not hasattr(model, "get_decoder") and hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def _plain_linear(module) -> bool:
+    return type(module) is torch.nn.Linear
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Forward computes the loss and, chunk by chunk, its gradients; backward only scales them."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk_size):
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        with torch.autocast(hidden.device.type, enabled=False):  # the head in the weights' own dtype
+            h_all = hidden.to(weight.dtype)
+            grad_h = torch.empty_like(h_all) if need_h else None
+            grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            for start in range(0, h_all.shape[0], chunk_size):
+                h = h_all[start : start + chunk_size]  # (n, H)
+                y = targets[start : start + chunk_size]  # (n,)
+                logits = (h @ weight.T).float()  # (n, V)
+                lse = logits.logsumexp(-1)  # (n,)
+                total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
+                if need_h or need_w:
+                    grad = _softmax_minus_onehot(logits, lse, y).to(weight.dtype)  # (n, V) d CE / d logits
+                    if need_h:
+                        grad_h[start : start + chunk_size] = grad @ weight
+                    if need_w:
+                        grad_w.addmm_(grad.T.float(), h.float())
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.dtypes = (hidden.dtype, weight.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        gh = (grad_h * grad_out).to(ctx.dtypes[0]) if grad_h is not None else None
+        gw = (grad_w * grad_out).to(ctx.dtypes[1]) if grad_w is not None else None
+        return gh, gw, None, None
+
+
+def _softmax_minus_onehot(logits, lse, targets):
+    """softmax(logits) - onehot(targets), computed in place of `logits` (its memory is reused)."""
+    grad = logits.sub_(lse[:, None]).exp_()
+    grad[torch.arange(len(targets), device=targets.device), targets] -= 1
+    return grad

@@ -1,0 +1,237 @@
+"""Packing rendered examples into rows with attention kept inside each example, and padded length-grouped batches.
+
+A packed row holds several examples back to back. Three things keep them apart, because
+`position_ids` alone do not confine attention on CPU (DESIGN.md, measured):
+- a 4D float mask (B, 1, T, T) of 0 / -inf, block-diagonal and causal;
+- `position_ids` that restart at 0 for each example;
+- label -100 on the first token of each example, so no loss predicts across a boundary.
+Padding at the end of a row forms its own block (never a fully masked row: that gives NaN).
+
+Batches are dicts of tensors: the model inputs (`input_ids`, `attention_mask`, `position_ids`),
+`labels`, and `token_mask` (B, T) = 1 on real tokens, for the padding-waste figure.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+from tunesmith.data.render import Rendered
+
+if TYPE_CHECKING:
+    import torch
+
+IGNORE = -100
+
+# Attention costs ~4*T*d flops per token per layer against ~7M for the linear layers of a
+# 135M Llama (d=576), i.e. a row of T tokens adds T/3000 to each token's cost. Used to
+# choose between one long row and several shorter ones for a step's examples.
+ATTENTION_TOKENS = 3000
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """Example indices per row, and the row length every row is padded to."""
+
+    rows: list[list[int]]
+    length: int
+
+    def waste(self, lengths: Sequence[int]) -> float:
+        """Fraction of the (rows x length) slots that are padding."""
+        used = sum(lengths[i] for row in self.rows for i in row)
+        return 1 - used / (len(self.rows) * self.length) if self.rows else 0.0
+
+
+def first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Bins of example indices, each summing to at most `capacity` tokens (longest first; ties by index)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    rows: list[list[int]] = []
+    loads: list[int] = []
+    for i in order:
+        n = min(lengths[i], capacity)  # an over-long example is cut to capacity when collated
+        slot = next((r for r, load in enumerate(loads) if load + n <= capacity), None)
+        if slot is None:
+            rows.append([i])
+            loads.append(n)
+        else:
+            rows[slot].append(i)
+            loads[slot] += n
+    return rows
+
+
+def plan_rows(lengths: Sequence[int], max_length: int, *, attention_tokens: int = ATTENTION_TOKENS) -> RowPlan:
+    """Pack one step's examples into rows of at most `max_length` tokens, at the lowest compute cost.
+
+    For each row count n, the shortest row length that fits is found by bisection; the cost
+    is the padded slots, weighted up by the attention a longer row costs. attention_tokens=0
+    means: fewest padded slots only.
+    """
+    if not lengths:
+        return RowPlan([], 0)
+    longest = min(max(lengths), max_length)
+    total = sum(min(n, max_length) for n in lengths)
+    best: tuple[float, RowPlan] | None = None
+    for n_rows in range(1, len(lengths) + 1):
+        low = max(longest, math.ceil(total / n_rows))
+        if low > max_length:
+            continue
+        plan = _shortest_fit(lengths, n_rows, low, max_length)
+        if plan is None:
+            continue
+        slots = len(plan.rows) * plan.length
+        cost = slots * (1 + plan.length / attention_tokens) if attention_tokens else slots
+        if best is None or cost < best[0]:
+            best = (cost, plan)
+        if low == longest:  # more rows cannot be shorter than the longest example
+            break
+    assert best is not None, "a row count equal to the number of examples always fits"
+    return best[1]
+
+
+def _shortest_fit(lengths: Sequence[int], n_rows: int, low: int, high: int) -> RowPlan | None:
+    """The smallest capacity in [low, high] whose first-fit-decreasing packing uses at most n_rows rows."""
+    rows = first_fit_decreasing(lengths, high)
+    if len(rows) > n_rows:
+        return None
+    while low < high:
+        mid = (low + high) // 2
+        trial = first_fit_decreasing(lengths, mid)
+        if len(trial) <= n_rows:
+            rows, high = trial, mid
+        else:
+            low = mid + 1
+    rows = first_fit_decreasing(lengths, high)
+    length = max(sum(min(lengths[i], high) for i in row) for row in rows)
+    return RowPlan(rows, length)
+
+
+# ------------------------------------------------------------------ step order
+
+
+def step_groups(lengths: Sequence[int], batch_size: int, seed: int, *, group_by_length: bool = False) -> list[list[int]]:
+    """Example indices per optimizer step: a seeded shuffle cut into groups of `batch_size`.
+
+    group_by_length sorts each window of 64 steps' examples by length first (and shuffles the
+    resulting steps), so a padded batch holds examples of similar length.
+    """
+    order = list(range(len(lengths)))
+    rng = random.Random(seed)
+    rng.shuffle(order)
+    if not group_by_length:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    window = batch_size * 64
+    groups: list[list[int]] = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: -lengths[i])
+        groups.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(groups)
+    return groups
+
+
+def packed_batches(
+    examples: Sequence[Rendered], batch_size: int, max_length: int, seed: int, *, dtype=None
+) -> Iterator[dict[str, "torch.Tensor"]]:
+    """One packed batch per optimizer step, `batch_size` examples each, in a seeded order."""
+    lengths = [len(e.input_ids) for e in examples]
+    for group in step_groups(lengths, batch_size, seed):
+        plan = plan_rows([lengths[i] for i in group], max_length)
+        rows = [[examples[group[i]] for i in row] for row in plan.rows]
+        yield collate_packed(rows, pad_id=0, length=plan.length, dtype=dtype)
+
+
+def padded_batches(
+    examples: Sequence[Rendered], batch_size: int, seed: int, pad_id: int, *, group_by_length: bool = True
+) -> Iterator[dict[str, "torch.Tensor"]]:
+    """One padded batch per optimizer step (the unpacked path), length-grouped by default."""
+    lengths = [len(e.input_ids) for e in examples]
+    for group in step_groups(lengths, batch_size, seed, group_by_length=group_by_length):
+        yield collate_padded([examples[i] for i in group], pad_id)
+
+
+# ------------------------------------------------------------------ collate
+
+
+def collate_packed(
+    rows: Sequence[Sequence[Rendered]], *, pad_id: int = 0, length: int | None = None, dtype=None
+) -> dict[str, "torch.Tensor"]:
+    """Rows of examples -> input_ids, labels, position_ids (B, T), a block-causal mask (B, 1, T, T), token_mask.
+
+    Each row is cut to `length` (default: the longest row) and padded to it. `dtype` is the mask's
+    (the model's) float dtype, float32 by default.
+    """
+    import torch
+
+    length = length or max(sum(len(e.input_ids) for e in row) for row in rows)
+    shape = (len(rows), length)
+    input_ids = torch.full(shape, pad_id, dtype=torch.long)
+    labels = torch.full(shape, IGNORE, dtype=torch.long)
+    position_ids = torch.zeros(shape, dtype=torch.long)
+    segments = torch.full(shape, -1, dtype=torch.long)  # -1 = padding, its own block
+    for b, row in enumerate(rows):
+        _fill_row(row, length, input_ids[b], labels[b], position_ids[b], segments[b])
+    return {
+        "input_ids": input_ids,
+        "attention_mask": block_causal_mask(segments, dtype=dtype),
+        "position_ids": position_ids,
+        "labels": labels,
+        "token_mask": (segments >= 0).long(),
+    }
+
+
+def _fill_row(row: Sequence[Rendered], length: int, ids, labels, positions, segments) -> None:
+    import torch
+
+    start = 0
+    for seg, ex in enumerate(row):
+        n = min(len(ex.input_ids), length - start)
+        if n <= 0:
+            break
+        end = start + n
+        ids[start:end] = torch.tensor(ex.input_ids[:n])
+        labels[start:end] = torch.tensor(ex.labels[:n])
+        labels[start] = IGNORE  # predicted from the previous example's last token: never trained
+        positions[start:end] = torch.arange(n)
+        segments[start:end] = seg
+        start = end
+    positions[start:] = torch.arange(length - start)  # padding: harmless positions of its own
+
+
+def block_causal_mask(segments: "torch.Tensor", *, dtype=None) -> "torch.Tensor":
+    """(B, T) segment ids -> (B, 1, T, T) float mask: 0 where query i may see key j (same segment, j <= i), else -inf."""
+    import torch
+
+    dtype = dtype or torch.float32
+    T = segments.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool).tril()  # (T, T)
+    same = segments[:, :, None] == segments[:, None, :]  # (B, T, T)
+    allowed = (same & causal)[:, None]  # (B, 1, T, T)
+    mask = torch.zeros(allowed.shape, dtype=dtype)
+    return mask.masked_fill_(~allowed, float("-inf"))
+
+
+def collate_padded(examples: Sequence[Rendered], pad_id: int) -> dict[str, "torch.Tensor"]:
+    """Examples right-padded to the longest: input_ids, labels, a 2D attention_mask, position_ids, token_mask."""
+    import torch
+
+    length = max(len(e.input_ids) for e in examples)
+    shape = (len(examples), length)
+    input_ids = torch.full(shape, pad_id, dtype=torch.long)
+    labels = torch.full(shape, IGNORE, dtype=torch.long)
+    attention = torch.zeros(shape, dtype=torch.long)
+    for b, ex in enumerate(examples):
+        n = len(ex.input_ids)
+        input_ids[b, :n] = torch.tensor(ex.input_ids)
+        labels[b, :n] = torch.tensor(ex.labels)
+        attention[b, :n] = 1
+    positions = torch.arange(length).expand(shape).clone()
+    return {"input_ids": input_ids, "attention_mask": attention, "position_ids": positions,
+            "labels": labels, "token_mask": attention.clone()}
+
+
+def batch_stats(batch: dict[str, "torch.Tensor"]) -> tuple[int, int, int]:
+    """(real tokens, padded slots B*T, loss-bearing tokens) of a batch."""
+    labels = batch["labels"]
+    trained = int((labels[:, 1:] != IGNORE).sum())
+    return int(batch["token_mask"].sum()), labels.numel(), trained

@@ -1,0 +1,140 @@
+"""Packing: row plans, the block-causal mask, and packed == unpacked per example on a tiny model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tunesmith.data.render import Rendered, render, render_example
+from tunesmith.train.packing import (
+    IGNORE, batch_stats, block_causal_mask, collate_packed, collate_padded, first_fit_decreasing,
+    packed_batches, plan_rows, step_groups,
+)
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is a bygglov?"},
+     {"role": "assistant", "content": "A building permit from the municipality."}],
+    [{"role": "system", "content": "Answer briefly."},
+     {"role": "user", "content": "How long does it take?"},
+     {"role": "assistant", "content": "About ten weeks."},
+     {"role": "user", "content": "And for complex cases?"},
+     {"role": "assistant", "content": "Up to twenty weeks, with an extension."}],
+    [{"role": "user", "content": "Cost?"}, {"role": "assistant", "content": "It depends on the municipal tariff."}],
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from tunesmith.models.load import load_model
+
+    torch.manual_seed(0)
+    model, tok = load_model(str(tiny_model_dir))
+    return model, tok
+
+
+def test_first_fit_decreasing_pins_bins():
+    assert first_fit_decreasing([5, 9, 3, 7, 1], 10) == [[1, 4], [3, 2], [0]]
+
+
+def test_plan_prefers_one_full_row_when_attention_is_cheap():
+    lengths = [300, 120, 110, 100, 90, 80, 70, 60]  # 930 tokens
+    plan = plan_rows(lengths, 1024, attention_tokens=0)
+    assert plan.length == 930 and len(plan.rows) == 1 and plan.waste(lengths) == 0.0
+    # With the default attention weight, three short rows (960 slots, 3% padding) cost less
+    # than one long row: 960 * (1 + 320/3000) < 930 * (1 + 930/3000).
+    plan = plan_rows(lengths, 1024)
+    assert (len(plan.rows), plan.length) == (3, 320)
+    assert sorted(i for row in plan.rows for i in row) == list(range(8))
+    assert plan.waste(lengths) == pytest.approx(1 - 930 / 960)
+
+
+def test_plan_respects_max_length_and_skew():
+    lengths = [900, 100, 100, 100, 100, 100, 100, 100]
+    plan = plan_rows(lengths, 1024)
+    assert all(sum(lengths[i] for i in row) <= plan.length <= 1024 for row in plan.rows)
+    assert (len(plan.rows), plan.length) == (2, 900)
+
+
+def test_collate_packed_layout():
+    a = Rendered([1, 2, 3], [0, 1, 1])
+    b = Rendered([4, 5], [1, 1])  # a text example: every token trained
+    batch = collate_packed([[a, b]], pad_id=0, length=7)
+    assert batch["input_ids"].tolist() == [[1, 2, 3, 4, 5, 0, 0]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1]]
+    # b's first token would be predicted from a's last token: never trained.
+    assert batch["labels"].tolist() == [[IGNORE, 2, 3, IGNORE, 5, IGNORE, IGNORE]]
+    assert batch["token_mask"].tolist() == [[1, 1, 1, 1, 1, 0, 0]]
+    allowed = (batch["attention_mask"][0, 0] == 0).int().tolist()
+    assert allowed == [
+        [1, 0, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0, 0],
+        [0, 0, 0, 1, 0, 0, 0],
+        [0, 0, 0, 1, 1, 0, 0],
+        [0, 0, 0, 0, 0, 1, 0],  # padding sees padding only: no fully masked (NaN) row
+        [0, 0, 0, 0, 0, 1, 1],
+    ]
+    assert batch_stats(batch) == (5, 7, 3)
+
+
+def test_mask_dtype_and_values():
+    mask = block_causal_mask(torch.tensor([[0, 0, 1]]), dtype=torch.bfloat16)
+    assert mask.dtype == torch.bfloat16 and mask.shape == (1, 1, 3, 3)
+    assert torch.isinf(mask[0, 0, 2, 0]) and mask[0, 0, 1, 0] == 0
+
+
+def test_step_groups_are_seeded_and_grouping_cuts_padding():
+    lengths = [10, 200, 15, 190, 12, 210, 11, 205]
+    assert step_groups(lengths, 2, seed=1) == step_groups(lengths, 2, seed=1)
+    assert step_groups(lengths, 2, seed=1) != step_groups(lengths, 2, seed=2)
+    grouped = step_groups(lengths, 2, seed=1, group_by_length=True)
+    assert sorted(i for g in grouped for i in g) == list(range(8))
+    assert sum(2 * max(lengths[i] for i in g) for g in grouped) == 2 * (210 + 200 + 15 + 11)
+
+
+def _example_losses(model, batch, spans):
+    """Summed CE per example; spans = [(row, start, end)] of each example in the batch."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=batch["position_ids"]).logits.float()
+    ce = torch.nn.functional.cross_entropy(
+        logits[:, :-1].transpose(1, 2), batch["labels"][:, 1:], ignore_index=IGNORE, reduction="none")
+    return [float(ce[r, max(s - 1, 0) : e - 1].sum()) for r, s, e in spans]
+
+
+def test_packed_loss_equals_unpacked_per_example(tiny):
+    model, tok = tiny
+    examples = [render(c, tok) for c in CONVERSATIONS] + [render_example({"text": "Plain text, all trained."}, tok)]
+    lengths = [len(e.input_ids) for e in examples]
+    with torch.no_grad():
+        unpacked = [_example_losses(model, collate_padded([e], tok.pad_token_id), [(0, 0, n)])[0]
+                    for e, n in zip(examples, lengths)]
+        # Two rows, the second padded: covers padding, boundaries and text examples.
+        rows = [[examples[1], examples[3]], [examples[0], examples[2]]]
+        batch = collate_packed(rows, pad_id=tok.pad_token_id, length=max(lengths[1] + lengths[3], lengths[0] + lengths[2]) + 5)
+        spans = [(0, 0, lengths[1]), (0, lengths[1], lengths[1] + lengths[3]),
+                 (1, 0, lengths[0]), (1, lengths[0], lengths[0] + lengths[2])]
+        packed = _example_losses(model, batch, spans)
+    expected = [unpacked[1], unpacked[3], unpacked[0], unpacked[2]]
+    assert packed == pytest.approx(expected, abs=1e-4)
+    assert min(expected) > 1.0  # real losses, not zeros
+
+
+def test_nothing_leaks_across_examples(tiny):
+    model, tok = tiny
+    a, b = render(CONVERSATIONS[0], tok), render(CONVERSATIONS[2], tok)
+    changed = Rendered([(t * 7 + 11) % 49000 for t in a.input_ids], a.loss_mask)
+    with torch.no_grad():
+        logits = [model(**{k: v for k, v in collate_packed([[x, b]]).items() if k in ("input_ids", "attention_mask", "position_ids")}).logits
+                  for x in (a, changed)]
+    n = len(a.input_ids)
+    assert not torch.allclose(logits[0][0, :n], logits[1][0, :n])  # A itself did change
+    assert torch.allclose(logits[0][0, n:], logits[1][0, n:], atol=1e-6)  # B did not
+
+
+def test_packed_batches_cover_every_example_once(tokenizer):
+    examples = [render(c, tokenizer) for c in CONVERSATIONS * 3]
+    batches = list(packed_batches(examples, batch_size=4, max_length=256, seed=3))
+    assert len(batches) == 3
+    trained = sum(batch_stats(b)[2] for b in batches)
+    assert trained == sum(e.n_trained for e in examples)
+    assert sum(batch_stats(b)[0] for b in batches) == sum(len(e.input_ids) for e in examples)
