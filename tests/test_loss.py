@@ -123,3 +123,17 @@ def test_ddp_wrapped_model_trains_two_steps(tiny_model_dir, batch, tmp_path):
     assert loss == pytest.approx(ref_loss, abs=1e-5)
     for name, g in grads.items():
         assert torch.allclose(g, ref_grads[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_eval_counts_match_full_logits(tiny_model_dir, batch):
+    from tunesmith.train.loss import causal_lm_eval
+
+    model = _fresh(tiny_model_dir).eval()
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    targets = batch["labels"][:, 1:]
+    trained = targets != -100
+    ref_loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum")
+    loss, n, correct = causal_lm_eval(model, batch, chunk_size=5)
+    assert float(loss) == pytest.approx(float(ref_loss), rel=1e-6)
+    assert (int(n), int(correct)) == (int(trained.sum()), int(((logits.argmax(-1) == targets) & trained).sum()))

@@ -40,6 +40,26 @@ def causal_lm_loss(model, batch: dict, *, chunk_size: int = CHUNK) -> tuple[torc
     return _cross_entropy_sum(head(selected), targets), keep.sum()
 
 
+@torch.no_grad()
+def causal_lm_eval(model, batch: dict, *, chunk_size: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(summed loss, trained positions, correctly predicted positions) for validation, logits a chunk at a time."""
+    labels = batch["labels"]
+    keep = _trained_positions(labels)
+    targets = labels[:, 1:][keep[:, :-1]]  # (N,)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    lm = _causal_lm(model.module if _is_ddp(model) else model)
+    selected = lm.get_decoder()(**inputs, use_cache=False).last_hidden_state[keep]  # (N, H)
+    head = lm.get_output_embeddings()
+    loss = torch.zeros((), dtype=torch.float32, device=labels.device)
+    correct = torch.zeros((), dtype=torch.long, device=labels.device)
+    for start in range(0, len(targets), chunk_size):
+        logits = head(selected[start : start + chunk_size]).float()  # (n, V)
+        y = targets[start : start + chunk_size]
+        loss += F.cross_entropy(logits, y, reduction="sum")
+        correct += (logits.argmax(-1) == y).sum()
+    return loss, keep.sum(), correct
+
+
 def plain_loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference: the model's own forward and loss over full (B, T, V) logits, as a sum and a count."""
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}

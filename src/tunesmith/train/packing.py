@@ -107,6 +107,14 @@ def _shortest_fit(lengths: Sequence[int], n_rows: int, low: int, high: int) -> R
     return RowPlan(rows, length)
 
 
+def packed_collate(examples: Sequence[Rendered], *, max_length: int, pad_id: int = 0, dtype=None) -> dict[str, "torch.Tensor"]:
+    """A micro-batch's examples -> packed rows (the `collate` seam of `batching.step_batches`)."""
+    lengths = [len(e.input_ids) for e in examples]
+    plan = plan_rows(lengths, max_length)
+    rows = [[examples[i] for i in row] for row in plan.rows]
+    return collate_packed(rows, pad_id=pad_id, length=plan.length, dtype=dtype)
+
+
 # ------------------------------------------------------------------ step order
 
 
