@@ -1,0 +1,321 @@
+"""Input formats: detect one from the keys, and normalise every row to canonical chat messages.
+
+Canonical examples are `{"messages": [{"role", "content"[, "weight"]}, ...], "line": N}` or
+`{"text": "...", "line": N}`. The formats and one example line each are in docs/data-formats.md.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from tunesmith.data.rules import Finding, finding, is_error
+from tunesmith.data.sources import RawRow, iter_raw
+from tunesmith.errors import DataError
+
+ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
+                  "assistant": "assistant", "model": "assistant", "chatgpt": "assistant", "bard": "assistant"}
+PAIRS = (("input", "output"), ("question", "answer"), ("prompt", "response"))
+FORMATS = ("messages", "sharegpt", "alpaca", "prompt-completion", "input-output", "text")
+ALIASES = {"chat": "messages", "openai": "messages", "conversations": "sharegpt", "completion": "prompt-completion",
+           "pairs": "input-output", "question-answer": "input-output", "prompt-response": "input-output"}
+DETECT_ROWS = 50  # detection looks at this many readable rows
+
+
+@dataclass
+class Row:
+    """One source row after normalisation: `example` is None when the row has errors.
+
+    `fields` names the source field of each canonical message (for findings, e.g. 'output').
+    """
+
+    line: int
+    example: dict | None
+    fields: list[str] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    raw: dict | None = None  # the source row as read (None when it could not be parsed)
+
+
+@dataclass
+class ReadResult:
+    """Every usable example, every finding, and how many rows were read (usable or not)."""
+
+    examples: list[dict]
+    findings: list[Finding]
+    rows_read: int
+    format: str | None = None
+
+
+def parse_mapping(mapping: str | dict[str, str] | None) -> dict[str, str]:
+    """'input=question,output=answer' -> {'question': 'input', 'answer': 'output'} (source -> canonical)."""
+    if not mapping:
+        return {}
+    pairs = mapping.items() if isinstance(mapping, dict) else (p.split("=", 1) for p in mapping.split(",") if p.strip())
+    out: dict[str, str] = {}
+    for item in pairs:
+        if len(item) != 2 or not item[0].strip() or not item[1].strip():
+            raise DataError(f"--map {mapping!r}: expected canonical=source pairs", "e.g. --map input=question,output=answer")
+        canonical, source = item[0].strip(), item[1].strip()
+        out[source] = canonical
+    return out
+
+
+def resolve_format(name: str | None) -> str | None:
+    """A --format value (or alias) -> a format id; DataError naming the valid ones."""
+    if name is None:
+        return None
+    fmt = ALIASES.get(name.lower(), name.lower())
+    if fmt not in FORMATS:
+        raise DataError(f"unknown format '{name}'", f"use one of: {', '.join(FORMATS)}")
+    return fmt
+
+
+def detect_format(obj: dict) -> str | None:
+    """The format a row's keys say it is in, or None."""
+    keys = obj.keys()
+    if "messages" in keys:
+        return "messages"
+    if "conversations" in keys:
+        return "sharegpt"
+    if "instruction" in keys and "output" in keys:
+        return "alpaca"
+    if "prompt" in keys and "completion" in keys:
+        return "prompt-completion"
+    if any(a in keys and b in keys for a, b in PAIRS):
+        return "input-output"
+    if "text" in keys:
+        return "text"
+    return None
+
+
+class Reader:
+    """Iterate the normalised rows of a file, streaming. `.format` and `.rows_read` fill in as it goes."""
+
+    def __init__(self, path: str | Path, *, format: str | None = None, mapping: Any = None, system: str | None = None):
+        self.path = Path(path)
+        self.requested = resolve_format(format)
+        self.mapping = parse_mapping(mapping)
+        self.system = system or None
+        self.format: str | None = self.requested
+        self.rows_read = 0
+        self.file_findings: list[Finding] = []
+
+    def __iter__(self) -> Iterator[Row]:
+        raw = iter_raw(self.path)
+        head: list[RawRow] = []
+        for r in raw:  # buffer the first rows to detect the format, then replay them
+            head.append(r)
+            if sum(1 for h in head if h.obj is not None) >= DETECT_ROWS:
+                break
+        if self.format is None:
+            self.format = self._detect(head)
+        for r in _chain(head, raw):
+            row = self._row(r)
+            if row is not None:
+                yield row
+
+    def _row(self, r: RawRow) -> Row | None:
+        if r.line == 0:
+            self.file_findings.append(r.problem)
+            return None
+        self.rows_read += 1
+        if r.obj is None:
+            return Row(r.line, None, [], [r.problem])
+        if self.format is None:  # detection failed: reported once at file level
+            return Row(r.line, None, [], [])
+        obj = {self.mapping.get(k, k): v for k, v in r.obj.items()} if self.mapping else r.obj
+        row = normalise(obj, self.format, r.line, system=self.system)
+        row.raw = r.obj
+        return row
+
+    def _detect(self, head: list[RawRow]) -> str | None:
+        objs = [h.obj for h in head if h.obj is not None]
+        if not objs:
+            return None
+        mapped = [{self.mapping.get(k, k): v for k, v in o.items()} for o in objs]
+        votes = collections.Counter(f for f in map(detect_format, mapped) if f)
+        if votes:
+            return votes.most_common(1)[0][0]
+        keys = ", ".join(repr(k) for k in list(mapped[0])[:8]) or "none"
+        where = "the header row" if self.path.suffix.lower() in (".csv", ".tsv") else f"line {head[0].line}"
+        self.file_findings.append(finding(head[0].line, "", "format.unknown", f"no known format in the fields of {where} ({keys})"))
+        return None
+
+
+def _chain(head: list[RawRow], rest: Iterator[RawRow]) -> Iterator[RawRow]:
+    yield from head
+    yield from rest
+
+
+def read_examples(path: str | Path, *, format: str | None = None, mapping: Any = None,
+                  system: str | None = None) -> ReadResult:
+    """Read and normalise a whole file. Rows with errors are left out of `.examples` and reported in `.findings`."""
+    reader = Reader(path, format=format, mapping=mapping, system=system)
+    examples: list[dict] = []
+    findings: list[Finding] = []
+    for row in reader:
+        findings.extend(row.findings)
+        if row.example is not None:
+            examples.append(row.example)
+    findings = reader.file_findings + findings
+    return ReadResult(examples, findings, reader.rows_read, reader.format)
+
+
+# ------------------------------------------------------------------ normalising one row
+
+
+def normalise(obj: dict, fmt: str, line: int, *, system: str | None = None) -> Row:
+    """One source row in format `fmt` -> a Row with a canonical example, or with the findings that stop it."""
+    if fmt == "text":
+        return _text_row(obj, line)
+    build = {"messages": _from_messages, "sharegpt": _from_sharegpt, "alpaca": _from_alpaca,
+             "prompt-completion": _from_pair, "input-output": _from_pair}[fmt]
+    messages, fields, findings = build(obj, line, fmt)
+    if messages is None:
+        return Row(line, None, [], findings)
+    row_system = obj.get("system") if fmt != "messages" else None
+    system = row_system.strip() if isinstance(row_system, str) and row_system.strip() else system
+    if system and (not messages or messages[0]["role"] != "system"):
+        messages.insert(0, {"role": "system", "content": system})
+        fields.insert(0, "system" if row_system else "--system")
+    findings += check_conversation(messages, fields, line)
+    ok = not any(is_error(f) for f in findings)
+    return Row(line, {"messages": messages, "line": line} if ok else None, fields, findings)
+
+
+def _text_row(obj: dict, line: int) -> Row:
+    text, problem = _string(obj, "text", line)
+    if problem:
+        return Row(line, None, [], [problem])
+    return Row(line, {"text": text, "line": line}, ["text"], [])
+
+
+def _string(obj: dict, key: str, line: int, *, label: str | None = None, optional: bool = False) -> tuple[str, Finding | None]:
+    """obj[key] as stripped text, or a finding: missing, empty, or not a string."""
+    label = label or key
+    if key not in obj:
+        return "", None if optional else finding(line, label, "field.missing", f"'{label}' is missing")
+    value = obj[key]
+    if isinstance(value, list) and all(isinstance(p, dict) for p in value):  # OpenAI content parts
+        value = "".join(p.get("text", "") for p in value if p.get("type", "text") == "text")
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return "", None if optional else finding(line, label, "field.empty", f"'{label}' is empty")
+    if not isinstance(value, str):
+        return "", finding(line, label, "field.type", f"'{label}' is a {_type(value)}, not a string")
+    return value.strip(), None
+
+
+def _type(value: Any) -> str:
+    return {dict: "JSON object", list: "list", bool: "boolean", int: "number", float: "number"}.get(type(value), type(value).__name__)
+
+
+def _from_pair(obj: dict, line: int, fmt: str):
+    keys = [("prompt", "completion")] if fmt == "prompt-completion" else [p for p in PAIRS if p[0] in obj or p[1] in obj] or [PAIRS[0]]
+    in_key, out_key = keys[0]
+    user, p1 = _string(obj, in_key, line)
+    answer, p2 = _string(obj, out_key, line)
+    problems = [p for p in (p1, p2) if p]
+    if problems:
+        return None, [], problems
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": answer}], [in_key, out_key], []
+
+
+def _from_alpaca(obj: dict, line: int, fmt: str):
+    instruction, p1 = _string(obj, "instruction", line)
+    extra, p2 = _string(obj, "input", line, optional=True)
+    answer, p3 = _string(obj, "output", line)
+    problems = [p for p in (p1, p2, p3) if p]
+    if problems:
+        return None, [], problems
+    user = f"{instruction}\n\n{extra}" if extra else instruction
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": answer}], ["instruction", "output"], []
+
+
+def _from_messages(obj: dict, line: int, fmt: str):
+    return _turns(obj, "messages", "role", "content", line, lambda r: r if r in ROLES else None)
+
+
+def _from_sharegpt(obj: dict, line: int, fmt: str):
+    return _turns(obj, "conversations", "from", "value", line, lambda r: SHAREGPT_ROLES.get(r.lower()))
+
+
+def _turns(obj: dict, key: str, role_key: str, text_key: str, line: int, role_of):
+    turns, problem = _list_field(obj, key, line)
+    if problem:
+        return None, [], [problem]
+    messages, fields, problems = [], [], []
+    for i, turn in enumerate(turns):
+        label = f"{key}[{i}]"
+        if not isinstance(turn, dict):
+            problems.append(finding(line, label, "field.type", f"'{label}' is a {_type(turn)}, not an object"))
+            continue
+        message, found = _turn(turn, label, role_key, text_key, line, role_of)
+        problems += found
+        if message is not None:
+            messages.append(message)
+            fields.append(f"{label}.{text_key}")
+    return (None if problems else messages), fields, problems
+
+
+def _list_field(obj: dict, key: str, line: int) -> tuple[list, Finding | None]:
+    value = obj.get(key)
+    if isinstance(value, str) and value.lstrip().startswith("["):  # a JSON list in a CSV cell
+        try:
+            value = json.loads(value)
+        except (json.JSONDecodeError, RecursionError):
+            return [], finding(line, key, "field.type", f"'{key}' is text that is not a valid JSON list")
+    if key not in obj:
+        return [], finding(line, key, "field.missing", f"'{key}' is missing")
+    if not isinstance(value, list):
+        return [], finding(line, key, "field.type", f"'{key}' is a {_type(value)}, not a list of messages")
+    if not value:
+        return [], finding(line, key, "field.empty", f"'{key}' is an empty list")
+    return value, None
+
+
+def _turn(turn: dict, label: str, role_key: str, text_key: str, line: int, role_of):
+    problems = []
+    raw_role = turn.get(role_key)
+    role = role_of(raw_role) if isinstance(raw_role, str) else None
+    if role_key not in turn:
+        problems.append(finding(line, f"{label}.{role_key}", "field.missing", f"'{label}.{role_key}' is missing"))
+    elif role is None:
+        problems.append(finding(line, f"{label}.{role_key}", "role.unknown", f"unknown role {raw_role!r}"))
+    content, problem = _string(turn, text_key, line, label=f"{label}.{text_key}")
+    if problem and not (problem.rule == "field.empty" and role == "system"):
+        problems.append(problem)
+    weight = turn.get("weight", 1)
+    if weight not in (0, 1) or isinstance(weight, str):
+        problems.append(finding(line, f"{label}.weight", "field.type", f"'{label}.weight' is {weight!r}; it must be 0 or 1"))
+    if problems:
+        return None, problems
+    message = {"role": role, "content": content}
+    if "weight" in turn:
+        message["weight"] = int(weight)
+    return message, []
+
+
+def check_conversation(messages: list[dict], fields: list[str], line: int) -> list[Finding]:
+    """Order rules: system only first; user and assistant alternate from a user turn; an assistant is trained."""
+    problems: list[Finding] = []
+    body = messages[1:] if messages and messages[0]["role"] == "system" else messages
+    for i, m in enumerate(body):
+        index = i + len(messages) - len(body)
+        label = fields[index].rsplit(".", 1)[0] if index < len(fields) else f"messages[{index}]"
+        expected = "user" if i % 2 == 0 else "assistant"
+        if m["role"] != expected:
+            what = (f"a system message at position {index + 1} (only the first message may be system)"
+                    if m["role"] == "system" else f"'{m['role']}' at position {index + 1} where '{expected}' should be")
+            problems.append(finding(line, label, "role.order", what))
+            break
+    trained = [m for m in body if m["role"] == "assistant" and m.get("weight", 1)]
+    if not trained:
+        what = "no assistant turn" if not any(m["role"] == "assistant" for m in body) else "every assistant turn has weight 0"
+        problems.append(finding(line, "", "turn.no_assistant", what))
+    elif not problems and body and body[-1]["role"] == "user":
+        problems.append(finding(line, fields[-1] if fields else "", "turn.ends_with_user", "the conversation ends with a user turn"))
+    return problems

@@ -1,0 +1,301 @@
+"""`data prepare`: normalise, drop duplicates, split without leakage, write canonical splits and a data card.
+
+Invariant: every row read is either kept (in exactly one split) or in rejected.jsonl with its
+line and reason. Near-duplicate groups and rows with the same input never cross splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from tunesmith.data.dedup import NEAR_THRESHOLD, Fingerprints, input_output
+from tunesmith.data.formats import Reader
+from tunesmith.data.rules import is_error
+from tunesmith.errors import DataError
+from tunesmith.io import atomic_write_json, atomic_write_jsonl, sha256_file
+
+SPLITS = ("train", "validation", "test")
+CHECK_HINT = "run `tunesmith data check {path}` to see every problem"
+
+
+@dataclass
+class Splits:
+    """The data a run trains and evaluates on, and the card that describes it."""
+
+    train: list[dict]
+    validation: list[dict]
+    test: list[dict]
+    card: dict
+    dir: Path
+
+
+@dataclass
+class _Collected:
+    kept: list[dict] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)
+    rows_read: int = 0
+    format: str | None = None
+    file_problems: list[str] = field(default_factory=list)
+
+
+def parse_split(split: str | Sequence[int]) -> tuple[int, int, int]:
+    """'80/10/10' or (80, 10, 10) -> three non-negative percentages summing to 100, train > 0."""
+    try:
+        parts = [int(float(p)) for p in (split.replace(",", "/").split("/") if isinstance(split, str) else split)]
+    except (TypeError, ValueError):
+        parts = []
+    if len(parts) != 3 or any(p < 0 for p in parts) or sum(parts) != 100 or parts[0] == 0:
+        raise DataError(f"split {split!r}: expected train/validation/test percentages summing to 100",
+                        "e.g. --split 80/10/10 (or 90/10/0 without a test split)")
+    return parts[0], parts[1], parts[2]
+
+
+def prepare(path: str | Path, out_dir: str | Path, *, split: str | Sequence[int] = (80, 10, 10), seed: int = 42,
+            near_duplicates: str = "drop", format: str | None = None, mapping: Any = None, system: str | None = None,
+            tokenizer=None, max_length: int | None = None) -> dict:
+    """Prepare `path` into `out_dir` (train/validation/test/rejected .jsonl + data_card.json); return the card."""
+    if near_duplicates not in ("drop", "keep"):
+        raise DataError(f"near_duplicates must be 'drop' or 'keep', not {near_duplicates!r}")
+    pct = parse_split(split)
+    got = _collect(Path(path), format=format, mapping=mapping, system=system)
+    groups = _dedup(got, drop_near=near_duplicates == "drop")
+    if not got.kept:
+        why = "; ".join(got.file_problems) or f"all {got.rows_read} rows were rejected"
+        raise DataError(f"{path}: no usable rows ({why})", CHECK_HINT.format(path=path))
+    parts = assign_splits(groups, pct, seed)
+    card = _card(Path(path), got, parts, pct, seed, near_duplicates, system, mapping, tokenizer, max_length)
+    _write(Path(out_dir), parts, got.rejected, card)
+    return card
+
+
+def _collect(path: Path, **read_args) -> _Collected:
+    """Read every row; rows with errors go straight to `rejected`."""
+    reader = Reader(path, **read_args)
+    got = _Collected()
+    for row in reader:
+        errors = [f for f in row.findings if is_error(f)]
+        if row.example is None or errors:
+            first = errors[0] if errors else None
+            got.rejected.append({"line": row.line, "reason": first.rule if first else "format.unknown",
+                                 "message": first.message if first else "the file's format is not known",
+                                 "source": row.raw})
+        else:
+            got.kept.append(row.example)
+    got.rows_read, got.format = reader.rows_read, reader.format
+    got.file_problems = [f.message for f in reader.file_findings]
+    return got
+
+
+def _dedup(got: _Collected, *, drop_near: bool) -> list[list[dict]]:
+    """Drop exact (and, when asked, near) duplicates into `rejected`; return the leak-proof groups kept."""
+    fp = Fingerprints()
+    for ex in got.kept:
+        fp.add(*input_output(ex))
+    g = fp.groups()
+    kept, links = [], []
+    for i, ex in enumerate(got.kept):
+        original = got.kept[int(g.exact[i])]
+        near = got.kept[int(g.near[i])]
+        if g.exact[i] != i:
+            got.rejected.append(_dropped(ex, "dup.exact", f"exact duplicate of line {original['line']}"))
+        elif drop_near and g.near[i] != i:
+            got.rejected.append(_dropped(ex, "dup.near", f"near duplicate of line {near['line']} "
+                                         f"(similarity ~{g.similarity[i]:.2f} >= {NEAR_THRESHOLD})"))
+        else:
+            kept.append(i)
+            links.append((i, int(g.near[i])))
+            links.append((i, int(g.same_input[i])))  # the same question never sits in two splits
+    groups = _components(kept, links, got.kept)
+    got.kept = [got.kept[i] for i in kept]
+    return groups
+
+
+def _components(kept: list[int], links: list[tuple[int, int]], examples: list[dict]) -> list[list[dict]]:
+    """Connected components of the kept rows under `links` (union-find), as lists of examples."""
+    parent = {i: i for i in kept}
+
+    def find(i: int) -> int:
+        while parent.setdefault(i, i) != i:
+            parent[i] = parent.setdefault(parent[i], parent[i])
+            i = parent[i]
+        return i
+
+    for a, b in links:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    groups: dict[int, list[dict]] = {}
+    for index in kept:
+        groups.setdefault(find(index), []).append(examples[index])
+    return list(groups.values())
+
+
+def _dropped(example: dict, rule: str, message: str) -> dict:
+    return {"line": example["line"], "reason": rule, "message": message, "example": canonical(example)}
+
+
+def assign_splits(groups: list[list[dict]], pct: tuple[int, int, int], seed: int) -> dict[str, list[dict]]:
+    """Shuffle whole groups (seeded), fill test, then validation, the rest is train; rows keep source order."""
+    order = sorted(groups, key=lambda g: g[0]["line"])
+    random.Random(seed).shuffle(order)
+    n = sum(len(g) for g in order)
+    targets = {"test": _target(n, pct[2]), "validation": _target(n, pct[1])}
+    parts: dict[str, list[dict]] = {name: [] for name in SPLITS}
+    for group in order:
+        name = next((s for s in ("test", "validation") if len(parts[s]) + len(group) <= targets[s]
+                     and len(parts[s]) < targets[s]), "train")
+        parts[name].extend(group)
+    if not parts["train"]:  # tiny data: training needs at least one row
+        donor = "validation" if parts["validation"] else "test"
+        parts["train"], parts[donor] = parts[donor], []
+    return {name: sorted(rows, key=lambda r: r["line"]) for name, rows in parts.items()}
+
+
+def _target(n: int, percent: int) -> int:
+    if percent == 0:
+        return 0
+    return max(1, int(n * percent / 100 + 0.5)) if n >= 3 else 0
+
+
+def canonical(example: dict) -> dict:
+    """The example without bookkeeping keys: what training sees."""
+    return {k: example[k] for k in ("messages", "text") if k in example}
+
+
+def fingerprint(parts: dict[str, list[dict]]) -> str:
+    """sha256 over the canonical rows of every split, in order."""
+    h = hashlib.sha256()
+    for name in SPLITS:
+        h.update(f"#{name}\n".encode())
+        for row in parts.get(name, []):
+            h.update(json.dumps(canonical(row), sort_keys=True, ensure_ascii=False).encode("utf-8") + b"\n")
+    return h.hexdigest()
+
+
+def _card(path: Path, got: _Collected, parts: dict[str, list[dict]], pct, seed: int, near: str,
+          system: str | None, mapping: Any, tokenizer, max_length: int | None) -> dict:
+    reasons: dict[str, int] = {}
+    for r in got.rejected:
+        reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+    kept = sum(len(v) for v in parts.values())
+    assert kept + len(got.rejected) == got.rows_read, (kept, len(got.rejected), got.rows_read)
+    card = {
+        "source": str(path), "source_sha256": sha256_file(path) if path.is_file() else None,
+        "format": got.format, "rows_read": got.rows_read, "kept": kept, "rejected": len(got.rejected),
+        "rejected_by_reason": dict(sorted(reasons.items())),
+        "splits": {name: len(rows) for name, rows in parts.items()}, "split_percent": list(pct), "seed": seed,
+        "rules_applied": _rules(near, system, mapping),
+        "fingerprint": fingerprint(parts),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    if tokenizer is not None:
+        card["tokens"] = token_card(parts, tokenizer, max_length)
+    return card
+
+
+def _rules(near: str, system: str | None, mapping: Any) -> list[str]:
+    rules = ["normalise to chat messages", "reject rows with errors (see `tunesmith data check`)",
+             "drop exact duplicates (normalised input + output)",
+             f"{'drop' if near == 'drop' else 'keep'} near duplicates (MinHash LSH, Jaccard >= {NEAR_THRESHOLD})",
+             "keep near-duplicate groups and rows with the same input inside one split",
+             "seeded shuffle of groups, then test, validation, train"]
+    if system:
+        rules.append(f"system prompt added where missing: {system!r}")
+    if mapping:
+        rules.append(f"fields mapped: {mapping}")
+    return rules
+
+
+def token_card(parts: dict[str, list[dict]], tokenizer, max_length: int | None) -> dict:
+    from tunesmith.data.stats import measure, summarise
+
+    return {name: summarise([measure(r, tokenizer, max_length) for r in rows], max_length) for name, rows in parts.items()}
+
+
+def _write(out: Path, parts: dict[str, list[dict]], rejected: list[dict], card: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for name, rows in parts.items():
+        atomic_write_jsonl(out / f"{name}.jsonl", ({**canonical(r), "source_line": r["line"]} for r in rows))
+    atomic_write_jsonl(out / "rejected.jsonl", sorted(rejected, key=lambda r: r["line"]))
+    atomic_write_json(out / "data_card.json", card)  # last: a card means the splits beside it are complete
+
+
+def load_split(path: str | Path) -> list[dict]:
+    """Read a canonical JSONL split; each example gets 'line' (in this file). DataError on any error."""
+    reader = Reader(path)
+    examples, errors = [], []
+    for row in reader:
+        errors += [f for f in row.findings if is_error(f)]
+        if row.example is not None:
+            if row.raw and "source_line" in row.raw:
+                row.example["source_line"] = row.raw["source_line"]
+            examples.append(row.example)
+    errors = [f for f in reader.file_findings if is_error(f) and f.rule != "file.empty"] + errors  # an empty split is fine
+    if errors:
+        first = errors[0]
+        raise DataError(f"{path}:{first.line}: {first.message} ({len(errors)} error(s) in all)", CHECK_HINT.format(path=path))
+    return examples
+
+
+def splits_for_training(data_cfg, out_dir: str | Path, tokenizer=None, seed: int = 42) -> Splits:
+    """The splits a run uses, written into `out_dir` (the run's data/ folder).
+
+    `data_cfg.train` is a raw file in any format or a prepared split; `validation` / `test`
+    are files, or None to split them off train. Raises DataError when any file has errors
+    or nothing trainable is left.
+    """
+    if not data_cfg.train:
+        raise DataError("data.train is not set", "set data.train in the config, or --set data.train=FILE")
+    out = Path(out_dir)
+    given = {name: getattr(data_cfg, name) for name in ("validation", "test")}
+    for name, value in (("train", data_cfg.train), *given.items()):
+        if value:
+            _refuse_errors(Path(value), data_cfg)
+    pct = list(parse_split(data_cfg.split))
+    for i, name in ((1, "validation"), (2, "test")):
+        if given[name]:  # the given file replaces the split that would be cut from train
+            pct[0], pct[i] = pct[0] + pct[i], 0
+    card = prepare(data_cfg.train, out, split=tuple(pct), seed=seed, near_duplicates=data_cfg.near_duplicates,
+                   format=data_cfg.format, mapping=data_cfg.map, system=data_cfg.system, max_length=data_cfg.max_length)
+    parts = {name: load_split(out / f"{name}.jsonl") for name in SPLITS}
+    for name, value in given.items():
+        if value:
+            parts[name] = _read_given(Path(value), data_cfg)
+            atomic_write_jsonl(out / f"{name}.jsonl", ({**canonical(r), "source_line": r["line"]} for r in parts[name]))
+            card["splits"][name] = len(parts[name])
+            card[f"{name}_source"] = str(value)
+    if not parts["train"]:
+        raise DataError(f"{data_cfg.train}: no trainable rows left", CHECK_HINT.format(path=data_cfg.train))
+    card["fingerprint"] = fingerprint(parts)
+    if tokenizer is not None:
+        card["tokens"] = token_card(parts, tokenizer, data_cfg.max_length)
+    atomic_write_json(out / "data_card.json", card)
+    return Splits(parts["train"], parts["validation"], parts["test"], card, out)
+
+
+def _read_given(path: Path, data_cfg) -> list[dict]:
+    from tunesmith.data.formats import read_examples
+
+    return read_examples(path, format=data_cfg.format, mapping=data_cfg.map, system=data_cfg.system).examples
+
+
+def _refuse_errors(path: Path, data_cfg) -> None:
+    """DataError naming the first error and the count, pointing to `data check`."""
+    from tunesmith.data.formats import read_examples
+
+    if not path.exists():
+        raise DataError(f"data file not found: {path}", "check data.train / data.validation / data.test in the config")
+    result = read_examples(path, format=data_cfg.format, mapping=data_cfg.map, system=data_cfg.system)
+    errors = [f for f in result.findings if is_error(f)]
+    if errors:
+        first = errors[0]
+        where = f"{path}:{first.line}" if first.line else str(path)
+        raise DataError(f"{where}: {first.message} ({len(errors)} error(s) in the file)", CHECK_HINT.format(path=path))
+    if not result.examples:
+        raise DataError(f"{path}: no trainable rows", CHECK_HINT.format(path=path))
