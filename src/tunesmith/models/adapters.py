@@ -30,10 +30,14 @@ def lora_config(method_cfg: Any, *, inference_mode: bool = False):
 
 def apply_lora(model: "PreTrainedModel", method_cfg: Any) -> "PeftModel":
     """Wrap `model` with fresh LoRA adapters; only the adapter weights stay trainable."""
+    import warnings
+
     from peft import get_peft_model
 
     try:
-        return get_peft_model(model, lora_config(method_cfg))
+        with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5 (noise, not a problem)
+            warnings.simplefilter("ignore", FutureWarning)
+            return get_peft_model(model, lora_config(method_cfg))
     except ValueError as e:  # peft: "Target modules {...} not found in the base model."
         raise ModelError(f"LoRA cannot be applied: {_short(e)}",
                          "set method.target_modules to 'all-linear' or to module names the model has") from None
@@ -100,3 +104,10 @@ def _check_adapter_dir(adapter_dir: str | Path) -> None:
 def _short(e: BaseException) -> str:
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return text[:300]
+
+
+def prepare_kbit(model: "PreTrainedModel") -> "PreTrainedModel":
+    """peft's preparation of a 4-bit model for training (QLoRA): norms in fp32, input grads on."""
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)

@@ -1,0 +1,499 @@
+"""`finetune(config) -> Run`: the training workflow, top to bottom in numbered phases.
+
+    1. settle the config and the run folder (a new run, or the one to resume)
+    2. load the base model and make the method's weights trainable
+    3. prepare the data splits and render them through the chat template
+    4. print the plan (examples, tokens, steps, estimated time and memory)
+    5. build optimizer, schedule and accelerate; on resume, check and restore the checkpoint
+    6. run the loop (validation, early stopping, checkpoints, progress)
+    7. write the deliverable (the best weights) to final/, record the run, print the summary
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tunesmith.config import Config, load_config, to_yaml
+from tunesmith.errors import RunError, TrainError
+from tunesmith.io import atomic_dir, atomic_write_text
+from tunesmith.runs import layout
+from tunesmith.runs.layout import RunPaths
+from tunesmith.runs.store import find_run, register_run
+from tunesmith.train import batching, checkpoint, methods, progress
+from tunesmith.train.loop import Hooks, LoopArgs, LoopState, evaluate, train_loop
+
+RESUME_KEYS = {  # manifest field -> what it means, for the refusal message
+    "data_fingerprint": "the training data",
+    "chat_template_hash": "the chat template",
+    "base_model_sha256": "the base model's weights",
+    "method": "the method",
+    "method_config": "the method's settings",
+}
+
+
+@dataclass
+class Run:
+    """The outcome of `finetune`: where the run lives and how it went."""
+
+    name: str
+    dir: Path
+    status: str
+    steps: int
+    best_step: int | None
+    best_val_loss: float | None
+    final: Path | None
+    stop_reason: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Session:
+    """What the phases hand each other."""
+
+    config: Config
+    paths: RunPaths
+    accelerator: Any
+    manifest: dict[str, Any]
+    resume_from: Path | None = None
+
+
+def finetune(config: Config | str | Path | None = None, *, overrides: tuple[str, ...] = (), name: str | None = None,
+             resume: str | Path | None = None, on_step: Callable[[LoopState, dict], bool] | None = None,
+             show_progress: bool = True) -> Run:
+    """Fine-tune `config.model` on `config.data`; returns the Run (its folder holds final/, metrics, checkpoints).
+
+    `resume` continues a stopped run from its latest checkpoint (config: the run's own, unless given).
+    `on_step(state, metrics)` is called after every step; returning True stops there (with a checkpoint).
+    """
+    from accelerate.utils import set_seed
+
+    started = time.time()
+    # 1. settle the config and the run folder
+    s = _session(config, overrides, name, resume)
+    cfg, acc = s.config, s.accelerator
+    out = progress.Printer(enabled=acc.is_main_process and show_progress)
+    out.line(f"run {s.paths.name}: {s.paths.dir}")
+    set_seed(cfg.train.seed)
+    # 2. the base model, with the method's weights trainable
+    model, tokenizer, base = _load_model(cfg, acc)
+    # 3. the data, prepared into the run folder and rendered
+    splits, train_set, val_set, dropped = _data(cfg, s, tokenizer)
+    _fill_manifest(s, cfg, base, splits, tokenizer)
+    _check_resume(s)
+    # 4. the plan
+    plan = batching.StepPlan(len(train_set), cfg.train.batch_size, cfg.train.grad_accum, acc.num_processes)
+    total = plan.total_steps(cfg.train.epochs, cfg.train.max_steps)
+    estimate = progress.estimate(model, train_set, plan, total, cfg)
+    out.line(progress.plan_line(len(train_set), len(val_set), dropped, plan, total, estimate))
+    # 5. optimizer, schedule, accelerate; restore on resume
+    optimizer, scheduler = _optimizer(model, cfg, total)
+    model, optimizer = acc.prepare(model, optimizer)
+    state = _restore(s, model, optimizer, scheduler) if s.resume_from else LoopState()
+    _start(s, state)
+    # 6. the loop
+    args = LoopArgs(total, cfg.train.eval_every, cfg.train.save_every, cfg.train.early_stopping_patience,
+                    cfg.train.max_grad_norm)
+    collate = _collate(tokenizer)
+    steps = batching.step_batches(train_set, plan, seed=cfg.train.seed, start_step=state.step, total_steps=total,
+                                  collate=collate, rank=acc.process_index)
+    hooks, bar = _hooks(s, model, optimizer, scheduler, val_set, collate, out, on_step, total, state)
+    try:
+        with bar:
+            state = train_loop(model, optimizer, scheduler, acc, steps, args, state,
+                               loss_fn=_loss_fn(), hooks=hooks)
+    except KeyboardInterrupt:
+        _finish_manifest(s, state, "stopped")
+        out.line(f"stopped at step {state.step}; `tunesmith train --resume {s.paths.name}` continues from the last checkpoint")
+        raise
+    except BaseException:
+        _finish_manifest(s, state, "failed")
+        raise
+    # 7. the deliverable, the record, the summary
+    return _finish(s, model, tokenizer, state, started, out)
+
+
+# ------------------------------------------------------------------ 1. config and run folder
+
+
+def _session(config, overrides, name, resume) -> _Session:
+    from accelerate import Accelerator
+
+    resume_run = find_run(resume) if resume else None
+    if isinstance(config, Config):
+        assert not overrides, "pass overrides with a config path"
+        cfg = config
+    elif config is None and resume_run is not None:
+        cfg = load_config(resume_run.dir / "config.yaml", overrides)
+    else:
+        cfg = load_config(config, overrides)
+    _check_config(cfg)
+    if cfg.train.threads:
+        import torch
+
+        torch.set_num_threads(cfg.train.threads)
+    methods.check_method(cfg.method.name)
+    acc = Accelerator(cpu=not _cuda(), mixed_precision=_mixed_precision(cfg.train.mixed_precision))
+    if resume_run is not None:
+        return _resume_session(cfg, resume_run, acc)
+    paths = RunPaths(Path(cfg.output_dir) / _run_name(cfg, name, acc))
+    if acc.is_main_process:
+        if paths.dir.exists():
+            raise RunError(f"run folder {paths.dir} already exists", "pick another --name, or resume it with --resume")
+        paths.dir.mkdir(parents=True)
+        atomic_write_text(paths.config, to_yaml(cfg))
+    acc.wait_for_everyone()
+    manifest = {"name": paths.name, "status": "running", "created_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    return _Session(cfg, paths, acc, manifest)
+
+
+def _resume_session(cfg: Config, run, acc) -> _Session:
+    paths = RunPaths(run.dir)
+    if run.status == "completed":
+        raise RunError(f"run '{run.name}' already completed; there is nothing to resume",
+                       "start a new run, e.g. with more train.epochs")
+    latest = checkpoint.latest(paths.checkpoints)
+    if latest is None:
+        raise RunError(f"run '{run.name}' has no checkpoint to resume from", "train again (it stopped before its first checkpoint)")
+    return _Session(cfg, paths, acc, dict(run.manifest), resume_from=latest)
+
+
+def _check_config(cfg: Config) -> None:
+    from tunesmith.errors import ConfigError
+
+    t = cfg.train
+    problems = [msg for bad, msg in [
+        (t.batch_size < 1, "train.batch_size must be >= 1"),
+        (t.grad_accum < 1, "train.grad_accum must be >= 1"),
+        (t.eval_every < 1, "train.eval_every must be >= 1"),
+        (t.save_every < 1, "train.save_every must be >= 1"),
+        (t.keep_checkpoints < 1, "train.keep_checkpoints must be >= 1"),
+        (t.lr <= 0, "train.lr must be > 0"),
+        (t.max_steps is None and t.epochs <= 0, "train.epochs must be > 0 (or set train.max_steps)"),
+        (t.max_steps is not None and t.max_steps < 1, "train.max_steps must be >= 1"),
+        (not 0 <= t.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)"),
+        (cfg.method.r < 1, "method.r must be >= 1"),
+    ] if bad]
+    if not cfg.data.train:
+        problems.append("data.train is not set: give the training data file")
+    if problems:
+        raise ConfigError("; ".join(problems), problems=problems)
+    if t.log_to == "tensorboard":
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("train.log_to=tensorboard needs the tensorboard package",
+                              "pip install 'tunesmith[tensorboard]', or set train.log_to=none")
+
+
+def _run_name(cfg: Config, name: str | None, acc) -> str:
+    from accelerate.utils import broadcast_object_list
+
+    from tunesmith.models.store import validate_name
+
+    chosen = [validate_name(name, "run") if name else layout.new_run_name(cfg.method.name, Path(cfg.output_dir))]
+    if acc.num_processes > 1:  # every process must write into the same folder
+        broadcast_object_list(chosen)
+    return chosen[0]
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _mixed_precision(setting: str) -> str:
+    """auto = bf16 on a GPU that has it, else full precision (CPU autocast gains little and costs accuracy)."""
+    if setting != "auto":
+        return setting
+    import torch
+
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+# ------------------------------------------------------------------ 2. model
+
+
+def _load_model(cfg: Config, acc):
+    from tunesmith.models.load import load_model, load_tokenizer, local_folder
+    from tunesmith.models.store import weights_digest
+
+    with acc.main_process_first():  # a GGUF model is converted once, by the main process
+        folder = local_folder(cfg.model.name, allow_pickle=cfg.model.allow_pickle)
+    if cfg.method.name == "qlora":
+        model, tokenizer = methods.load_quantized(folder), load_tokenizer(folder)
+    else:
+        model, tokenizer = load_model(str(folder), dtype=cfg.model.dtype, allow_pickle=cfg.model.allow_pickle)
+    model.config.use_cache = False
+    model = methods.apply_method(model, cfg.method)
+    base = {"base_model": cfg.model.name, "base_model_path": str(folder.resolve()),
+            "base_model_sha256": weights_digest(folder)}
+    return model, tokenizer, base
+
+
+# ------------------------------------------------------------------ 3. data
+
+
+def _data(cfg: Config, s: _Session, tokenizer):
+    from tunesmith.data.render import render_example
+
+    splits = _splits(cfg, s, tokenizer)
+    train_set, dropped = _render(splits.train, tokenizer, cfg.data.max_length, render_example)
+    val_set, _ = _render(splits.validation, tokenizer, cfg.data.max_length, render_example)
+    if not train_set:
+        raise TrainError(f"no trainable rows in {cfg.data.train}: every example has no tokens to learn from",
+                         f"run `tunesmith data check {cfg.data.train}`")
+    return splits, train_set, val_set, dropped
+
+
+def _render(examples: list[dict], tokenizer, max_length: int, render_example) -> tuple[list, int]:
+    """Rendered examples that have at least one trained token, and how many had none."""
+    kept = []
+    for ex in examples:
+        r = render_example(ex, tokenizer, max_length=max_length)
+        if batching.n_loss_tokens(r) > 0:
+            kept.append(r)
+    return kept, len(examples) - len(kept)
+
+
+def _splits(cfg: Config, s: _Session, tokenizer):
+    """The data engineer's splits_for_training, into the run's data/ (a scratch folder when resuming)."""
+    if s.resume_from is not None:  # compare, never overwrite, the data the run trained on
+        import tempfile
+
+        out_dir = Path(tempfile.mkdtemp(prefix="tunesmith-resume-data-"))
+    else:
+        out_dir = s.paths.data
+    with s.accelerator.main_process_first():
+        try:
+            from tunesmith.data.prepare import splits_for_training
+        except ImportError:  # until the data engineer's module lands: canonical JSONL splits only
+            return _canonical_splits(cfg, out_dir)
+        return splits_for_training(cfg.data, out_dir, tokenizer, cfg.train.seed)
+
+
+@dataclass
+class _Splits:
+    train: list
+    validation: list
+    test: list
+    card: dict
+    dir: Path
+
+
+def _canonical_splits(cfg: Config, out_dir: Path) -> _Splits:
+    """Canonical JSONL files ({"messages": [...]} / {"text": ...}); validation split off when not given."""
+    import json
+
+    from tunesmith.io import atomic_write_jsonl, sha256_text
+
+    def read(path: str | None) -> list:
+        return [json.loads(l) for l in Path(path).read_text(encoding="utf-8").splitlines() if l.strip()] if path else []
+
+    train, val, test = read(cfg.data.train), read(cfg.data.validation), read(cfg.data.test)
+    if not cfg.data.validation:
+        cut = max(1, len(train) // 10) if len(train) > 1 else 0
+        train, val = train[cut:], train[:cut]
+    parts = {"train": train, "validation": val, "test": test}
+    for name, rows in parts.items():
+        atomic_write_jsonl(out_dir / f"{name}.jsonl", rows)
+    digest = sha256_text(json.dumps(parts, sort_keys=True))
+    return _Splits(train, val, test, {"fingerprint": digest}, out_dir)
+
+
+# ------------------------------------------------------------------ manifest and resume checks
+
+
+def _fill_manifest(s: _Session, cfg: Config, base: dict, splits, tokenizer) -> None:
+    from tunesmith.data.render import template_hash
+
+    fresh = {
+        **base,
+        "method": cfg.method.name,
+        "method_config": dataclasses.asdict(cfg.method),
+        "data_fingerprint": splits.card.get("fingerprint"),
+        "chat_template_hash": template_hash(tokenizer),
+        "seed": cfg.train.seed,
+        "library_versions": _versions(),
+        "world_size": s.accelerator.num_processes,
+    }
+    if s.resume_from is None:
+        s.manifest.update(fresh)
+    else:
+        s.manifest["_fresh"] = fresh
+
+
+def _check_resume(s: _Session) -> None:
+    """Refuse to resume when what the run trained on differs from what the config gives now."""
+    if s.resume_from is None:
+        return
+    fresh = s.manifest.pop("_fresh")
+    diffs = [f"{what} differs ({key}: run has {s.manifest.get(key)!r}, now {fresh[key]!r})"
+             for key, what in RESUME_KEYS.items() if s.manifest.get(key) != fresh[key]]
+    if diffs:
+        raise RunError(f"cannot resume run '{s.paths.name}': " + "; ".join(diffs),
+                       "resuming needs the same data, chat template, base model and method; start a new run instead")
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("tunesmith", "torch", "transformers", "peft", "accelerate"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "?"
+    return out
+
+
+# ------------------------------------------------------------------ 5. optimizer and restore
+
+
+def _optimizer(model, cfg: Config, total_steps: int):
+    import torch
+    from transformers import get_scheduler
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    warmup = math.ceil(cfg.train.warmup_ratio * total_steps)
+    kind = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.train.schedule]
+    # Not passed through accelerate.prepare: its scheduler wrapper steps once per process.
+    scheduler = get_scheduler(kind, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    return optimizer, scheduler
+
+
+def _restore(s: _Session, model, optimizer, scheduler) -> LoopState:
+    """Load the latest checkpoint (verified) into model, optimizer, schedule and RNG; its loop state."""
+    saved = checkpoint.load(s.resume_from)
+    checkpoint.load_weights(s.accelerator.unwrap_model(model), saved["weights"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    rng = saved["rng"]
+    checkpoint.set_rng_state(rng[min(s.accelerator.process_index, len(rng) - 1)])
+    checkpoint.set_python_rng(saved["state"])
+    state = LoopState(**{**saved["state"]["loop"], "stop_reason": None})
+    state.train_losses = [tuple(x) for x in state.train_losses]
+    return state
+
+
+def _start(s: _Session, state: LoopState) -> None:
+    if not s.accelerator.is_main_process:
+        return
+    if s.resume_from is not None:
+        layout.truncate_metrics(s.paths, state.step)
+    s.manifest.update(status="running", steps=state.step)
+    layout.write_manifest(s.paths, s.manifest)
+    register_run(s.paths.dir, s.manifest)
+
+
+# ------------------------------------------------------------------ 6. hooks
+
+
+def _collate(tokenizer):
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return lambda examples: batching.collate_padded(examples, pad)
+
+
+def _loss_fn():
+    from tunesmith.train.loss import causal_lm_loss  # logits only where a label is trained
+
+    return causal_lm_loss
+
+
+def _hooks(s: _Session, model, optimizer, scheduler, val_set, collate, out, on_step, total, state) -> tuple[Hooks, Any]:
+    acc, cfg = s.accelerator, s.config
+    sink = progress.MetricsSink(s.paths, enabled=acc.is_main_process,
+                                tensorboard=cfg.train.log_to == "tensorboard")
+    bar = out.bar(total, state.step)
+
+    def save(st: LoopState) -> None:
+        _save_checkpoint(s, model, optimizer, scheduler, st)
+
+    def evaluate_now() -> dict:
+        batches = batching.eval_batches(val_set, cfg.train.batch_size, collate, rank=acc.process_index,
+                                        world_size=acc.num_processes)
+        return evaluate(model, batches, acc)
+
+    def step(st: LoopState, metrics: dict) -> bool:
+        bar.update(st.step, metrics)
+        return bool(on_step and on_step(st, metrics))
+
+    hooks = Hooks(evaluate=evaluate_now if val_set else None, on_improved=save, save=save, log=sink.write, on_step=step)
+    return hooks, bar
+
+
+def _save_checkpoint(s: _Session, model, optimizer, scheduler, state: LoopState) -> None:
+    """Every process hands in its RNG; the main process writes the checkpoint and rotates old ones."""
+    from accelerate.utils import gather_object
+
+    acc = s.accelerator
+    rngs = [checkpoint.rng_state()]
+    if acc.num_processes > 1:
+        rngs = gather_object(rngs)
+    folder = s.paths.checkpoint(state.step)
+    already = state.last_good_step == state.step and (folder / checkpoint.MANIFEST).is_file()
+    state.last_good_step = state.step
+    if acc.is_main_process and not already:
+        checkpoint.save(folder, weights=checkpoint.trainable_state(acc.unwrap_model(model)),
+                        optimizer_state=optimizer.state_dict(), scheduler_state=scheduler.state_dict(),
+                        rng_states=rngs, loop_state=state.to_dict())
+        protect = {state.best_step} if state.best_step is not None else set()
+        checkpoint.rotate(s.paths.checkpoints, s.config.train.keep_checkpoints, protect)
+        s.manifest.update(steps=state.step, best_step=state.best_step, best_val_loss=state.best_val_loss)
+        layout.write_manifest(s.paths, s.manifest)
+    acc.wait_for_everyone()
+
+
+# ------------------------------------------------------------------ 7. finish
+
+
+def _finish(s: _Session, model, tokenizer, state: LoopState, started: float, out) -> Run:
+    acc = s.accelerator
+    if state.stop_reason == "non_finite":
+        _finish_manifest(s, state, "failed")
+        raise TrainError(
+            f"the training loss became NaN or infinite at step {state.step + 1}; training stopped "
+            f"(last good checkpoint: step {state.last_good_step}, in {s.paths.checkpoints})",
+            f"lower train.lr (now {s.config.train.lr}) or check the data with `tunesmith data check`")
+    status = "stopped" if state.stop_reason == "stopped" else "completed"
+    final = _write_final(s, model, tokenizer, state) if status == "completed" else None
+    summary = progress.summary(state, time.time() - started)
+    _finish_manifest(s, state, status, final=final, summary=summary)
+    if acc.is_main_process:
+        line = progress.stop_line(state)
+        if line:
+            out.line(line)
+        out.line(progress.summary_line(state, summary, final, s.paths))
+    acc.wait_for_everyone()
+    return Run(s.paths.name, s.paths.dir.resolve(), status, state.step, state.best_step, state.best_val_loss,
+               final, state.stop_reason, summary)
+
+
+def _write_final(s: _Session, model, tokenizer, state: LoopState) -> Path:
+    """final/ = the best validation step's weights (or the last step's when there was no validation)."""
+    acc = s.accelerator
+    unwrapped = acc.unwrap_model(model)
+    if state.best_step is not None and state.best_step != state.step:
+        best = s.paths.checkpoint(state.best_step)
+        checkpoint.load_weights(unwrapped, checkpoint.load(best)["weights"])
+    if acc.is_main_process:
+        with atomic_dir(s.paths.final, overwrite=True) as tmp:
+            methods.save_deliverable(unwrapped, tokenizer, tmp, s.config.method.name)
+    acc.wait_for_everyone()
+    return s.paths.final.resolve()
+
+
+def _finish_manifest(s: _Session, state: LoopState, status: str, **extra: Any) -> None:
+    if not s.accelerator.is_main_process or not s.paths.dir.exists():
+        return
+    s.manifest.pop("_fresh", None)
+    s.manifest.update(status=status, steps=state.step, best_step=state.best_step, best_val_loss=state.best_val_loss,
+                      stop_reason=state.stop_reason, **{k: (str(v) if isinstance(v, Path) else v) for k, v in extra.items()})
+    layout.write_manifest(s.paths, s.manifest)
+    register_run(s.paths.dir, s.manifest)

@@ -1,0 +1,199 @@
+"""The training loop: a plain function over accelerate, its seams (loss, batches, hooks) passed in.
+
+    for each step's micro-batches:  forward + backward (gradients synced on the last one only)
+                                    clip, optimizer step, scheduler step
+                                    log; every eval_every steps validate, keep the best, maybe stop;
+                                    every save_every steps checkpoint
+
+The loss is normalised by the loss-bearing tokens of the whole step over every process, so
+gradient accumulation and DDP give the gradient one big batch would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+
+if TYPE_CHECKING:
+    import torch
+
+IGNORE = -100
+LossFn = Callable[[Any, dict], "tuple[torch.Tensor, torch.Tensor]"]
+
+
+@dataclass
+class LoopArgs:
+    total_steps: int
+    eval_every: int = 50
+    save_every: int = 100
+    patience: int = 3  # validations without improvement before stopping; 0 = never stop early
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class LoopState:
+    """Everything the loop knows that a checkpoint must carry to resume exactly."""
+
+    step: int = 0  # optimizer steps done
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0  # validations since the last improvement
+    last_good_step: int = 0  # last step whose weights are saved and finite
+    stop_reason: str | None = None  # None | "early_stopping" | "non_finite" | "stopped"
+    tokens: int = 0  # real (non-padding) tokens seen
+    slots: int = 0  # padded slots (B*T) processed
+    loss_tokens: int = 0
+    train_seconds: float = 0.0
+    train_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) since the best
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass
+class Hooks:
+    """What the loop calls out to. Each hook is optional; `on_step` returning True stops the loop."""
+
+    evaluate: Callable[[], dict] | None = None  # -> {"loss", "token_accuracy", ...}
+    on_improved: Callable[[LoopState], None] | None = None  # a new best validation loss
+    save: Callable[[LoopState], None] | None = None  # write a checkpoint of the current state
+    log: Callable[[list[dict]], None] | None = None  # metric rows
+    on_step: Callable[[LoopState, dict], bool] | None = None  # progress; True = stop here
+
+
+def default_loss(model, batch: dict) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Summed next-token cross-entropy over trained labels, and their count (full logits)."""
+    import torch.nn.functional as F
+
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    logits = model(**inputs, use_cache=False).logits[:, :-1]  # (B, T-1, V)
+    targets = batch["labels"][:, 1:]  # (B, T-1)
+    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+    return loss, (targets != IGNORE).sum()
+
+
+def train_loop(model, optimizer, scheduler, accelerator, steps: Iterable, args: LoopArgs, state: LoopState,
+               *, loss_fn: LossFn = default_loss, hooks: Hooks = Hooks()) -> LoopState:
+    """Run optimizer steps from `steps` (StepBatch items) until they end or the loop stops early."""
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    for batch in steps:
+        started = time.perf_counter()
+        loss = _one_step(model, optimizer, accelerator, batch, loss_fn)
+        if not math.isfinite(loss):
+            state.stop_reason = "non_finite"
+            _log(hooks, [{"step": state.step + 1, "split": "train", "loss": str(loss)}])
+            break
+        grad_norm = accelerator.clip_grad_norm_(params, args.max_grad_norm) if args.max_grad_norm > 0 else None
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        metrics = _step_metrics(state, batch, loss, scheduler, grad_norm, time.perf_counter() - started, accelerator)
+        _log(hooks, [metrics])
+        if _after_step(state, args, hooks, metrics):
+            break
+    return state
+
+
+def _one_step(model, optimizer, accelerator, batch, loss_fn: LossFn) -> float:
+    """Forward and backward over this process's micro-batches; returns the step's mean loss over all processes."""
+    import torch
+
+    world = accelerator.num_processes
+    total = torch.zeros((), device=accelerator.device)
+    optimizer.zero_grad(set_to_none=True)
+    for i, micro in enumerate(batch.micro):
+        micro = {k: v.to(accelerator.device) for k, v in micro.items()}
+        last = i == len(batch.micro) - 1
+        sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
+        with sync, accelerator.autocast():
+            loss_sum, _ = loss_fn(model, micro)
+            # DDP averages gradients over processes: scale by world so the result is sum / all tokens.
+            accelerator.backward(loss_sum * world / batch.n_loss_tokens)
+        total += loss_sum.detach().float()
+    return float(accelerator.reduce(total, reduction="sum")) / batch.n_loss_tokens
+
+
+def _step_metrics(state: LoopState, batch, loss: float, scheduler, grad_norm, seconds: float, accelerator) -> dict:
+    import torch
+
+    real = sum(int(m["token_mask"].sum()) for m in batch.micro)
+    slots = sum(m["token_mask"].numel() for m in batch.micro)
+    counts = accelerator.reduce(torch.tensor([real, slots], device=accelerator.device), reduction="sum").tolist()
+    state.tokens += int(counts[0])
+    state.slots += int(counts[1])
+    state.loss_tokens += batch.n_loss_tokens
+    state.train_seconds += seconds
+    state.train_losses.append((state.step, loss))
+    row = {"step": state.step, "split": "train", "loss": round(loss, 6), "lr": scheduler.get_last_lr()[0],
+           "tokens_per_s": round(counts[0] / max(seconds, 1e-9), 1), "examples": batch.n_examples}
+    if grad_norm is not None:
+        row["grad_norm"] = round(float(grad_norm), 6)
+    return row
+
+
+def _after_step(state: LoopState, args: LoopArgs, hooks: Hooks, metrics: dict) -> bool:
+    """Report progress, validate, checkpoint; True when the loop must stop."""
+    last = state.step >= args.total_steps
+    asked_to_stop = bool(hooks.on_step and hooks.on_step(state, metrics))
+    stop = False
+    if hooks.evaluate and (state.step % args.eval_every == 0 or last):
+        stop = _validate(state, args, hooks)
+    if asked_to_stop and not stop:
+        state.stop_reason, stop = "stopped", True
+    if hooks.save and (stop or last or state.step % args.save_every == 0):
+        hooks.save(state)
+    return stop
+
+
+def _validate(state: LoopState, args: LoopArgs, hooks: Hooks) -> bool:
+    """One validation; True when early stopping says stop."""
+    result = hooks.evaluate()
+    _log(hooks, [{"step": state.step, "split": "validation", **result}])
+    loss = result["loss"]
+    if state.best_val_loss is None or loss < state.best_val_loss:
+        state.best_val_loss, state.best_step, state.bad_evals = loss, state.step, 0
+        state.train_losses = [(s, l) for s, l in state.train_losses if s >= state.step]
+        if hooks.on_improved:
+            hooks.on_improved(state)
+        return False
+    state.bad_evals += 1
+    if args.patience and state.bad_evals >= args.patience:
+        state.stop_reason = "early_stopping"
+        return True
+    return False
+
+
+def evaluate(model, batches: Iterator[dict], accelerator) -> dict:
+    """Mean loss and next-token accuracy over trained labels, summed over every process."""
+    import torch
+    import torch.nn.functional as F
+
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss, tokens, correct
+    with torch.no_grad():
+        for batch in batches:
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+            with accelerator.autocast():
+                logits = model(**inputs, use_cache=False).logits[:, :-1].float()  # (B, T-1, V)
+            targets = batch["labels"][:, 1:]
+            trained = targets != IGNORE
+            sums[0] += F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+            sums[1] += trained.sum()
+            sums[2] += ((logits.argmax(-1) == targets) & trained).sum()
+    model.train(was_training)
+    sums = accelerator.reduce(sums, reduction="sum")
+    tokens = max(float(sums[1]), 1.0)
+    return {"loss": round(float(sums[0]) / tokens, 6), "token_accuracy": round(float(sums[2]) / tokens, 6),
+            "tokens": int(sums[1])}
+
+
+def _log(hooks: Hooks, rows: list[dict]) -> None:
+    if hooks.log:
+        hooks.log(rows)

@@ -1,0 +1,156 @@
+"""finetune() on the tiny model: pinned losses, exact resume, early stopping, refusals, NaN, disk full."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+import pytest
+
+from tunesmith.config import load_config
+from tunesmith.errors import RunError, TrainError
+
+from train_helpers import noise_dataset, overrides, sums_dataset
+
+
+@pytest.fixture
+def sums(tmp_path):
+    return sums_dataset(tmp_path / "data")
+
+
+def _run(model_dir, train, val, out, *extra, name=None, on_step=None, **train_keys):
+    from tunesmith.train.finetune import finetune
+
+    cfg = load_config(None, overrides(model_dir, train, val, out, **train_keys) + list(extra))
+    return finetune(cfg, name=name, on_step=on_step, show_progress=False)
+
+
+def _metrics(run, split="train"):
+    rows = [json.loads(line) for line in (run.dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in rows if r["split"] == split]
+
+
+def _weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "trainable.safetensors"))
+
+
+@pytest.mark.parametrize("method, losses, val", [
+    ("lora", [10.734413, 10.753292, 10.680037, 10.713249, 10.673732, 10.64307], [10.706606, 10.670537]),
+    ("full", [10.734413, 10.592057, 10.446268, 10.392767, 10.326696, 10.289444], [10.370565, 10.267665]),
+])
+def test_first_losses_are_pinned(tiny_model_dir, sums, tmp_path, store_home, method, losses, val):
+    run = _run(tiny_model_dir, *sums, tmp_path / "runs", f"method.name={method}", name=method)
+    assert [loss for _, loss in _metrics(run)] == pytest.approx(losses, abs=2e-5)
+    assert [loss for _, loss in _metrics(run, "validation")] == pytest.approx(val, abs=2e-5)
+    assert run.status == "completed" and run.steps == 6 and run.best_step == 6
+    manifest = json.loads((run.dir / "manifest.json").read_text())
+    assert manifest["status"] == "completed" and manifest["method"] == method
+    assert manifest["best_val_loss"] == pytest.approx(val[-1], abs=2e-5)
+    assert {"data_fingerprint", "chat_template_hash", "base_model_sha256", "library_versions"} <= set(manifest)
+    final = {p.name for p in run.final.iterdir()}
+    expected = {"adapter_config.json", "adapter_model.safetensors"} if method == "lora" else {"config.json", "model.safetensors"}
+    assert expected | {"tokenizer.json", "chat_template.jinja"} <= final
+    assert (run.dir / "data" / "train.jsonl").is_file() and (run.dir / "config.yaml").is_file()
+
+
+def test_resume_continues_exactly(tiny_model_dir, sums, tmp_path, store_home):
+    from tunesmith.train.finetune import finetune
+
+    keys = dict(max_steps=10, save_every=5, eval_every=5, batch_size=3)
+    straight = _run(tiny_model_dir, *sums, tmp_path / "runs", name="straight", **keys)
+    stopped = _run(tiny_model_dir, *sums, tmp_path / "runs", name="stopped", on_step=lambda st, m: st.step == 5, **keys)
+    assert (stopped.status, stopped.steps, stopped.final) == ("stopped", 5, None)
+    resumed = finetune(None, resume="stopped", show_progress=False)
+    assert (resumed.name, resumed.status, resumed.steps) == ("stopped", "completed", 10)
+    a = _weights(straight.dir / "checkpoints" / "step-10")
+    b = _weights(resumed.dir / "checkpoints" / "step-10")
+    assert a.keys() == b.keys() and len(a) == 28  # 2 layers x 7 linear layers x (A, B)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    assert _metrics(resumed) == _metrics(straight)  # the resumed log has each step once
+    assert _metrics(resumed, "validation") == _metrics(straight, "validation")
+
+
+def test_early_stopping_keeps_the_best_step(tiny_model_dir, tmp_path, store_home, capsys):
+    from tunesmith.runs.tuned import load_tuned
+    from tunesmith.train.finetune import finetune
+
+    train, val = noise_dataset(tmp_path / "data")
+    cfg = load_config(None, overrides(tiny_model_dir, train, val, tmp_path / "runs", max_steps=60, eval_every=3,
+                                      save_every=100, lr=3e-2, early_stopping_patience=2, batch_size=8)
+                      + ["method.name=full"])
+    run = finetune(cfg, name="overfit")
+    assert (run.stop_reason, run.steps, run.best_step) == ("early_stopping", 15, 9)
+    val_losses = dict(_metrics(run, "validation"))
+    assert val_losses[12] > val_losses[9] and val_losses[15] > val_losses[9]  # validation rose...
+    train_losses = dict(_metrics(run))
+    assert train_losses[15] < train_losses[9]  # ...while training loss fell
+    assert "overfitting: stopped at step 15, kept step 9" in capsys.readouterr().err
+    # The deliverable is step 9's weights, not the last step's.
+    model, _ = load_tuned("overfit")
+    best = _weights(run.dir / "checkpoints" / "step-9")
+    params = dict(model.named_parameters())
+    assert all(float((params[k].detach() - v).abs().max()) == 0 for k, v in best.items())
+
+
+def test_resume_refuses_changed_data_method_and_corrupt_checkpoint(tiny_model_dir, sums, tmp_path, store_home):
+    from tunesmith.train.finetune import finetune
+
+    train, val = sums
+    _run(tiny_model_dir, train, val, tmp_path / "runs", name="r", on_step=lambda st, m: st.step == 2,
+         max_steps=4, save_every=2)
+    with pytest.raises(RunError, match="the method differs .*'lora', now 'full'"):
+        finetune(None, overrides=("method.name=full",), resume="r", show_progress=False)
+    original = train.read_text()
+    train.write_text(original.replace("plus", "and", 1))
+    with pytest.raises(RunError, match="cannot resume run 'r': the training data differs"):
+        finetune(None, resume="r", show_progress=False)
+    train.write_text(original)
+    opt = tmp_path / "runs" / "r" / "checkpoints" / "step-2" / "optimizer.pt"
+    opt.write_bytes(opt.read_bytes()[:-10])
+    with pytest.raises(RunError, match="step-2 is corrupt: optimizer.pt does not match its checksum"):
+        finetune(None, resume="r", show_progress=False)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_model_dir, sums, tmp_path, store_home, monkeypatch):
+    import torch
+
+    from tunesmith.train import finetune as ft
+    from tunesmith.train.loss import causal_lm_loss
+
+    calls = []
+
+    def poisoned(model, batch):
+        calls.append(1)
+        loss, n = causal_lm_loss(model, batch)
+        return (loss * float("nan"), n) if len(calls) == 3 else (loss, n)
+
+    monkeypatch.setattr(ft, "_loss_fn", lambda: poisoned)
+    with pytest.raises(TrainError, match="NaN or infinite at step 3.*last good checkpoint: step 2"):
+        _run(tiny_model_dir, *sums, tmp_path / "runs", name="nan", save_every=2)
+    run_dir = tmp_path / "runs" / "nan"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert (manifest["status"], manifest["steps"], manifest["stop_reason"]) == ("failed", 2, "non_finite")
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-2"]
+    assert not (run_dir / "final").exists()
+    assert torch.isfinite(next(iter(_weights(run_dir / "checkpoints" / "step-2").values()))).all()
+
+
+def test_disk_full_leaves_no_half_checkpoint(tiny_model_dir, sums, tmp_path, store_home, monkeypatch):
+    import torch
+
+    real_save = torch.save
+
+    def full_disk(obj, f, *a, **k):
+        if str(f).endswith("scheduler.pt"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(TrainError, match="disk full while saving checkpoint step-3"):
+        _run(tiny_model_dir, *sums, tmp_path / "runs", name="full-disk")
+    ckpts = tmp_path / "runs" / "full-disk" / "checkpoints"
+    assert list(ckpts.iterdir()) == []  # no step-3, no temp folder
+    assert json.loads((tmp_path / "runs" / "full-disk" / "manifest.json").read_text())["status"] == "failed"
