@@ -219,3 +219,40 @@ def _find(parent: dict[int, int], i: int) -> int:
         parent[i] = parent.setdefault(parent[i], parent[i])
         i = parent[i]
     return i
+
+
+@dataclass
+class CrossMatches:
+    """For each row of file A: the matching row position in file B, or -1."""
+
+    exact: np.ndarray  # same normalised input and output
+    same_input: np.ndarray  # same normalised input
+    near: np.ndarray  # a verified near duplicate
+    similarity: np.ndarray
+
+
+def cross_matches(a: Fingerprints, b: Fingerprints) -> CrossMatches:
+    """Rows of `a` that also occur in `b` (exact, same input, or near), for train/test leakage."""
+    exact = _lookup(a.exact_keys(), b.exact_keys())
+    same_input = _lookup(a.input_keys(), b.input_keys())
+    near, sim = np.full(len(a), -1), np.zeros(len(a))
+    if a.near and b.near and len(a) and len(b):
+        bands_a, sigs_a = a.signatures()
+        bands_b, sigs_b = b.signatures()
+        pairs = candidate_pairs(np.concatenate([bands_b, bands_a]))  # b first: a pair's first is in b
+        pairs = pairs[(pairs[:, 0] < len(b)) & (pairs[:, 1] >= len(b))]
+        rows_a, rows_b = pairs[:, 1] - len(b), pairs[:, 0]
+        agree = (sigs_a[rows_a] == sigs_b[rows_b]).mean(axis=1) if len(pairs) else np.zeros(0)
+        ok = agree >= NEAR_THRESHOLD
+        near[rows_a[ok]], sim[rows_a[ok]] = rows_b[ok], agree[ok]
+    return CrossMatches(exact, same_input, near, sim)
+
+
+def _lookup(keys: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Position in `table` of each key (its first occurrence), or -1."""
+    if not len(table):
+        return np.full(len(keys), -1)
+    order = np.argsort(table, kind="stable")
+    sorted_table = table[order]
+    at = np.clip(np.searchsorted(sorted_table, keys), 0, len(table) - 1)
+    return np.where(sorted_table[at] == keys, order[at], -1)

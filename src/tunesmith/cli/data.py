@@ -1,0 +1,204 @@
+"""`tunesmith data check | prepare | preview`: the data quality report, leak-free splits, and the loss mask made visible."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import typer
+
+from tunesmith.cli.common import console, err_console, print_json
+
+data_app = typer.Typer(help="Check, prepare and preview training data.", no_args_is_help=True)
+TABLE_ROWS = 50
+
+FORMAT_HELP = "input format (messages, sharegpt, alpaca, prompt-completion, input-output, text); default: detect"
+MAP_HELP = "rename fields before detection, e.g. input=question,output=answer"
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(data_app, name="data")
+
+
+def _existing(path: Path) -> Path:
+    from tunesmith.errors import DataError
+
+    if not path.exists():
+        raise DataError(f"no such file: {path}", "check the path")
+    return path
+
+
+def _tokenizer(model: str | None):
+    if model is None:
+        return None
+    from tunesmith.models.load import load_tokenizer, local_folder
+
+    return load_tokenizer(local_folder(model))
+
+
+def count_lines(path: Path, limit_bytes: int = 2 << 30) -> int | None:
+    """Newlines in an uncompressed text file (fast, in 1 MB blocks); None for other files."""
+    if path.suffix.lower() not in (".jsonl", ".ndjson", ".csv", ".tsv") or path.stat().st_size > limit_bytes:
+        return None
+    n = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            n += block.count(b"\n")
+    return n
+
+
+@contextlib.contextmanager
+def row_progress(path: Path, what: str, *, quiet: bool = False) -> Iterator[Callable[[int], None]]:
+    """Yield a callback taking the rows done so far; shows a bar on stderr unless `quiet`."""
+    if quiet:
+        yield lambda n: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    total = count_lines(path)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err_console, transient=True) as bar:
+        task = bar.add_task(f"{what} {path.name}", total=total)
+        yield lambda n: bar.update(task, completed=n)
+
+
+@data_app.command("check")
+def check_cmd(
+    file: Path = typer.Argument(..., help="the data file (.jsonl, .json, .csv, .tsv, .parquet, or .gz of those)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="model whose tokenizer and template to measure with"),
+    method: str = typer.Option("lora", "--method", help="lora | full: the method the time estimate measures"),
+    against: Optional[Path] = typer.Option(None, "--against", help="another file (e.g. the test set) to check for overlap"),
+    format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
+    map: Optional[str] = typer.Option(None, "--map", help=MAP_HELP),
+    system: Optional[str] = typer.Option(None, "--system", help="system prompt added to conversations without one"),
+    max_length: int = typer.Option(1024, "--max-length", help="longest sequence in tokens (as data.max_length)"),
+    no_estimate: bool = typer.Option(False, "--no-estimate", help="skip the measured time-per-epoch estimate"),
+    json_out: bool = typer.Option(False, "--json", help="print {summary, issues} as JSON"),
+) -> None:
+    """Report every problem in FILE at once, and whether it is ready to fine-tune on. Exit 1 if there are errors."""
+    from tunesmith.data.check import CheckOptions, check
+    from tunesmith.data.formats import resolve_format, parse_mapping
+
+    if method not in ("lora", "full"):
+        raise typer.BadParameter("expected lora or full", param_hint="--method")
+    resolve_format(format), parse_mapping(map)  # usage errors before any work
+    _existing(file)
+    if against is not None:
+        _existing(against)
+    opts = CheckOptions(format=format, mapping=map, system=system, tokenizer=_tokenizer(model),
+                        max_length=max_length, against=against)
+    with row_progress(file, "checking", quiet=json_out) as advance:
+        opts.progress = advance
+        report = check(file, opts)
+    if model and not no_estimate and report.summary.get("tokens"):
+        from tunesmith.data.readiness import add_estimate
+
+        with err_console.status(f"measuring {method} training speed of {model} on 2 rows..."):
+            add_estimate(report.summary, report.sample, model, method, max_length=max_length)
+    if json_out:
+        print_json(report.to_dict())
+    else:
+        _print_report(report)
+    if report.errors:
+        raise typer.Exit(1)
+
+
+def _print_report(report) -> None:
+    from rich.table import Table
+
+    s = report.summary
+    if report.issues:
+        table = Table("line", "field", "rule", "severity", "message", show_lines=False)
+        for f in report.issues[:TABLE_ROWS]:
+            style = "red" if f.severity == "error" else "yellow"
+            table.add_row(str(f.line) if f.line else "-", f.field or "-", f.rule, f"[{style}]{f.severity}[/]", f.message)
+        console.print(table)
+        if len(report.issues) > TABLE_ROWS:
+            console.print(f"[dim]first {TABLE_ROWS} of {len(report.issues)} findings shown; --json lists them all[/]")
+        counts = ", ".join(f"{rule} {v['count']}" for rule, v in s["by_rule"].items())
+        console.print(f"by rule: {counts}")
+    console.print(f"{s['file']}: format {s['format'] or 'unknown'}, {s['rows_read']} rows read, "
+                  f"{s['rows_with_errors']} with errors, {s['usable_rows']} usable; "
+                  f"[red]{s['errors']} error(s)[/], [yellow]{s['warnings']} warning(s)[/]")
+    if s.get("tokens"):
+        t = s["tokens"]
+        console.print(f"tokens per row: min {t['min']}, median {t['median']}, p95 {t['p95']}, max {t['max']}; "
+                      f"{t['trainable_tokens']:,} trainable tokens; {t['rows_truncated']} row(s) over max_length "
+                      f"{t['max_length']} ({t['tokens_cut']:,} tokens cut)")
+    _print_verdict(s["verdict"])
+
+
+def _print_verdict(v: dict) -> None:
+    colour = {"ready": "green", "enough-to-start": "green", "too-little": "yellow", "fix-data": "red"}[v["level"]]
+    console.print(f"[bold {colour}]verdict: {v['message']}[/] ({'; '.join(v['reasons'])})")
+    e = v.get("estimate")
+    if e:
+        minutes = e["seconds_per_epoch"] / 60 if e["seconds_per_epoch"] is not None else float("nan")
+        console.print(f"one epoch: {e['train_rows']} rows, {e['tokens']:,} tokens ({e['trainable_tokens']:,} trained); "
+                      f"measured {e['tokens_per_second']:.0f} tokens/s ({e['method']}, {e['model']}) "
+                      f"-> about {minutes:.1f} min per epoch on this machine")
+    elif v["level"] != "fix-data":
+        console.print("[dim]add --model NAME for token statistics and a measured time per epoch[/]")
+
+
+@data_app.command("prepare")
+def prepare_cmd(
+    file: Path = typer.Argument(..., help="the data file"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for train/validation/test/rejected .jsonl and data_card.json"),
+    split: str = typer.Option("80/10/10", "--split", help="train/validation/test percentages"),
+    seed: int = typer.Option(42, "--seed", help="seed of the split"),
+    near_duplicates: str = typer.Option("drop", "--near-duplicates", help="drop | keep near-duplicate rows"),
+    format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
+    map: Optional[str] = typer.Option(None, "--map", help=MAP_HELP),
+    system: Optional[str] = typer.Option(None, "--system", help="system prompt added to conversations without one"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="add token statistics with this model's tokenizer"),
+    max_length: int = typer.Option(1024, "--max-length", help="longest sequence in tokens, for the statistics"),
+    json_out: bool = typer.Option(False, "--json", help="print the data card as JSON"),
+) -> None:
+    """Normalise, deduplicate and split FILE into canonical train/validation/test files (atomic writes)."""
+    from tunesmith.data.prepare import prepare
+
+    if near_duplicates not in ("drop", "keep"):
+        raise typer.BadParameter("expected drop or keep", param_hint="--near-duplicates")
+    _existing(file)
+    with err_console.status(f"preparing {file}..."):
+        card = prepare(file, out, split=split, seed=seed, near_duplicates=near_duplicates, format=format,
+                       mapping=map, system=system, tokenizer=_tokenizer(model), max_length=max_length)
+    if json_out:
+        return print_json(card)
+    sp = card["splits"]
+    console.print(f"{card['rows_read']} rows read: {card['kept']} kept (train {sp['train']}, validation "
+                  f"{sp['validation']}, test {sp['test']}), {card['rejected']} rejected "
+                  f"{card['rejected_by_reason'] or ''}")
+    console.print(f"wrote {out}/train.jsonl, validation.jsonl, test.jsonl, rejected.jsonl, data_card.json "
+                  f"(fingerprint {card['fingerprint'][:12]})")
+
+
+@data_app.command("preview")
+def preview_cmd(
+    file: Path = typer.Argument(..., help="the data file"),
+    model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help="model whose chat template renders the rows"),
+    n: int = typer.Option(3, "-n", help="how many examples"),
+    max_length: int = typer.Option(1024, "--max-length", help="longest sequence in tokens"),
+    format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
+    map: Optional[str] = typer.Option(None, "--map", help=MAP_HELP),
+    system: Optional[str] = typer.Option(None, "--system", help="system prompt added to conversations without one"),
+) -> None:
+    """Show examples as the model sees them; the highlighted tokens are the ones it learns."""
+    from rich.text import Text
+
+    from tunesmith.data.preview import preview_file
+
+    _existing(file)
+    previews = preview_file(file, _tokenizer(model), n=n, max_length=max_length, format=format, mapping=map, system=system)
+    if not previews:
+        console.print(f"no usable examples in {file}; run `tunesmith data check {file}`")
+        raise typer.Exit(1)
+    for p in previews:
+        console.rule(f"line {p.line}: {p.tokens} tokens, {p.trained} trained" + (f", {p.truncated} cut" if p.truncated else ""))
+        text = Text()
+        for chunk, trained in p.runs:
+            text.append(chunk, style="bold black on green" if trained else "dim")
+        console.print(text)
+    console.print("[bold black on green] highlighted [/] = trained (loss taken), [dim]dim[/] = context only")

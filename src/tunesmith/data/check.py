@@ -1,0 +1,196 @@
+"""`data check`: every problem in a data file at once, with line, field, rule, severity and a hint.
+
+One streaming pass reads and normalises the rows (structure, types, roles, personal data, and
+token lengths when a tokenizer is given) while fingerprinting them; duplicates, conflicts and
+leakage against another file are found at the end from the fingerprints alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tunesmith.data.dedup import NEAR_THRESHOLD, Fingerprints, cross_matches, input_output
+from tunesmith.data.formats import Reader
+from tunesmith.data.pii import find_pii
+from tunesmith.data.rules import ERROR, RULES, Finding, finding, is_error
+
+SAMPLE_ROWS = 200  # usable examples kept for the speed measurement
+
+
+@dataclass
+class CheckOptions:
+    """How to read the file and what to check besides structure and duplicates."""
+
+    format: str | None = None
+    mapping: Any = None
+    system: str | None = None
+    tokenizer: Any = None  # token statistics and length rules when given
+    max_length: int = 1024
+    against: str | Path | None = None  # another file to check for overlap (leakage)
+    near: bool = True  # near-duplicate detection
+    progress: Callable[[int], None] | None = None  # called with the rows read so far, now and then
+
+
+@dataclass
+class Report:
+    """The findings, sorted by line, and a summary (counts per rule, duplicates, tokens, readiness)."""
+
+    summary: dict
+    issues: list[Finding]
+    sample: list[dict] = field(default_factory=list)  # a few usable examples (for the speed measurement)
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for f in self.issues if is_error(f))
+
+    def to_dict(self) -> dict:
+        return {"summary": self.summary, "issues": [f.to_dict() for f in self.issues]}
+
+
+@dataclass
+class _Pass:
+    """What the streaming pass keeps per usable row: its line, fingerprint and token counts."""
+
+    lines: list[int] = field(default_factory=list)
+    tokens: list = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    error_rows: int = 0
+    sample: list[dict] = field(default_factory=list)
+
+
+def check(path: str | Path, options: CheckOptions | None = None) -> Report:
+    """Check `path` and return every finding and the summary (see Report)."""
+    opts = options or CheckOptions()
+    reader = Reader(path, format=opts.format, mapping=opts.mapping, system=opts.system)
+    fp = Fingerprints(near=opts.near)
+    state = _stream(reader, fp, opts)
+    state.findings += duplicate_findings(fp, state.lines)
+    leaks = None
+    if opts.against is not None:
+        leak_findings, leaks = leak_check(fp, state.lines, opts)
+        state.findings += leak_findings
+    issues = sorted(reader.file_findings + state.findings, key=lambda f: (f.line, f.rule, f.field))
+    summary = summarise(Path(path), reader, state, issues, opts, leaks)
+    return Report(summary, issues, state.sample)
+
+
+def _stream(reader: Reader, fp: Fingerprints, opts: CheckOptions) -> _Pass:
+    state = _Pass()
+    for n, row in enumerate(reader, 1):
+        state.findings += row.findings
+        if any(is_error(f) for f in row.findings):
+            state.error_rows += 1
+        if row.example is not None:
+            _usable_row(row, fp, state, opts)
+        if opts.progress and n % 1000 == 0:
+            opts.progress(n)
+    if opts.progress:
+        opts.progress(reader.rows_read)
+    return state
+
+
+def _usable_row(row, fp: Fingerprints, state: _Pass, opts: CheckOptions) -> None:
+    example = row.example
+    fp.add(*input_output(example))
+    state.lines.append(row.line)
+    state.findings += pii_findings(example, row.fields, row.line)
+    if opts.tokenizer is not None:
+        from tunesmith.data.stats import measure
+
+        counts = measure(example, opts.tokenizer, opts.max_length)
+        state.tokens.append(counts)
+        state.findings += length_findings(counts, row.line, opts.max_length, "messages" in example)
+    if len(state.sample) < SAMPLE_ROWS:
+        state.sample.append(example)
+
+
+def pii_findings(example: dict, fields: list[str], line: int) -> list[Finding]:
+    texts = [m["content"] for m in example["messages"]] if "messages" in example else [example["text"]]
+    out = []
+    for i, text in enumerate(texts):
+        label = fields[i] if i < len(fields) else ""
+        for rule, sample in find_pii(text):
+            what = {"pii.email": "an e-mail address", "pii.phone": "a phone number", "pii.card": "a card number"}[rule]
+            out.append(finding(line, label, rule, f"possible personal data: {what} ({sample})"))
+    return out
+
+
+def length_findings(counts, line: int, max_length: int | None, chat: bool) -> list[Finding]:
+    out = []
+    if max_length and counts.truncated:
+        what = (f"{counts.total} tokens, over max_length {max_length}: truncation cuts {counts.truncated} tokens "
+                f"({counts.trained - counts.kept_trained} of them trained)")
+        out.append(finding(line, "", "length.over_context", what))
+    if chat and counts.answer < 3:
+        out.append(finding(line, "", "answer.too_short", f"the answer is {max(counts.answer - 1, 0)} token(s) long"))
+    elif chat and max_length and counts.answer > 0.75 * max_length:
+        out.append(finding(line, "", "answer.too_long", f"the answer is {counts.answer} tokens, over 3/4 of max_length {max_length}"))
+    return out
+
+
+def duplicate_findings(fp: Fingerprints, lines: list[int]) -> list[Finding]:
+    """dup.exact, dup.near and dup.conflict, each pointing at the first row of its group."""
+    g = fp.groups()
+    out = []
+    for i, line in enumerate(lines):
+        if g.exact[i] != i:
+            out.append(finding(line, "", "dup.exact", f"exact duplicate of line {lines[g.exact[i]]}"))
+        elif g.same_input[i] != i and g.near[i] != g.near[g.same_input[i]]:
+            out.append(finding(line, "", "dup.conflict", f"same input as line {lines[g.same_input[i]]}, different answer"))
+        elif g.near[i] != i:
+            out.append(finding(line, "", "dup.near", f"near duplicate of line {lines[g.near[i]]} "
+                                                      f"(similarity ~{g.similarity[i]:.2f})"))
+    return out
+
+
+def leak_check(fp: Fingerprints, lines: list[int], opts: CheckOptions) -> tuple[list[Finding], dict]:
+    """leak.exact / leak.near for rows that also occur in `opts.against`."""
+    other = Reader(opts.against, format=None, mapping=opts.mapping, system=opts.system)
+    other_fp, other_lines = Fingerprints(near=opts.near), []
+    for row in other:
+        if row.example is not None:
+            other_fp.add(*input_output(row.example))
+            other_lines.append(row.line)
+    m = cross_matches(fp, other_fp)
+    name, out = Path(opts.against).name, []
+    for i, line in enumerate(lines):
+        if m.exact[i] >= 0:
+            out.append(finding(line, "", "leak.exact", f"also in {name} line {other_lines[m.exact[i]]}"))
+        elif m.same_input[i] >= 0:
+            out.append(finding(line, "", "leak.exact", f"same input as {name} line {other_lines[m.same_input[i]]}"))
+        elif m.near[i] >= 0:
+            out.append(finding(line, "", "leak.near", f"near duplicate of {name} line {other_lines[m.near[i]]} "
+                                                      f"(similarity ~{m.similarity[i]:.2f})"))
+    counts = {"file": str(opts.against), "rows": other.rows_read,
+              "exact": sum(1 for f in out if f.rule == "leak.exact"), "near": sum(1 for f in out if f.rule == "leak.near")}
+    return out, counts
+
+
+def summarise(path: Path, reader: Reader, state: _Pass, issues: list[Finding], opts: CheckOptions,
+              leaks: dict | None) -> dict:
+    from tunesmith.data.readiness import verdict
+
+    by_rule: dict[str, int] = {}
+    for f in issues:
+        by_rule[f.rule] = by_rule.get(f.rule, 0) + 1
+    dup_rows = by_rule.get("dup.exact", 0) + by_rule.get("dup.near", 0)
+    summary = {
+        "file": str(path), "format": reader.format, "rows_read": reader.rows_read,
+        "rows_with_errors": state.error_rows + (reader.rows_read if reader.format is None else 0),
+        "usable_rows": len(state.lines) - dup_rows,
+        "errors": sum(1 for f in issues if f.severity == ERROR),
+        "warnings": sum(1 for f in issues if f.severity != ERROR),
+        "by_rule": {rule: {"severity": RULES[rule][0], "count": n} for rule, n in sorted(by_rule.items())},
+        "exact_duplicates": by_rule.get("dup.exact", 0), "near_duplicates": by_rule.get("dup.near", 0),
+        "conflicts": by_rule.get("dup.conflict", 0), "near_threshold": NEAR_THRESHOLD,
+        "tokens": None, "against": leaks,
+    }
+    summary["rows_with_errors"] = min(summary["rows_with_errors"], reader.rows_read)
+    if state.tokens:
+        from tunesmith.data.stats import summarise as token_summary
+
+        summary["tokens"] = token_summary(state.tokens, opts.max_length)
+    summary["verdict"] = verdict(summary)
+    return summary
