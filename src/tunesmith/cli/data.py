@@ -74,6 +74,7 @@ def check_cmd(
     system: Optional[str] = typer.Option(None, "--system", help="system prompt added to conversations without one"),
     max_length: int = typer.Option(1024, "--max-length", help="longest sequence in tokens (as data.max_length)"),
     no_estimate: bool = typer.Option(False, "--no-estimate", help="skip the measured time-per-epoch estimate"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for the speed measurement (as train.threads)"),
     json_out: bool = typer.Option(False, "--json", help="print {summary, issues} as JSON"),
 ) -> None:
     """Report every problem in FILE at once, and whether it is ready to fine-tune on. Exit 1 if there are errors."""
@@ -95,7 +96,7 @@ def check_cmd(
         from tunesmith.data.readiness import add_estimate
 
         with err_console.status(f"measuring {method} training speed of {model} on 2 rows..."):
-            add_estimate(report.summary, report.sample, model, method, max_length=max_length)
+            add_estimate(report.summary, report.sample, model, method, max_length=max_length, threads=threads)
     if json_out:
         print_json(report.to_dict())
     else:

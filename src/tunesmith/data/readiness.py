@@ -51,7 +51,7 @@ def epoch_tokens(summary: dict) -> dict | None:
 
 
 def measure_speed(model, tokenizer, examples: list[dict], *, method_cfg: Any = None, max_length: int = 1024,
-                  steps: int = 2) -> dict:
+                  steps: int = 2, threads: int | None = None) -> dict:
     """Tokens per second of real training steps (forward, backward, AdamW) on two rendered rows.
 
     `method_cfg` None or name 'full' trains every weight; 'lora' wraps the model with LoRA
@@ -117,7 +117,7 @@ def estimate(summary: dict, speed: dict) -> dict:
 
 
 def add_estimate(summary: dict, sample: list[dict], model_spec: str, method: str = "lora", *,
-                 max_length: int = 1024) -> dict:
+                 max_length: int = 1024, threads: int | None = None) -> dict:
     """Load `model_spec`, measure training speed with `method` on two sample rows, and put the
     time-per-epoch estimate into summary['verdict']['estimate']."""
     from tunesmith.config import MethodConfig
@@ -126,6 +126,8 @@ def add_estimate(summary: dict, sample: list[dict], model_spec: str, method: str
     if not sample or not summary.get("tokens"):
         return summary
     model, tokenizer = load_model(model_spec)
-    speed = measure_speed(model, tokenizer, sample, method_cfg=MethodConfig(name=method), max_length=max_length)
-    summary["verdict"]["estimate"] = {"model": model_spec, "method": method, **estimate(summary, speed)}
+    speed = measure_speed(model, tokenizer, sample, method_cfg=MethodConfig(name=method), max_length=max_length,
+                          threads=threads)
+    summary["verdict"]["estimate"] = {"model": model_spec, "method": method, "threads": threads or "default",
+                                      **estimate(summary, speed)}
     return summary
