@@ -138,3 +138,32 @@ def test_packed_batches_cover_every_example_once(tokenizer):
     trained = sum(batch_stats(b)[2] for b in batches)
     assert trained == sum(e.n_trained for e in examples)
     assert sum(batch_stats(b)[0] for b in batches) == sum(len(e.input_ids) for e in examples)
+
+
+def test_finetune_packed_equals_padded_without_dropout(tiny_model_dir, tmp_path, store_home, monkeypatch):
+    """The default training path packs; with LoRA dropout 0 its losses are the padded path's."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from train_helpers import overrides, sums_dataset
+
+    from tunesmith.config import load_config
+    from tunesmith.train.finetune import finetune
+
+    from tunesmith.train import packing as packing_module
+
+    monkeypatch.setattr(packing_module, "ATTENTION_TOKENS", 0)  # fewest slots: each step's examples in one row
+    train, val = sums_dataset(tmp_path / "data", n_train=12, n_val=4)
+    losses, waste = {}, {}
+    for packing in ("true", "false"):
+        sets = overrides(tiny_model_dir, train, val, tmp_path / "runs", max_steps=3, eval_every=3, save_every=3)
+        cfg = load_config(None, sets + [f"train.packing={packing}", "method.dropout=0"])
+        run = finetune(cfg, name=f"packing-{packing}", show_progress=False)
+        rows = [json.loads(line) for line in (run.dir / "metrics.jsonl").read_text().splitlines()]
+        losses[packing] = [r["loss"] for r in rows]
+        waste[packing] = run.summary["padding_waste"]
+    assert losses["true"] == pytest.approx(losses["false"], abs=1e-5)
+    assert len(losses["true"]) == 4  # 3 train steps and one validation
+    assert (waste["true"], waste["false"]) == (0.0, 0.0031)

@@ -38,7 +38,10 @@ def _weights(folder: Path) -> dict:
 
 
 @pytest.mark.parametrize("method, losses, val", [
-    ("lora", [10.734413, 10.753292, 10.680037, 10.713249, 10.673732, 10.64307], [10.706606, 10.670537]),
+    # Packed rows (the default) draw LoRA dropout masks over another layout than padded batches,
+    # so lora drifts by ~1e-3 from the padded run; with dropout 0 the two agree to 1e-6
+    # (test_packing.py::test_finetune_packed_equals_padded_without_dropout).
+    ("lora", [10.734413, 10.753292, 10.680037, 10.713864, 10.672653, 10.643172], [10.706606, 10.670496]),
     ("full", [10.734413, 10.592057, 10.446268, 10.392767, 10.326696, 10.289444], [10.370565, 10.267665]),
 ])
 def test_first_losses_are_pinned(tiny_model_dir, sums, tmp_path, store_home, method, losses, val):

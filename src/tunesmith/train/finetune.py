@@ -98,7 +98,7 @@ def finetune(config: Config | str | Path | None = None, *, overrides: tuple[str,
     # 6. the loop
     args = LoopArgs(total, cfg.train.eval_every, cfg.train.save_every, cfg.train.early_stopping_patience,
                     cfg.train.max_grad_norm)
-    collate = _collate(tokenizer)
+    collate = _train_collate(tokenizer, cfg, model)
     steps = batching.step_batches(train_set, plan, seed=cfg.train.seed, start_step=state.step, total_steps=total,
                                   collate=collate, rank=acc.process_index)
     hooks, bar = _hooks(s, model, optimizer, scheduler, val_set, collate, out, on_step, total, state)
@@ -398,6 +398,17 @@ def _start(s: _Session, state: LoopState) -> None:
 def _collate(tokenizer):
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return lambda examples: batching.collate_padded(examples, pad)
+
+
+def _train_collate(tokenizer, cfg: Config, model):
+    """Packed rows (attention kept inside each example) when train.packing, else padded micro-batches."""
+    if not cfg.train.packing:
+        return _collate(tokenizer)
+    from tunesmith.train import packing
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    dtype = packing.mask_dtype(model)
+    return lambda examples: packing.packed_collate(examples, max_length=cfg.data.max_length, pad_id=pad, dtype=dtype)
 
 
 def _loss_fn():

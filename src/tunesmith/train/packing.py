@@ -61,7 +61,7 @@ def first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int
     return rows
 
 
-def plan_rows(lengths: Sequence[int], max_length: int, *, attention_tokens: int = ATTENTION_TOKENS) -> RowPlan:
+def plan_rows(lengths: Sequence[int], max_length: int, *, attention_tokens: int | None = None) -> RowPlan:
     """Pack one step's examples into rows of at most `max_length` tokens, at the lowest compute cost.
 
     For each row count n, the shortest row length that fits is found by bisection; the cost
@@ -70,6 +70,7 @@ def plan_rows(lengths: Sequence[int], max_length: int, *, attention_tokens: int 
     """
     if not lengths:
         return RowPlan([], 0)
+    attention_tokens = ATTENTION_TOKENS if attention_tokens is None else attention_tokens
     longest = min(max(lengths), max_length)
     total = sum(min(n, max_length) for n in lengths)
     best: tuple[float, RowPlan] | None = None
@@ -113,6 +114,13 @@ def packed_collate(examples: Sequence[Rendered], *, max_length: int, pad_id: int
     plan = plan_rows(lengths, max_length)
     rows = [[examples[i] for i in row] for row in plan.rows]
     return collate_packed(rows, pad_id=pad_id, length=plan.length, dtype=dtype)
+
+
+def mask_dtype(model) -> "torch.dtype":
+    """The float dtype a 4D mask must have for `model` (its embeddings' dtype; sdpa wants the query's)."""
+    while hasattr(model, "module"):  # DDP / accelerate wrappers
+        model = model.module
+    return model.get_input_embeddings().weight.dtype
 
 
 # ------------------------------------------------------------------ step order
