@@ -2,7 +2,7 @@
 
 Rows are fingerprinted as they stream past (a few dozen bytes each, in numpy arrays); groups are
 found at the end by sorting, so the cost is O(n log n), never a comparison of every pair.
-Near duplicates: word-bigram shingles of the normalised input + output, 64 MinHash values per
+Near duplicates: word-bigram shingles (hashed in numpy) of the normalised input + output, 64 MinHash values per
 row, LSH with 8 bands of 8, and every candidate pair verified on the stored signatures
 (estimated Jaccard >= NEAR_THRESHOLD).
 """
@@ -10,6 +10,7 @@ row, LSH with 8 bands of 8, and every candidate pair verified on the stored sign
 from __future__ import annotations
 
 import hashlib
+import itertools
 import string
 import unicodedata
 import zlib
@@ -23,14 +24,21 @@ ROWS_PER_BAND = NUM_PERM // BANDS
 NEAR_THRESHOLD = 0.7
 BATCH = 2048
 _PUNCT = str.maketrans({c: " " for c in string.punctuation})
+_PUNCT_BYTES = bytes.maketrans(string.punctuation.encode(), b" " * len(string.punctuation))
 _MASK64 = (1 << 64) - 1
 
 
 def normalise_text(text: str) -> str:
     """Lower case, NFKC, punctuation to spaces, whitespace collapsed: what 'the same text' means here."""
-    if not text.isascii():
-        text = unicodedata.normalize("NFKC", text)
-    return " ".join(text.lower().translate(_PUNCT).split())
+    return normal_bytes(text).decode("utf-8", "surrogatepass")
+
+
+def normal_bytes(text: str) -> bytes:
+    """normalise_text as UTF-8 bytes (ASCII text takes the fast bytes.translate path)."""
+    if text.isascii():
+        return b" ".join(text.lower().encode().translate(_PUNCT_BYTES).split())
+    text = unicodedata.normalize("NFKC", text)
+    return " ".join(text.lower().translate(_PUNCT).split()).encode("utf-8", "surrogatepass")
 
 
 def input_output(example: dict) -> tuple[str, str]:
@@ -44,8 +52,8 @@ def input_output(example: dict) -> tuple[str, str]:
     return before, after
 
 
-def _key(text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+def _key(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
 def _params(seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -59,25 +67,31 @@ _A, _B = _params()
 _BAND_MIX = np.array([0x9E3779B97F4A7C15 * (i + 1) & _MASK64 for i in range(ROWS_PER_BAND)], dtype=np.uint64)
 
 
-def shingle_hashes(text: str) -> list[int]:
-    """32-bit hashes of the word bigrams of normalised `text` (one shingle for texts of 0-1 words)."""
-    words = text.encode("utf-8", "surrogatepass").split()
-    if len(words) < 2:
-        return [zlib.crc32(b" ".join(words))]
-    hashes = [zlib.crc32(w) for w in words]
-    return [(h1 * 0x01000193) ^ h2 for h1, h2 in zip(hashes, hashes[1:])]
+def word_hashes(normal: bytes) -> list[int]:
+    """crc32 of each word of normalised text (at least one value: the empty text hashes to 0)."""
+    return list(map(zlib.crc32, normal.split())) or [0]
 
 
-def minhash(shingles: list[list[int]]) -> np.ndarray:
-    """(rows, NUM_PERM) uint32 MinHash signatures, one universal hash per permutation (multiply-shift)."""
-    lengths = np.fromiter((len(s) for s in shingles), dtype=np.int64, count=len(shingles))
-    flat = np.fromiter((h for s in shingles for h in s), dtype=np.uint64, count=int(lengths.sum()))
-    flat = flat * np.uint64(0xFF51AFD7ED558CCD)  # spread 32-bit hashes over 64 bits before the permutations
-    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-    out = np.empty((len(shingles), NUM_PERM), dtype=np.uint32)
+def minhash(rows: list[list[int]]) -> np.ndarray:
+    """(rows, NUM_PERM) uint32 MinHash signatures of word-bigram shingles, from each row's word hashes.
+
+    A row of one word is its own single shingle. Each permutation is a multiply-shift hash.
+    """
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    words = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.uint64, count=int(lengths.sum()))
+    ends = np.cumsum(lengths)
+    bigrams = words * np.uint64(0xFF51AFD7ED558CCD)  # spread 32-bit word hashes over 64 bits
+    bigrams[:-1] ^= words[1:] * np.uint64(0xC4CEB9FE1A85EC53)  # position i: words i and i + 1
+    last = ends - 1
+    keep = np.ones(len(words), dtype=bool)
+    keep[last[lengths > 1]] = False  # the last word of a row starts no bigram
+    shingles = bigrams[keep]
+    counts = np.maximum(lengths - 1, 1)
+    offsets = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    out = np.empty((len(rows), NUM_PERM), dtype=np.uint32)
     for k in range(NUM_PERM):  # one permutation at a time keeps the temporary arrays small
-        hashed = (flat * _A[k] + _B[k]) >> np.uint64(32)  # (n_shingles,)
-        out[:, k] = np.minimum.reduceat(hashed, starts)
+        hashed = (shingles * _A[k] + _B[k]) >> np.uint64(32)  # (n_shingles,)
+        out[:, k] = np.minimum.reduceat(hashed, offsets)
     return out
 
 
@@ -119,11 +133,11 @@ class Fingerprints:
 
     def add(self, input_text: str, output_text: str) -> int:
         """Fingerprint one row; returns its position."""
-        ni, no = normalise_text(input_text), normalise_text(output_text)
-        self._exact.append(_key(ni + "\x00" + no))
+        ni, no = normal_bytes(input_text), normal_bytes(output_text)
+        self._exact.append(_key(ni + b"\x00" + no))
         self._input.append(_key(ni))
         if self.near:
-            self._pending.append(shingle_hashes(f"{ni} {no}"))
+            self._pending.append(word_hashes(ni + b" " + no))
             if len(self._pending) >= BATCH:
                 self._flush()
         return len(self._exact) - 1
