@@ -7,6 +7,7 @@ leakage against another file are found at the end from the fingerprints alone.
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -53,7 +54,7 @@ class Report:
 class _Pass:
     """What the streaming pass keeps per usable row: its line, fingerprint and token counts."""
 
-    lines: list[int] = field(default_factory=list)
+    lines: array = field(default_factory=lambda: array("q"))  # 8 bytes a row
     tokens: list = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     error_rows: int = 0

@@ -10,6 +10,7 @@ row, LSH with 8 bands of 8, and every candidate pair verified on the stored sign
 from __future__ import annotations
 
 import hashlib
+from array import array
 import itertools
 import string
 import unicodedata
@@ -122,8 +123,8 @@ class Fingerprints:
 
     def __init__(self, near: bool = True):
         self.near = near
-        self._exact: list[int] = []
-        self._input: list[int] = []
+        self._exact = array("Q")  # 8 bytes a row, not a Python int object
+        self._input = array("Q")
         self._pending: list[list[int]] = []
         self._sigs: list[np.ndarray] = []
         self._bands: list[np.ndarray] = []
@@ -150,10 +151,10 @@ class Fingerprints:
             self._pending = []
 
     def exact_keys(self) -> np.ndarray:
-        return np.array(self._exact, dtype=np.uint64)
+        return np.frombuffer(self._exact, dtype=np.uint64).copy() if len(self._exact) else np.zeros(0, np.uint64)
 
     def input_keys(self) -> np.ndarray:
-        return np.array(self._input, dtype=np.uint64)
+        return np.frombuffer(self._input, dtype=np.uint64).copy() if len(self._input) else np.zeros(0, np.uint64)
 
     def signatures(self) -> tuple[np.ndarray, np.ndarray]:
         """(band keys (n, BANDS), 8-bit signatures (n, NUM_PERM))."""
