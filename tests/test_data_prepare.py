@@ -27,7 +27,8 @@ def pair(i: int, q: str | None = None, a: str | None = None) -> dict:
 
 
 def read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    # split on "\n" only: str.splitlines() also splits on U+0085 and U+2028 inside JSON strings
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
 
 
 def test_prepare_counts_and_reasons(tmp_path):
