@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -17,7 +18,7 @@ def register(app: typer.Typer) -> None:
 
 
 def train_cmd(
-    config: Optional[Path] = typer.Argument(None, help="YAML config (optional with --resume: the run's own is used)"),
+    config: Optional[Path] = typer.Argument(None, help="YAML config (without one: the defaults and --set; with --resume: the run's own)"),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
     name: Optional[str] = typer.Option(None, "--name", help="run name (default: <date>-<time>-<method>)"),
     resume: Optional[str] = typer.Option(None, "--resume", help="continue a stopped run (name or folder) from its last checkpoint"),
@@ -29,11 +30,11 @@ def train_cmd(
     from tunesmith.runs.store import find_run
     from tunesmith.train.finetune import finetune
 
-    if config is None and resume is None:
-        raise ConfigError("give a config file (tunesmith train CONFIG.yaml) or --resume RUN")
     if resume and name:
         raise ConfigError("--name and --resume do not go together: a resumed run keeps its name")
     run = finetune(config, overrides=tuple(set_), name=name, resume=resume)
+    if os.environ.get("RANK", "0") != "0":  # under accelerate launch / torchrun, one process reports
+        return
     if json_out:
         return print_json(find_run(run.dir).to_dict() | {"summary": run.summary})
     console.print(f"run {run.name} {run.status}: {run.dir}", markup=False)

@@ -53,9 +53,13 @@ def load_adapter(base_model: "PreTrainedModel", adapter_dir: str | Path, adapter
     """Put the adapter saved in `adapter_dir` on `base_model` (frozen unless `trainable`)."""
     from peft import PeftModel
 
+    import warnings
+
     _check_adapter_dir(adapter_dir)
     try:
-        return PeftModel.from_pretrained(base_model, str(adapter_dir), adapter_name=adapter_name, is_trainable=trainable)
+        with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5 (noise, not a problem)
+            warnings.simplefilter("ignore", FutureWarning)
+            return PeftModel.from_pretrained(base_model, str(adapter_dir), adapter_name=adapter_name, is_trainable=trainable)
     except Exception as e:  # peft raises many types for mismatched shapes / modules
         raise ModelError(f"{adapter_dir}: the adapter does not fit this base model ({_short(e)})",
                          "load it on the base model it was trained from (see the run's manifest.json)") from None
@@ -111,3 +115,8 @@ def prepare_kbit(model: "PreTrainedModel") -> "PreTrainedModel":
     from peft import prepare_model_for_kbit_training
 
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def base_model_of(peft_model: "PeftModel"):
+    """A context manager in which `peft_model` runs as its base model (adapters off), e.g. to compare."""
+    return peft_model.disable_adapter()

@@ -262,48 +262,16 @@ def _render(examples: list[dict], tokenizer, max_length: int, render_example) ->
 
 
 def _splits(cfg: Config, s: _Session, tokenizer):
-    """The data engineer's splits_for_training, into the run's data/ (a scratch folder when resuming)."""
-    if s.resume_from is not None:  # compare, never overwrite, the data the run trained on
-        import tempfile
+    """The data splits (prepared on the fly from a raw file) in the run's data/ (a scratch folder when resuming)."""
+    from tunesmith.data.prepare import splits_for_training
 
-        out_dir = Path(tempfile.mkdtemp(prefix="tunesmith-resume-data-"))
-    else:
-        out_dir = s.paths.data
-    with s.accelerator.main_process_first():
-        try:
-            from tunesmith.data.prepare import splits_for_training
-        except ImportError:  # until the data engineer's module lands: canonical JSONL splits only
-            return _canonical_splits(cfg, out_dir)
-        return splits_for_training(cfg.data, out_dir, tokenizer, cfg.train.seed)
+    if s.resume_from is None:
+        with s.accelerator.main_process_first():
+            return splits_for_training(cfg.data, s.paths.data, tokenizer, cfg.train.seed)
+    import tempfile
 
-
-@dataclass
-class _Splits:
-    train: list
-    validation: list
-    test: list
-    card: dict
-    dir: Path
-
-
-def _canonical_splits(cfg: Config, out_dir: Path) -> _Splits:
-    """Canonical JSONL files ({"messages": [...]} / {"text": ...}); validation split off when not given."""
-    import json
-
-    from tunesmith.io import atomic_write_jsonl, sha256_text
-
-    def read(path: str | None) -> list:
-        return [json.loads(l) for l in Path(path).read_text(encoding="utf-8").splitlines() if l.strip()] if path else []
-
-    train, val, test = read(cfg.data.train), read(cfg.data.validation), read(cfg.data.test)
-    if not cfg.data.validation:
-        cut = max(1, len(train) // 10) if len(train) > 1 else 0
-        train, val = train[cut:], train[:cut]
-    parts = {"train": train, "validation": val, "test": test}
-    for name, rows in parts.items():
-        atomic_write_jsonl(out_dir / f"{name}.jsonl", rows)
-    digest = sha256_text(json.dumps(parts, sort_keys=True))
-    return _Splits(train, val, test, {"fingerprint": digest}, out_dir)
+    with tempfile.TemporaryDirectory(prefix="tunesmith-resume-data-") as scratch:  # compare, never overwrite
+        return splits_for_training(cfg.data, Path(scratch), tokenizer, cfg.train.seed)
 
 
 # ------------------------------------------------------------------ manifest and resume checks
@@ -448,10 +416,11 @@ def _save_checkpoint(s: _Session, model, optimizer, scheduler, state: LoopState)
     if acc.num_processes > 1:
         rngs = gather_object(rngs)
     folder = s.paths.checkpoint(state.step)
-    already = state.last_good_step == state.step and (folder / checkpoint.MANIFEST).is_file()
+    already = state.last_good_step == state.step  # saved at this step already (the best, just now)
     state.last_good_step = state.step
+    weights = _trainable_weights(acc, model) if not already else {}
     if acc.is_main_process and not already:
-        checkpoint.save(folder, weights=checkpoint.trainable_state(acc.unwrap_model(model)),
+        checkpoint.save(folder, weights=weights,
                         optimizer_state=optimizer.state_dict(), scheduler_state=scheduler.state_dict(),
                         rng_states=rngs, loop_state=state.to_dict())
         protect = {state.best_step} if state.best_step is not None else set()
@@ -459,6 +428,17 @@ def _save_checkpoint(s: _Session, model, optimizer, scheduler, state: LoopState)
         s.manifest.update(steps=state.step, best_step=state.best_step, best_val_loss=state.best_val_loss)
         layout.write_manifest(s.paths, s.manifest)
     acc.wait_for_everyone()
+
+
+def _trainable_weights(acc, model) -> dict:
+    """Trainable weights by name; under FSDP / DeepSpeed gathered from the shards (every process must call)."""
+    from accelerate.utils import DistributedType
+
+    unwrapped = acc.unwrap_model(model)
+    if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        names = {n for n, p in unwrapped.named_parameters() if p.requires_grad}
+        return {k: v.contiguous() for k, v in acc.get_state_dict(model).items() if k in names}
+    return checkpoint.trainable_state(unwrapped) if acc.is_main_process else {}
 
 
 # ------------------------------------------------------------------ 7. finish
@@ -508,3 +488,14 @@ def _finish_manifest(s: _Session, state: LoopState, status: str, **extra: Any) -
                       stop_reason=state.stop_reason, **{k: (str(v) if isinstance(v, Path) else v) for k, v in extra.items()})
     layout.write_manifest(s.paths, s.manifest)
     register_run(s.paths.dir, s.manifest)
+
+
+def score(model, tokenizer, examples: list[dict], *, batch_size: int = 8, max_length: int | None = 1024) -> dict:
+    """Mean loss and next-token accuracy of `model` on canonical examples (outside a training run)."""
+    from accelerate import Accelerator
+
+    from tunesmith.data.render import render_example
+
+    rendered, _ = _render(examples, tokenizer, max_length, render_example)
+    batches = batching.eval_batches(rendered, batch_size, _collate(tokenizer))
+    return evaluate(model, batches, Accelerator(cpu=not _cuda()))

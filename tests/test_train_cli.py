@@ -1,0 +1,51 @@
+"""`tunesmith train` and `tunesmith runs list | show | rm` through the CLI, on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from train_helpers import overrides, sums_dataset
+
+BIN = Path(sys.executable).parent
+
+
+def _invoke(*args):
+    from tunesmith.cli.main import app
+
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def test_train_then_runs_list_show_rm(tiny_model_dir, tmp_path, store_home):
+    train, val = sums_dataset(tmp_path / "data")
+    sets = [a for kv in overrides(tiny_model_dir, train, val, tmp_path / "runs", max_steps=2, eval_every=2)
+            for a in ("--set", kv)]
+    result = _invoke("train", *sets, "--name", "cli-run", "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout[result.stdout.index("{"):])
+    assert (record["name"], record["status"], record["steps"], record["method"]) == ("cli-run", "completed", 2, "lora")
+    assert record["final"].endswith("cli-run/final") and record["summary"]["steps"] == 2
+
+    listed = json.loads(_invoke("runs", "list", "--json").stdout)
+    assert [r["name"] for r in listed] == ["cli-run"]
+    assert listed[0]["best_val_loss"] == record["best_val_loss"]
+    shown = json.loads(_invoke("runs", "show", "cli-run", "--json").stdout)
+    assert shown["manifest"]["data_fingerprint"] and shown["dir"] == record["dir"]
+    assert "removed run 'cli-run'" in _invoke("runs", "rm", "cli-run", "--yes").stdout
+    assert json.loads(_invoke("runs", "list", "--json").stdout) == []
+    assert not (tmp_path / "runs" / "cli-run").exists()
+
+
+def test_user_mistakes_are_one_line_and_exit_2(store_home):
+    for args, message in [
+        (["train", "--resume", "nope"], "error: unknown run 'nope' (no runs yet"),
+        (["runs", "show", "nope"], "error: unknown run 'nope'"),
+        (["train", "--set", "train.batch_size=0", "--set", "data.train=x.jsonl"], "train.batch_size must be >= 1"),
+    ]:
+        done = subprocess.run([str(BIN / "tunesmith"), *args], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert message in done.stderr and "Traceback" not in done.stderr
