@@ -1,0 +1,25 @@
+"""Smoke run of the training benchmark: both sides train the tiny model and the RESULT line parses."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "train_throughput.py"
+RESULT = re.compile(r"RESULT tokens_per_s_ratio=(\S+) peak_rss_ratio=(\S+) padding_waste=(\S+) loss_delta=(\S+)")
+
+
+def test_quick_bench_prints_the_result_line(store_home):
+    done = subprocess.run([sys.executable, str(BENCH), "--quick", "--threads", "1"], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    last = done.stdout.strip().splitlines()[-1]
+    match = RESULT.fullmatch(last)
+    assert match, last
+    speed, rss, waste, delta = map(float, match.groups())
+    assert speed > 0 and rss > 0
+    assert waste == 0.0  # the quick step's 4 examples fit one packed row exactly
+    assert abs(delta) < 1.0  # same examples, same steps: the same loss within 1%
+    assert "trl#1" in done.stdout and "tunesmith#1" in done.stdout
