@@ -201,7 +201,9 @@ def _string(obj: dict, key: str, line: int, *, label: str | None = None, optiona
         return "", None if optional else finding(line, label, "field.missing", f"'{label}' is missing")
     value = obj[key]
     if isinstance(value, list) and all(isinstance(p, dict) for p in value):  # OpenAI content parts
-        value = "".join(p.get("text", "") for p in value if p.get("type", "text") == "text")
+        texts = [p.get("text", "") for p in value if p.get("type", "text") == "text"]
+        if all(isinstance(t, str) for t in texts):  # otherwise reported as a wrong type below
+            value = "".join(texts)
     if value is None or (isinstance(value, str) and not value.strip()):
         return "", None if optional else finding(line, label, "field.empty", f"'{label}' is empty")
     if not isinstance(value, str):
