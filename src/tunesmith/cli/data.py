@@ -139,6 +139,9 @@ def _print_verdict(v: dict) -> None:
         console.print(f"one epoch: {e['train_rows']} rows, {e['tokens']:,} tokens ({e['trainable_tokens']:,} trained); "
                       f"measured {e['tokens_per_second']:.0f} tokens/s ({e['method']}, {e['model']}) "
                       f"-> about {minutes:.1f} min per epoch on this machine")
+        if e.get("busy"):
+            console.print(f"[yellow]the machine was busy (load {e['load_average']} on {e['cpu_cores']} cores): "
+                          "the estimate is pessimistic; try --threads 1, or measure again when it is idle[/]")
     elif v["level"] != "fix-data":
         console.print("[dim]add --model NAME for token statistics and a measured time per epoch[/]")
 

@@ -8,6 +8,7 @@ pass of the chosen model and method on a couple of rendered rows, never from a g
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from typing import Any
@@ -25,9 +26,10 @@ def verdict(summary: dict) -> dict:
     error_share = summary["rows_with_errors"] / rows if rows else 1.0
     dup_share = (summary["exact_duplicates"] + summary["near_duplicates"]) / rows if rows else 0.0
     reasons = [f"{usable} usable examples (of {rows} rows read)"]
-    if error_share > MAX_ERROR_SHARE or dup_share > MAX_DUP_SHARE or not rows:
-        if rows:
-            reasons.append(f"{error_share:.0%} of rows have errors, {dup_share:.0%} are duplicates")
+    if not rows:
+        return {"level": "fix-data", "message": "fix the data first: no rows could be read", "reasons": reasons}
+    if error_share > MAX_ERROR_SHARE or dup_share > MAX_DUP_SHARE:
+        reasons.append(f"{error_share:.0%} of rows have errors, {dup_share:.0%} are duplicates")
         return {"level": "fix-data", "message": "fix the data first: too many errors or duplicates to train on",
                 "reasons": reasons}
     if usable < TOO_LITTLE:
@@ -128,6 +130,8 @@ def add_estimate(summary: dict, sample: list[dict], model_spec: str, method: str
     model, tokenizer = load_model(model_spec)
     speed = measure_speed(model, tokenizer, sample, method_cfg=MethodConfig(name=method), max_length=max_length,
                           threads=threads)
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
     summary["verdict"]["estimate"] = {"model": model_spec, "method": method, "threads": threads or "default",
-                                      **estimate(summary, speed)}
+                                      **estimate(summary, speed), "load_average": round(load, 1), "cpu_cores": cores,
+                                      "busy": load > cores}  # other work on the cores slows the measurement
     return summary
