@@ -61,7 +61,7 @@ def _check(data: Path, console) -> None:
     report = check(data)
     s = report.summary
     console.print(f"[bold][1/4][/] check {data}: {s['usable_rows']} usable of {s['rows_read']} rows, "
-                  f"{s['errors']} errors, {s['warnings']} warnings; {s['verdict']['message']}", highlight=False)
+                  f"{s['errors']} errors, {s['warnings']} warnings; {s['verdict']['message']}", highlight=False, soft_wrap=True)
     if report.errors:
         raise DataError(f"{data} has {report.errors} error(s)", f"see them with `tunesmith data check {data}`")
 
@@ -90,10 +90,10 @@ def _compare(run, samples: int, max_new_tokens: int, console) -> None:
         with base_model_of(model):
             base_answer = chat(model, tok, prompt, params)
         tuned_answer = chat(model, tok, prompt, params)
-        console.print(f"\n[bold]Q:[/] {prompt[-1]['content']}", highlight=False)
-        console.print(f"[dim]expected:[/] {example['messages'][-1]['content']}", highlight=False)
-        console.print(f"[yellow]base:[/]     {base_answer}", highlight=False)
-        console.print(f"[green]tuned:[/]    {tuned_answer}", highlight=False)
+        console.print(f"\n[bold]Q:[/] {prompt[-1]['content']}", highlight=False, soft_wrap=True)
+        console.print(f"[dim]expected:[/] {example['messages'][-1]['content']}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]base:[/]     {base_answer}", highlight=False, soft_wrap=True)
+        console.print(f"[green]tuned:[/]    {tuned_answer}", highlight=False, soft_wrap=True)
 
 
 def _prompt(messages: list[dict]) -> list[dict]:
@@ -103,7 +103,7 @@ def _prompt(messages: list[dict]) -> list[dict]:
 
 
 def _next_steps(run, console) -> None:
-    console.print(f"\n[bold][4/4][/] run [bold]{run.name}[/] is in {run.dir}; next:", highlight=False)
+    console.print(f"\n[bold][4/4][/] run [bold]{run.name}[/] is in {run.dir}; next:", highlight=False, soft_wrap=True)
     for command, why in [
         (f"tunesmith runs show {run.name}", "the run's record"),
         (f"tunesmith eval {run.name}", "score it on the test split against the base model"),
@@ -111,4 +111,4 @@ def _next_steps(run, console) -> None:
         (f"tunesmith serve {run.name}", "an OpenAI-compatible API on http://127.0.0.1:8000"),
         (f"tunesmith export {run.name} --format merged", "a standalone model folder"),
     ]:
-        console.print(f"  {command:<44} # {why}", markup=False, highlight=False)
+        console.print(f"  {command:<44} # {why}", markup=False, highlight=False, soft_wrap=True)

@@ -385,6 +385,12 @@ def _loss_fn():
     return causal_lm_loss
 
 
+def _eval_fn():
+    from tunesmith.train.loss import causal_lm_eval  # logits only where a label is trained, in chunks
+
+    return causal_lm_eval
+
+
 def _hooks(s: _Session, model, optimizer, scheduler, val_set, collate, out, on_step, total, state) -> tuple[Hooks, Any]:
     acc, cfg = s.accelerator, s.config
     sink = progress.MetricsSink(s.paths, enabled=acc.is_main_process,
@@ -397,7 +403,7 @@ def _hooks(s: _Session, model, optimizer, scheduler, val_set, collate, out, on_s
     def evaluate_now() -> dict:
         batches = batching.eval_batches(val_set, cfg.train.batch_size, collate, rank=acc.process_index,
                                         world_size=acc.num_processes)
-        return evaluate(model, batches, acc)
+        return evaluate(model, batches, acc, _eval_fn())
 
     def step(st: LoopState, metrics: dict) -> bool:
         bar.update(st.step, metrics)
@@ -498,4 +504,4 @@ def score(model, tokenizer, examples: list[dict], *, batch_size: int = 8, max_le
 
     rendered, _ = _render(examples, tokenizer, max_length, render_example)
     batches = batching.eval_batches(rendered, batch_size, _collate(tokenizer))
-    return evaluate(model, batches, Accelerator(cpu=not _cuda()))
+    return evaluate(model, batches, Accelerator(cpu=not _cuda()), _eval_fn())

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 IGNORE = -100
 LossFn = Callable[[Any, dict], "tuple[torch.Tensor, torch.Tensor]"]
+EvalFn = Callable[[Any, dict], "tuple[torch.Tensor, torch.Tensor, torch.Tensor]"]
 
 
 @dataclass
@@ -168,30 +169,40 @@ def _validate(state: LoopState, args: LoopArgs, hooks: Hooks) -> bool:
     return False
 
 
-def evaluate(model, batches: Iterator[dict], accelerator) -> dict:
-    """Mean loss and next-token accuracy over trained labels, summed over every process."""
-    import torch
-    import torch.nn.functional as F
+def evaluate(model, batches: Iterator[dict], accelerator, eval_fn: EvalFn | None = None) -> dict:
+    """Mean loss and next-token accuracy over trained labels, summed over every process.
 
+    `eval_fn(model, batch) -> (loss_sum, n_tokens, n_correct)`; default: the model's full logits.
+    """
+    import torch
+
+    eval_fn = eval_fn or full_logits_eval
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss, tokens, correct
     with torch.no_grad():
         for batch in batches:
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
             with accelerator.autocast():
-                logits = model(**inputs, use_cache=False).logits[:, :-1].float()  # (B, T-1, V)
-            targets = batch["labels"][:, 1:]
-            trained = targets != IGNORE
-            sums[0] += F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum")
-            sums[1] += trained.sum()
-            sums[2] += ((logits.argmax(-1) == targets) & trained).sum()
+                loss_sum, n, correct = eval_fn(model, batch)
+            sums += torch.stack([loss_sum.double(), n.double(), correct.double()])
     model.train(was_training)
     sums = accelerator.reduce(sums, reduction="sum")
     tokens = max(float(sums[1]), 1.0)
     return {"loss": round(float(sums[0]) / tokens, 6), "token_accuracy": round(float(sums[2]) / tokens, 6),
             "tokens": int(sums[1])}
+
+
+def full_logits_eval(model, batch: dict) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+    """(summed loss, trained tokens, correctly predicted tokens) from the model's full (B, T, V) logits."""
+    import torch.nn.functional as F
+
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    logits = model(**inputs, use_cache=False).logits[:, :-1].float()  # (B, T-1, V)
+    targets = batch["labels"][:, 1:]
+    trained = targets != IGNORE
+    loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+    return loss, trained.sum(), ((logits.argmax(-1) == targets) & trained).sum()
 
 
 def _log(hooks: Hooks, rows: list[dict]) -> None:
