@@ -1,0 +1,160 @@
+"""The model card (README.md) every export carries: base, data, method, evaluation, verification, use."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tunesmith.export.source import Source
+
+USAGE = {
+    "adapter": """```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from peft import PeftModel
+
+base = AutoModelForCausalLM.from_pretrained("{base}")
+model = PeftModel.from_pretrained(base, "{out}")
+tokenizer = AutoTokenizer.from_pretrained("{out}")  # carries the chat template used in training
+```""",
+    "merged": """```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained("{out}")
+tokenizer = AutoTokenizer.from_pretrained("{out}")
+ids = tokenizer.apply_chat_template([{{"role": "user", "content": "Hello"}}], add_generation_prompt=True, return_tensors="pt")
+print(tokenizer.decode(model.generate(ids, max_new_tokens=64)[0][ids.shape[1]:], skip_special_tokens=True))
+```""",
+    "gguf": """```bash
+llama-cli -m {out}/{gguf} -cnv          # llama.cpp (the chat template is inside the file)
+ollama create my-model -f {out}/Modelfile && ollama run my-model
+```""",
+}
+
+
+def model_card(source: Source, fmt: str, out: Path, verification: dict[str, Any], files: list[str]) -> str:
+    """Markdown for README.md; sections with nothing to say are left out."""
+    parts = [f"# {source.name} ({fmt} export)", "",
+             f"Exported by tunesmith from {'run' if source.run_dir else 'model'} `{source.name}`.", ""]
+    parts += _base(source) + _method(source) + _data(source) + _evaluation(source)
+    parts += _verification(verification) + _files(files) + _usage(fmt, source, out, files) + _intended_use()
+    return "\n".join(parts) + "\n"
+
+
+def _base(source: Source) -> list[str]:
+    m = source.manifest
+    rows = [f"- base model: `{m.get('base_model') or source.base_spec}`",
+            f"- base weights: `{m.get('base_model_path') or source.base_folder}`"]
+    if m.get("base_model_sha256"):
+        rows.append(f"- base weights sha256: `{m['base_model_sha256']}`")
+    if m.get("chat_template_hash"):
+        rows.append(f"- chat template hash: `{m['chat_template_hash']}` (the template is kept in this export)")
+    return ["## Base model", "", *rows, ""]
+
+
+def _method(source: Source) -> list[str]:
+    if not source.run_dir:
+        return []
+    m = source.manifest
+    rows = [f"- method: {m.get('method', '?')}"]
+    for key, value in (m.get("method_config") or {}).items():
+        rows.append(f"  - {key}: {value}")
+    train = _read_yaml(source.run_dir / "config.yaml").get("train") or {}
+    for key in ("epochs", "max_steps", "lr", "batch_size", "grad_accum", "schedule", "warmup_ratio", "seed"):
+        if key in train:
+            rows.append(f"- train.{key}: {train[key]}")
+    for key in ("steps", "best_step", "best_val_loss", "data_fingerprint"):
+        if m.get(key) is not None:
+            rows.append(f"- {key}: {m[key]}")
+    return ["## Fine-tuning", "", *rows, ""]
+
+
+def _data(source: Source) -> list[str]:
+    card = _read_json(source.run_dir / "data" / "data_card.json") if source.run_dir else {}
+    if not card:
+        return []
+    rows = [f"- {key}: {card[key]}" for key in ("format", "rows_read", "kept", "rejected", "splits", "fingerprint")
+            if key in card]
+    return ["## Data", "", *rows, ""]
+
+
+def _evaluation(source: Source) -> list[str]:
+    report = _read_json(source.run_dir / "report.json") if source.run_dir else {}
+    if not report:
+        return ["## Evaluation", "", "No evaluation report yet: `tunesmith eval RUN` writes report.json.", ""]
+    table = _metrics_table(report)
+    body = table or ["```json", json.dumps(report, indent=2, default=str)[:3000], "```"]
+    return ["## Evaluation", "", "From the run's report.json (held-out test split):", "", *body, ""]
+
+
+def _metrics_table(report: dict) -> list[str]:
+    """A table when report.json holds per-strategy metrics ({strategy: {metric: number}}), else nothing."""
+    groups = report.get("strategies") or report.get("results") or {}
+    if isinstance(groups, list):
+        groups = {g.get("strategy") or g.get("name") or str(i): g for i, g in enumerate(groups) if isinstance(g, dict)}
+    if not isinstance(groups, dict) or not groups:
+        return []
+    rows = {name: {k: v for k, v in (vals.get("metrics", vals) if isinstance(vals, dict) else {}).items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)} for name, vals in groups.items()}
+    metrics = sorted({k for r in rows.values() for k in r})
+    if not metrics:
+        return []
+    lines = ["| strategy | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | " + " | ".join(_num(r.get(k)) for k in metrics) + " |")
+    return lines
+
+
+def _num(v: Any) -> str:
+    return "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+
+
+def _verification(v: dict[str, Any]) -> list[str]:
+    rows = []
+    for c in v.get("checks", []):
+        if c.get("status") == "skipped":
+            rows.append(f"- {c['loader']}: skipped ({c.get('reason')})")
+            continue
+        extra = f", teacher-forced top-1 {c['teacher_forced_top1']}" if "teacher_forced_top1" in c else ""
+        what = f" `{c['file']}`" if c.get("file") else ""
+        rows.append(f"- {c['loader']}{what}: {c['status']}, {c['exact_matches']}/{c['prompts']} greedy answers "
+                    f"identical, token agreement {c['token_agreement']}{extra}")
+    return ["## Verification", "", f"Reloaded and compared with the tuned model in memory on {v.get('n_prompts')} "
+            f"prompts ({v.get('max_new_tokens')} new tokens, greedy); details in verification.json.", "", *rows, ""]
+
+
+def _files(files: list[str]) -> list[str]:
+    return ["## Files", "", *[f"- `{f}`" for f in files], ""]
+
+
+def _usage(fmt: str, source: Source, out: Path, files: list[str]) -> list[str]:
+    from tunesmith.export.ollama import preferred_gguf
+
+    ggufs = [f for f in files if f.endswith(".gguf")]
+    gguf = preferred_gguf(ggufs) if ggufs else "model.gguf"
+    return ["## Use", "", USAGE[fmt].format(base=source.base_folder, out=out, gguf=gguf), ""]
+
+
+def _intended_use() -> list[str]:
+    return ["## Intended use and limitations", "",
+            "Made for the task in its training data, prompted through the same chat template. It inherits the "
+            "base model's limitations and biases; check the evaluation above (and the forgetting probe in the "
+            "run's report) before relying on it outside that task.", ""]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        value = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    return value if isinstance(value, dict) else {}

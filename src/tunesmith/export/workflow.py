@@ -1,0 +1,189 @@
+"""`export(spec, format, out)`: write a run as adapter, merged model or GGUF, and prove it answers the same.
+
+    1. resolve the run (or model), load it in memory, record its greedy answers on held-out prompts
+    2. write the format into a temp folder beside `out`
+    3. reload what was written (peft / transformers / transformers' GGUF reader / llama.cpp) and compare
+    4. write verification.json and the model card, then move the folder into place
+
+A failed verification raises ExportError and leaves nothing at `out`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from tunesmith.errors import ExportError
+from tunesmith.export import verify
+from tunesmith.export.source import Source, load, resolve
+from tunesmith.io import atomic_dir, atomic_write_json, atomic_write_text
+
+FORMATS = ("adapter", "merged", "gguf")
+
+
+@dataclass
+class ExportResult:
+    """Where the export went, what it holds, and how it verified."""
+
+    out: Path
+    format: str
+    files: list[str]
+    verification: dict[str, Any]
+
+
+def export(spec: str | Path | Source, fmt: str, out: str | Path, *, quants: tuple[str, ...] = ("f16", "q8_0"),
+           n_prompts: int = 4, max_new_tokens: int = 32, overwrite: bool = False,
+           say: Callable[[str], None] = lambda s: None) -> ExportResult:
+    """Export `spec` (a run name or folder, or a model) as `fmt` into folder `out`; verified before it appears."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format '{fmt}'", f"choose one of {', '.join(FORMATS)}")
+    out = Path(out).expanduser().resolve()
+    if out.exists() and not overwrite:
+        raise ExportError(f"{out} already exists", "choose another --out, or pass --overwrite to replace it")
+    if fmt == "gguf":
+        from tunesmith.export.gguf import parse_quants
+
+        quants = tuple(parse_quants(",".join(quants)))
+    started = time.time()
+    # 1. the tuned model in memory and its answers: the reference every reload is compared with
+    source = spec if isinstance(spec, Source) else resolve(spec)
+    say(f"loading {source.kind} '{source.name}' and recording its answers on {n_prompts} prompts")
+    model, tok = load(source)
+    ref = verify.reference(model, tok, verify.prompts_for(source.run_dir, n_prompts), max_new_tokens)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        # 2-3. write, reload, compare
+        step = {"adapter": _adapter, "merged": _merged, "gguf": _gguf}[fmt]
+        files, checks = step(source, model, tok, tmp, ref, quants, say)
+        verification = _verification(source, fmt, ref, checks, max_new_tokens, time.time() - started)
+        verify.require(checks, f"the {fmt} export of '{source.name}'")
+        # 4. the record of the comparison and the model card travel with the files
+        from tunesmith.export.card import model_card
+
+        atomic_write_json(tmp / "verification.json", verification)
+        listed = sorted(p.name for p in tmp.iterdir() if p.is_file() and not p.name.startswith(".")) + ["README.md"]
+        atomic_write_text(tmp / "README.md", model_card(source, fmt, out, verification, listed))
+    return ExportResult(out, fmt, sorted(p.name for p in out.iterdir()), verification)
+
+
+def _verification(source: Source, fmt: str, ref: verify.Reference, checks: list[dict], max_new_tokens: int,
+                  seconds: float) -> dict[str, Any]:
+    return {
+        "format": fmt, "source": source.name, "kind": source.kind,
+        "reference": "the tuned model in memory (float32)" + (", base + adapter" if source.kind == "lora" else ""),
+        "n_prompts": len(ref.prompts), "max_new_tokens": max_new_tokens,
+        "prompts": [p[-1]["content"] for p in ref.prompts], "reference_answers": ref.texts,
+        "checks": checks,
+        "passed": all(c.get("status") in ("match", "close", "skipped") for c in checks),
+        "seconds": round(seconds, 1),
+    }
+
+
+# ------------------------------------------------------------------ the three formats
+
+
+def _adapter(source, model, tok, tmp: Path, ref, quants, say) -> tuple[list[Path], list[dict]]:
+    from tunesmith.export.adapter import reload_adapter, write_adapter
+
+    files = write_adapter(source, tok, tmp)
+    say(f"wrote the adapter; reloading it with peft on {source.base_folder}")
+    del model
+    reloaded, rtok = reload_adapter(tmp, source.base_folder)
+    check = verify.compare(ref, _hf_candidate("peft.PeftModel.from_pretrained", reloaded, rtok, ref))
+    check.update(verify.tokenizer_check(tok, rtok, ref.prompts))
+    return files, [check]
+
+
+def _merged(source, model, tok, tmp: Path, ref, quants, say) -> tuple[list[Path], list[dict]]:
+    from tunesmith.export.merged import merged_model, reload_merged, write_merged
+
+    files = write_merged(merged_model(model, source), tok, tmp)
+    say("wrote the merged model; reloading it with transformers")
+    del model
+    reloaded, rtok = reload_merged(tmp)
+    check = verify.compare(ref, _hf_candidate("transformers.AutoModelForCausalLM", reloaded, rtok, ref))
+    check.update(verify.tokenizer_check(tok, rtok, ref.prompts))
+    return files, [check]
+
+
+def _gguf(source, model, tok, tmp: Path, ref, quants, say) -> tuple[list[Path], list[dict]]:
+    from tunesmith.export.gguf import LOSSLESS, write_gguf
+    from tunesmith.export.merged import merged_model
+    from tunesmith.export.ollama import modelfile, preferred_gguf
+
+    plain = merged_model(model, source)
+    files, checks = [], []
+    for quant in quants:
+        name = f"{source.name}-{quant}.gguf"
+        with _bar(f"writing {name}") as tick:
+            info = write_gguf(plain, tok, tmp / name, quant, name=source.name, progress=tick)
+        say(f"wrote {name} ({info.bytes / 1e6:.1f} MB); reloading it with transformers' GGUF reader")
+        files.append(info.path)
+        checks.append(_gguf_check(tmp, name, tok, ref, quant in LOSSLESS, {"file": name, "quant": quant,
+                                                                            "pre_tokenizer": info.pre_tokenizer}))
+        checks.append(_llama_cpp_check(info.path, tok, ref, {"file": name, "quant": quant}))
+    atomic_write_text(tmp / "Modelfile", modelfile(preferred_gguf([f.name for f in files]), tok))
+    return files + [tmp / "Modelfile"], checks
+
+
+def _gguf_check(folder: Path, name: str, tok, ref, lossless: bool, extra: dict) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    with _quiet():
+        model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=name, dtype="float32")
+        gtok = AutoTokenizer.from_pretrained(str(folder), gguf_file=name)
+    model.eval()
+    cand = _hf_candidate("transformers (gguf_file=)", model, tok, ref, lossless=lossless, extra=extra)
+    check = verify.compare(ref, cand)
+    check.update(verify.tokenizer_check(tok, gtok, ref.prompts))
+    return check
+
+
+def _llama_cpp_check(path: Path, tok, ref, extra: dict) -> dict:
+    from tunesmith.data.render import stop_token_ids
+
+    max_new = max((len(a) for a in ref.answers), default=1)
+    cand = verify.llama_cpp_candidate(path, stop_token_ids(tok), max_new)
+    if cand is None:
+        return {"loader": "llama-cpp-python", **extra, "status": "skipped",
+                "reason": "llama-cpp-python is not installed (pip install 'tunesmith[llamacpp]')"}
+    cand.extra = extra
+    return verify.compare(ref, cand)
+
+
+def _hf_candidate(loader: str, model, tok, ref, *, lossless: bool = True, extra: dict | None = None) -> verify.Candidate:
+    """Greedy generation with the same stop ids and length as the reference's."""
+    from tunesmith.data.render import stop_token_ids
+
+    max_new = max((len(a) for a in ref.answers), default=1)
+    return verify.Candidate(loader, verify.hf_generate(model, stop_token_ids(tok), max_new, tok.pad_token_id),
+                            verify.hf_logits(model), lossless, extra or {})
+
+
+@contextlib.contextmanager
+def _bar(label: str):
+    """A rich progress bar with ETA, fed by a (done, total) callback."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn(label), BarColumn(), TextColumn("{task.completed}/{task.total} tensors"),
+                  TimeRemainingColumn(), transient=True) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """transformers' GGUF reader prints a tqdm bar per load; verification has its own messages."""
+    import io
+    import sys
+
+    err = sys.stderr
+    sys.stderr = io.StringIO()
+    try:
+        yield
+    finally:
+        sys.stderr = err

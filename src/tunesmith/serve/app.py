@@ -1,0 +1,334 @@
+"""The HTTP layer (the only FastAPI module): OpenAI-compatible routes over the engine's worker.
+
+    GET  /health                  liveness, models, queue length
+    GET  /v1/models               the servable names (runs, and the base with --base)
+    POST /v1/chat/completions     chat, streamed over SSE or not
+    POST /v1/completions          raw text continuation, streamed or not
+
+Handlers parse a typed request, submit one job to the worker, and relay its events. Errors use
+OpenAI's shape {"error": {"message", "type", "param", "code"}} with 4xx for client mistakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from typing import Any, AsyncIterator, Literal
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tunesmith.config import ServeConfig
+from tunesmith.serve.engine import Engine, Event, GenerationRequest, Worker
+
+# ------------------------------------------------------------------ request and response types
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str = "text"
+    text: str = ""
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart] | None = ""
+
+
+class Sampling(BaseModel):
+    """The OpenAI sampling fields both endpoints share (unknown extra fields are accepted and ignored)."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    n: int = 1
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+
+
+class ChatRequest(Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+class CompletionRequest(Sampling):
+    prompt: str | list[str]
+
+
+class ApiError(Exception):
+    """A client mistake, answered in OpenAI's error shape."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+
+def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+# ------------------------------------------------------------------ the app
+
+
+def create_app(engine: Engine, cfg: ServeConfig, worker: Worker | None = None) -> FastAPI:
+    """The FastAPI app; `worker` defaults to a new one over `engine` (closed at shutdown)."""
+    owned = worker is None
+    worker = worker or Worker(engine)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        if owned:  # a worker passed in belongs to the caller
+            worker.close()
+
+    app = FastAPI(title="tunesmith", version="1", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.engine, app.state.worker, app.state.cfg = engine, worker, cfg
+    app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
+    _add_error_handlers(app)
+    auth = Depends(_auth(cfg.api_key))
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "models": engine.names, "queued": worker.queued}
+
+    @app.get("/v1/models", dependencies=[auth])
+    async def models() -> dict:
+        return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "tunesmith"}
+                                           for n in engine.names]}
+
+    @app.post("/v1/chat/completions", dependencies=[auth])
+    async def chat_completions(body: ChatRequest, request: Request):
+        _check_model(engine, body.model)
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": _text(m.content)}
+                    for m in body.messages]
+        gen = _generation(engine, cfg, body, engine.chat_prompt(body.model, messages))
+        return await _respond(worker, gen, body, request, chat=True)
+
+    @app.post("/v1/completions", dependencies=[auth])
+    async def completions(body: CompletionRequest, request: Request):
+        _check_model(engine, body.model)
+        prompt = body.prompt if isinstance(body.prompt, str) else "".join(body.prompt[:1])
+        if isinstance(body.prompt, list) and len(body.prompt) != 1:
+            raise ApiError(400, "send one prompt per request", param="prompt")
+        gen = _generation(engine, cfg, body, engine.text_prompt(body.model, prompt))
+        return await _respond(worker, gen, body, request, chat=False)
+
+    return app
+
+
+def _auth(api_key: str | None):
+    async def check(request: Request) -> None:
+        if api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        if header != f"Bearer {api_key}":
+            what = "missing" if not header else "wrong"
+            raise ApiError(401, f"{what} API key: send 'Authorization: Bearer KEY'", "invalid_request_error",
+                           code="invalid_api_key")
+
+    return check
+
+
+def _check_model(engine: Engine, name: str) -> None:
+    if "/" in name or "\\" in name or ".." in name:
+        raise ApiError(400, f"invalid model name {name!r}: path separators are not allowed", param="model",
+                       code="invalid_model")
+    if name not in engine.slots:
+        raise ApiError(404, f"the model '{name}' does not exist; available: {', '.join(engine.names)}",
+                       param="model", code="model_not_found")
+
+
+def _text(content: str | list[ContentPart] | None) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(p.text for p in content if p.type == "text")
+
+
+def _generation(engine: Engine, cfg: ServeConfig, body: Sampling, prompt_ids: list[int]) -> GenerationRequest:
+    """Validate the limits and build the engine's request (max_tokens defaults to what the context allows)."""
+    if body.n != 1:
+        raise ApiError(400, "only n=1 is supported", param="n")
+    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if len(stops) > 4:
+        raise ApiError(400, "at most 4 stop sequences", param="stop")
+    room = engine.slot(body.model).context_length - len(prompt_ids)
+    if room < 1:
+        raise ApiError(400, f"the prompt is {len(prompt_ids)} tokens; the model's context is "
+                       f"{engine.slot(body.model).context_length}", param="messages", code="context_length_exceeded")
+    asked = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    if asked is not None and (asked < 1 or asked > cfg.max_tokens_limit):
+        raise ApiError(400, f"max_tokens must be between 1 and {cfg.max_tokens_limit} (serve.max_tokens_limit), "
+                       f"got {asked}", param="max_tokens")
+    max_tokens = min(asked or cfg.max_tokens_limit, room)
+    return GenerationRequest(body.model, prompt_ids, max_tokens, body.temperature, body.top_p, body.seed, tuple(stops))
+
+
+# ------------------------------------------------------------------ relaying the worker's events
+
+
+async def _respond(worker: Worker, gen: GenerationRequest, body: Sampling, request: Request, *, chat: bool):
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[Event] = asyncio.Queue()
+    job = worker.submit(gen, lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
+    ids = _ids(chat)
+    if body.stream:
+        include_usage = bool((body.stream_options or {}).get("include_usage"))
+        return StreamingResponse(_sse(job, events, ids, gen.model, chat, include_usage),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    parts: list[str] = []
+    try:
+        while True:
+            try:
+                event = await asyncio.wait_for(events.get(), timeout=0.5)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():  # nobody is waiting for this answer any more
+                    job.cancel()
+                    return JSONResponse(error_body("client disconnected", "cancelled"), status_code=499)
+                continue
+            if event.error:
+                return JSONResponse(error_body(event.error, "server_error"), status_code=500)
+            parts.append(event.text)
+            if event.finish_reason:
+                return _full(ids, gen.model, chat, "".join(parts), event)
+    finally:
+        job.cancel()  # a no-op once finished; stops generation if this handler was cancelled
+
+
+def _ids(chat: bool) -> dict:
+    return {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", "created": int(time.time())}
+
+
+def _usage(event: Event) -> dict:
+    return {"prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens,
+            "total_tokens": event.prompt_tokens + event.completion_tokens}
+
+
+def _full(ids: dict, model: str, chat: bool, text: str, last: Event) -> dict:
+    if chat:
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": last.finish_reason,
+                  "logprobs": None}
+    else:
+        choice = {"index": 0, "text": text, "finish_reason": last.finish_reason, "logprobs": None}
+    return {**ids, "object": "chat.completion" if chat else "text_completion", "model": model,
+            "choices": [choice], "usage": _usage(last)}
+
+
+async def _sse(job, events: asyncio.Queue, ids: dict, model: str, chat: bool, include_usage: bool) -> AsyncIterator[str]:
+    """Server-sent events; a client that goes away cancels this generator, and with it the job."""
+    obj = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(text: str | None, finish: str | None, first: bool = False) -> str:
+        if chat:
+            delta = {"role": "assistant", "content": ""} if first else ({"content": text} if text is not None else {})
+            choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        else:
+            choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+        return _data({**ids, "object": obj, "model": model, "choices": [choice]})
+
+    try:
+        if chat:
+            yield chunk(None, None, first=True)
+        while True:
+            event = await events.get()
+            if event.error:
+                yield _data(error_body(event.error, "server_error"))
+                break
+            if event.text:
+                yield chunk(event.text, None)
+            if event.finish_reason:
+                yield chunk(None, event.finish_reason)
+                if include_usage:
+                    yield _data({**ids, "object": obj, "model": model, "choices": [], "usage": _usage(event)})
+                break
+        yield "data: [DONE]\n\n"
+    finally:
+        job.cancel()
+
+
+def _data(obj: dict) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+# ------------------------------------------------------------------ errors and limits
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError) -> JSONResponse:
+        return JSONResponse(error_body(e.message, e.type, e.param, e.code), status_code=e.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, e: RequestValidationError) -> JSONResponse:
+        first = (e.errors() or [{}])[0]
+        if first.get("type") == "json_invalid":
+            return JSONResponse(error_body(f"the body is not valid JSON ({first.get('msg', '')})",
+                                           "invalid_request_error", None, "invalid_json"), status_code=400)
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return JSONResponse(error_body(f"{where or 'body'}: {first.get('msg', 'invalid value')}",
+                                       "invalid_request_error", where or None), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(error_body(str(e.detail), "invalid_request_error"), status_code=e.status_code)
+
+
+class _TooLarge(StarletteHTTPException):
+    """Raised while a chunked body arrives; FastAPI passes HTTP exceptions through to the handlers above."""
+
+    def __init__(self, max_bytes: int):
+        super().__init__(413, f"request body over {max_bytes} bytes (serve.max_body_bytes)")
+
+
+class BodyLimit:
+    """Refuse request bodies over `max_bytes` (413), by Content-Length or while a chunked body arrives."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await self._refuse(send)
+        seen, started = 0, False
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise _TooLarge(self.max_bytes)
+            return message
+
+        async def watch(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watch)
+        except _TooLarge:
+            if not started:
+                await self._refuse(send)
+
+    async def _refuse(self, send) -> None:
+        body = json.dumps(error_body(f"request body over {self.max_bytes} bytes (serve.max_body_bytes)",
+                                     "invalid_request_error", None, "body_too_large")).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
