@@ -16,6 +16,7 @@ _LAZY = {
     "load_model": ("tunesmith.models.load", "load_model"),
     "ModelStore": ("tunesmith.models.store", "ModelStore"),
     "generate": ("tunesmith.generation", "generate"),
+    "compare": ("tunesmith.evaluate", "compare"),
     "finetune": ("tunesmith.train.finetune", "finetune"),
 }
 

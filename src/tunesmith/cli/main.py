@@ -21,7 +21,7 @@ app = typer.Typer(
 
 # Each module has register(app). Modules import heavy libraries inside their commands only,
 # so `tunesmith --help` stays instant.
-COMMAND_MODULES = ["models", "config_cmd", "generate", "quickstart", "train", "runs", "data", "advise", "export", "serve", "chat"]
+COMMAND_MODULES = ["models", "config_cmd", "generate", "quickstart", "train", "runs", "data", "advise", "export", "serve", "chat", "evaluate", "runs_compare"]
 
 
 @app.callback()

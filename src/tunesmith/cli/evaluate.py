@@ -1,0 +1,114 @@
+"""`tunesmith eval RUN` and `tunesmith compare --data FILE`: thin shells over tunesmith.evaluate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+STRATEGIES_HELP = "comma-separated: base,prompt,rag,tuned,tuned+rag (default: the config's eval.strategies)"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_cmd)
+    app.command("compare")(compare_cmd)
+
+
+def eval_cmd(
+    run: str = typer.Argument(..., help="run name or folder"),
+    data: Optional[Path] = typer.Option(None, "--data", help="test file (default: the run's test split)"),
+    strategies: Optional[str] = typer.Option(None, "--strategies", help=STRATEGIES_HELP),
+    limit: Optional[int] = typer.Option(None, "--limit", help="evaluate only the first N examples"),
+    docs: Optional[Path] = typer.Option(None, "--docs", help="folder of .txt/.md files for the rag strategies"),
+    system: Optional[str] = typer.Option(None, "--system", help="system prompt for the prompt strategy"),
+    allow_overlap: bool = typer.Option(False, "--allow-overlap", help="go on when test examples are also in the training data"),
+    probe: Optional[str] = typer.Option(None, "--probe", help="forgetting probe: fast (default), full or none"),
+    no_probe: bool = typer.Option(False, "--no-probe", help="skip the forgetting probe"),
+    metric: List[str] = typer.Option([], "--metric", help="user metric module:function or file.py:function (repeatable)"),
+    regex: Optional[str] = typer.Option(None, "--regex", help="metric: the answer contains a match of this regular expression"),
+    json_schema: Optional[Path] = typer.Option(None, "--json-schema", help="metric: the answer is JSON valid under this schema"),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="longest answer in tokens"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="generation batch size"),
+    json_out: bool = typer.Option(False, "--json", help="print the numbers as JSON"),
+) -> None:
+    """Evaluate a run on held-out data: every strategy side by side, the forgetting probe, RUN/report.html."""
+    from tunesmith.evaluate import evaluate_run
+
+    result = evaluate_run(run, data, strategies=strategies, limit=limit, docs=_str(docs), system=system,
+                          allow_overlap=allow_overlap, probe=_probe(probe, no_probe), metrics=metric, regex=regex,
+                          json_schema=_str(json_schema), max_new_tokens=max_new_tokens, batch_size=batch_size,
+                          quiet=json_out)
+    _show(result, json_out)
+
+
+def compare_cmd(
+    data: Path = typer.Option(..., "--data", help="test file: any format `tunesmith data check` reads"),
+    run: Optional[str] = typer.Option(None, "--run", help="a fine-tuned run, for the tuned strategies"),
+    out: Optional[Path] = typer.Option(None, "--out", help="folder for report.html/report.json (default: the run's folder)"),
+    strategies: Optional[str] = typer.Option(None, "--strategies", help=STRATEGIES_HELP),
+    limit: Optional[int] = typer.Option(None, "--limit", help="evaluate only the first N examples"),
+    train: Optional[Path] = typer.Option(None, "--train", help="training examples for few-shot and rag (default: the run's)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="base model without a run (default: the config's)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config for the eval and data settings"),
+    docs: Optional[Path] = typer.Option(None, "--docs", help="folder of .txt/.md files for the rag strategies"),
+    system: Optional[str] = typer.Option(None, "--system", help="system prompt for the prompt strategy"),
+    allow_overlap: bool = typer.Option(False, "--allow-overlap", help="go on when test examples are also in the training data"),
+    probe: Optional[str] = typer.Option(None, "--probe", help="forgetting probe with --run: fast, full or none (default: none)"),
+    no_probe: bool = typer.Option(False, "--no-probe", help="skip the forgetting probe"),
+    metric: List[str] = typer.Option([], "--metric", help="user metric module:function or file.py:function (repeatable)"),
+    regex: Optional[str] = typer.Option(None, "--regex", help="metric: the answer contains a match of this regular expression"),
+    json_schema: Optional[Path] = typer.Option(None, "--json-schema", help="metric: the answer is JSON valid under this schema"),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="longest answer in tokens"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="generation batch size"),
+    json_out: bool = typer.Option(False, "--json", help="print the numbers as JSON"),
+) -> None:
+    """Compare base, prompt engineering, RAG (and, with --run, fine-tuned and fine-tuned + RAG) on a test file."""
+    from tunesmith.evaluate import compare
+
+    result = compare(data, run=run, out=out, config=config, strategies=strategies, limit=limit, docs=_str(docs),
+                     system=system, train=train, model=model, allow_overlap=allow_overlap, probe=_probe(probe, no_probe),
+                     metrics=metric, regex=regex, json_schema=_str(json_schema), max_new_tokens=max_new_tokens,
+                     batch_size=batch_size, quiet=json_out)
+    _show(result, json_out)
+
+
+def _str(path: Optional[Path]) -> Optional[str]:
+    return str(path) if path is not None else None
+
+
+def _probe(probe: Optional[str], no_probe: bool) -> Optional[str]:
+    from tunesmith.errors import EvalError
+
+    if no_probe and probe not in (None, "none"):
+        raise EvalError(f"--no-probe and --probe {probe} contradict each other", "give one of them")
+    return "none" if no_probe else probe
+
+
+def _show(result, json_out: bool) -> None:
+    """The strategies table, the warnings and the report's path (or JSON without the per-example rows)."""
+    from rich.table import Table
+
+    from tunesmith.cli.common import console, print_json
+
+    r = result.report
+    if json_out:
+        return print_json({**{k: v for k, v in r.items() if k != "examples"}, "report_html": str(result.html),
+                           "report_json": str(result.json)})
+    table = Table("strategy", "exact match", "token F1", "ROUGE-L", "BLEU", "loss", "vs base (ROUGE-L, 95% CI)",
+                  "s / example", "tokens")
+    for name, row in r["strategies"].items():
+        ci = (r["intervals"].get(name) or {}).get("rouge_l")
+        vs = f"{ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]" if ci else "-"
+        table.add_row(name, *(_num(row.get(m)) for m in ("exact_match", "token_f1", "rouge_l", "bleu", "loss")), vs,
+                      _num(row["seconds_per_example"], ".2f"), str(row["tokens_generated"]))
+    console.print(table)
+    for task, t in (r["forgetting"].get("tasks") or {}).items():
+        console.print(f"probe {task}: {t['base']:.1f}% -> {t['tuned']:.1f}% ({t['change']:+.1f} points)")
+    for note in r["notes"]:
+        console.print(f"[yellow]warning:[/] {note}", markup=True)
+    console.print(f"{r['n_examples']} examples in {r['seconds']:.1f} s; report: {result.html}")
+
+
+def _num(v, fmt: str = ".3f") -> str:
+    return "-" if v is None else format(v, fmt)

@@ -1,0 +1,120 @@
+"""The strategies compared on the same examples: what each one puts in the prompt, and which model answers.
+
+- base:      the base model, the example's own conversation (through its chat template)
+- prompt:    the base model, a system prompt and k few-shot examples from the training split
+- rag:       the base model, the top-k retrieved training examples (or --docs chunks) in the system prompt
+- tuned:     the fine-tuned run, the example's own conversation
+- tuned+rag: the fine-tuned run with the rag prompt
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from tunesmith.errors import EvalError
+
+STRATEGIES = ("base", "prompt", "rag", "tuned", "tuned+rag")
+RAG_HEADER = "Use the following reference material if it helps you answer."
+
+
+@dataclass(frozen=True)
+class Case:
+    """One held-out example: the conversation up to the answer, the reference answer, its source line."""
+
+    prompt: list[dict]
+    reference: str
+    line: int | None = None
+
+    @property
+    def query(self) -> str:
+        """The last user message: what retrieval searches with."""
+        return next((m["content"] for m in reversed(self.prompt) if m["role"] == "user"), "")
+
+
+@dataclass
+class Context:
+    """What the prompt and rag strategies add: a system prompt, few-shot turns, retrieved passages per case."""
+
+    system: str | None = None
+    shots: list[dict] = field(default_factory=list)
+    passages: dict[str, list[list[str]]] = field(default_factory=dict)  # strategy -> per case
+
+
+def with_answer(prompt: Sequence[dict], answer: str) -> list[dict]:
+    """`prompt` + `answer` as the only trained turn (few-shot and earlier assistant turns get weight 0)."""
+    before = [{**m, "weight": 0} if m["role"] == "assistant" else dict(m) for m in prompt]
+    return before + [{"role": "assistant", "content": answer}]
+
+
+def parse_strategies(names: str | Sequence[str]) -> list[str]:
+    """'base,prompt' or a list -> validated names in the order given, without repeats."""
+    items = [n.strip() for n in names.split(",")] if isinstance(names, str) else [n.strip() for n in names]
+    out: list[str] = []
+    for name in filter(None, items):
+        if name not in STRATEGIES:
+            raise EvalError(f"unknown strategy '{name}'", f"choose from {', '.join(STRATEGIES)}")
+        if name not in out:
+            out.append(name)
+    if not out:
+        raise EvalError("no strategies to compare", f"choose from {', '.join(STRATEGIES)}")
+    return out
+
+
+def uses_tuned(name: str) -> bool:
+    return name.startswith("tuned")
+
+
+def uses_rag(name: str) -> bool:
+    return name.endswith("rag")
+
+
+def to_case(example: dict) -> Case | None:
+    """A canonical example -> Case, or None when it has no assistant answer to compare against."""
+    messages = example.get("messages")
+    if not messages:
+        return None
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+    if last is None or not any(m["role"] == "user" for m in messages[:last]):
+        return None
+    prompt = [{"role": m["role"], "content": m["content"]} for m in messages[:last]]
+    return Case(prompt, messages[last]["content"], example.get("line"))
+
+
+def few_shot(train: Sequence[Case], k: int, seed: int) -> list[dict]:
+    """k training examples (seeded pick, the same for every test case) as user/assistant turns."""
+    picked = random.Random(seed).sample(list(train), min(k, len(train)))
+    turns: list[dict] = []
+    for case in picked:
+        turns += [m for m in case.prompt if m["role"] != "system"]
+        turns.append({"role": "assistant", "content": case.reference})
+    return turns
+
+
+def passage(case: Case) -> str:
+    """A training example as a retrievable passage."""
+    return f"Question: {case.query}\nAnswer: {case.reference}"
+
+
+def build_prompt(strategy: str, case: Case, index: int, ctx: Context) -> list[dict]:
+    """The conversation `strategy` gives the model for the `index`-th case."""
+    if strategy in ("base", "tuned"):
+        return case.prompt
+    if strategy == "prompt":
+        own = [m for m in case.prompt if m["role"] != "system"]
+        system = ctx.system or _system_of(case.prompt)
+        return ([{"role": "system", "content": system}] if system else []) + ctx.shots + own
+    return with_passages(case.prompt, ctx.passages[strategy][index])
+
+
+def with_passages(messages: list[dict], passages: Sequence[str]) -> list[dict]:
+    """Put numbered passages into the system message (after the existing system prompt, if any)."""
+    own = [m for m in messages if m["role"] != "system"]
+    blocks = "\n\n".join(f"[{i}] {p}" for i, p in enumerate(passages, start=1))
+    system = "\n\n".join(filter(None, [_system_of(messages), RAG_HEADER, blocks]))
+    return [{"role": "system", "content": system}] + own
+
+
+def _system_of(messages: Sequence[dict]) -> str | None:
+    return next((m["content"] for m in messages if m["role"] == "system"), None)
