@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import random
 import shutil
 import time
@@ -151,8 +152,25 @@ def rotate(root: Path, keep: int, protect: set[int]) -> list[Path]:
     done = complete(root)
     doomed = [p for p in done[: max(0, len(done) - keep)] if step_of(p) not in protect]
     for p in doomed:
-        shutil.rmtree(p, ignore_errors=True)
+        # Renamed first: a kill during rmtree leaves a temp folder for sweep(), never a step-N missing files.
+        gone = p.with_name(f".{p.name}.deleting.tmp")
+        shutil.rmtree(gone, ignore_errors=True)
+        os.replace(p, gone)
+        shutil.rmtree(gone, ignore_errors=True)
     return doomed
+
+
+def sweep(root: Path) -> list[Path]:
+    """Remove the temp folders a killed writer left in `root` (each can be as big as a checkpoint).
+
+    Only the one process that writes checkpoints may call this, before it writes the next one.
+    """
+    if not root.is_dir():
+        return []
+    stale = [p for p in root.iterdir() if p.name.startswith(".step-") and p.is_dir()]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
 
 
 def _python_rng() -> list:
