@@ -69,7 +69,7 @@ def compare(
                  train=train, model=model, allow_overlap=allow_overlap, probe=probe, user_metrics=metrics, regex=regex,
                  json_schema=json_schema, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, quiet=quiet)
     # 2. the held-out cases, and the training cases the prompt and rag strategies draw on
-    test_examples = _read(plan.data, plan.cfg, "test data")
+    test_examples = _read(plan.data, plan, "test data")
     cases = _cases(test_examples, plan)
     train_examples = _train_examples(plan)
     # 3. refuse (or, with allow_overlap, report) test examples that are also in the training data
@@ -220,18 +220,24 @@ def _check_numbers(plan: Plan) -> None:
 # ------------------------------------------------------------------ 2-4. data
 
 
-def _read(path: Path, cfg: Config, what: str) -> list[dict]:
+def _read(path: Path, plan: Plan, what: str) -> list[dict]:
+    """Usable examples of a file in any format; rows with errors are left out and counted in the notes."""
     from tunesmith.data.formats import read_examples
     from tunesmith.data.rules import is_error
 
     if not path.is_file():
         raise EvalError(f"{what} not found: {path}")
-    result = read_examples(path, format=cfg.data.format, mapping=cfg.data.map, system=cfg.data.system)
+    d = plan.cfg.data
+    result = read_examples(path, format=d.format, mapping=d.map, system=d.system)
     if result.rows_read == 0:
         raise EvalError(f"{path}: the {what} file is empty", "give a file with at least one example")
     errors = [f for f in result.findings if is_error(f)]
     if errors and not result.examples:
         raise EvalError(f"{path}:{errors[0].line}: {errors[0].message} (no usable rows)", TEST_HINT.format(path=path))
+    if errors:
+        bad = len({f.line for f in errors})
+        plan.notes.append(f"{path}: {bad} row(s) with errors left out, first at line {errors[0].line}: "
+                          f"{errors[0].message} ({TEST_HINT.format(path=path)})")
     return result.examples
 
 
@@ -253,7 +259,7 @@ def _train_examples(plan: Plan) -> list[dict]:
         if "prompt" in plan.strategies:
             plan.notes.append("no training data: the prompt strategy has a system prompt only, no few-shot examples")
         return []
-    return _read(plan.train, plan.cfg, "training data")
+    return _read(plan.train, plan, "training data")
 
 
 def _overlap(test: list[dict], train: list[dict], plan: Plan) -> dict:

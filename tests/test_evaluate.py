@@ -1,0 +1,205 @@
+"""compare / eval end to end on a tiny model and a fake LoRA run: every strategy, the report, the refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tunesmith.errors import EvalError, RunError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models on a shared 2-core machine: one torch thread is several times faster than two."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+QA = [("What is the capital of France?", "Paris."), ("How many legs does a spider have?", "Eight."),
+      ("What colour is the sky?", "Blue."), ("Who wrote Hamlet?", "William Shakespeare."),
+      ("What is 2+2?", "4"), ("Which planet is the largest?", "Jupiter.")]
+TRAIN = [("Name the capital of Italy.", "Rome."), ("How many legs does an insect have?", "Six."),
+         ("What colour is grass?", "Green."), ("Who painted the Mona Lisa?", "Leonardo da Vinci."),
+         ("What is 3+3?", "6"), ("Which planet is closest to the sun?", "Mercury.")]
+
+
+def _chat(pairs):
+    return [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in pairs]
+
+
+def _write(path: Path, rows) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def peaked_model(tmp_path_factory, tiny_model_dir) -> Path:
+    """The tiny model with larger weights: varied greedy answers that depend on the prompt."""
+    import shutil
+
+    import torch
+
+    from tunesmith.models.load import load_model
+
+    folder = tmp_path_factory.mktemp("peaked")
+    shutil.copytree(tiny_model_dir, folder, dirs_exist_ok=True)
+    model, _ = load_model(str(folder))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.3)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+def make_run(base: Path, run_dir: Path, *, final: bool = True) -> Path:
+    """A completed LoRA run folder by the contract: manifest, config, metrics, data splits, final/ adapter."""
+    import torch
+
+    from tunesmith.config import MethodConfig
+    from tunesmith.models import adapters
+    from tunesmith.models.load import load_model
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if final:
+        model, tok = load_model(str(base))
+        peft_model = adapters.apply_lora(model, MethodConfig(r=4, alpha=8, dropout=0.0))
+        torch.manual_seed(1)
+        with torch.no_grad():  # LoRA B starts at zero (a no-op); make the adapter change the answers
+            for n, p in peft_model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.5)
+        adapters.save_adapter(peft_model, run_dir / "final")
+        tok.save_pretrained(str(run_dir / "final"))
+    manifest = {"name": run_dir.name, "status": "completed" if final else "failed", "base_model": str(base),
+                "base_model_path": str(base), "method": "lora", "best_step": 4, "best_val_loss": 2.5, "steps": 4}
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    (run_dir / "config.yaml").write_text("eval:\n  max_new_tokens: 6\n  batch_size: 4\n")
+    metrics = [{"step": s, "split": "train", "loss": 4.0 - 0.5 * s} for s in range(1, 5)]
+    metrics += [{"step": s, "split": "validation", "loss": 3.5 - 0.25 * s} for s in (2, 4)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    _write(run_dir / "data" / "test.jsonl", _chat(QA))
+    _write(run_dir / "data" / "train.jsonl", _chat(TRAIN))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, peaked_model) -> Path:
+    return make_run(peaked_model, tmp_path_factory.mktemp("runs") / "run-1")
+
+
+def test_eval_runs_every_strategy_and_the_report_has_each_plot(run_dir, tmp_path, monkeypatch):
+    from tunesmith.evaluate import evaluate_run
+    from tunesmith.evaluate import probe as P
+
+    monkeypatch.setattr(P, "FAST_ROWS", {"choice": 3, "qa": 4})
+    metric = tmp_path / "m.py"
+    metric.write_text("def picky(pred, ref):\n    if len(pred) % 2:\n        raise ValueError('odd')\n    return 1.0\n")
+    result = evaluate_run(str(run_dir), metrics=[f"{metric}:picky"], regex=r"\w", quiet=True)
+    r = json.loads((run_dir / "report.json").read_text())
+    assert result.html == run_dir / "report.html" and r["run"] == "run-1" and r["n_examples"] == 6
+    assert list(r["strategies"]) == ["base", "prompt", "rag", "tuned", "tuned+rag"]
+    for name, row in r["strategies"].items():
+        for key in ("exact_match", "token_f1", "rouge_l", "bleu", "loss", "perplexity", "regex",
+                    "seconds_per_example", "tokens_generated"):
+            assert row[key] is not None, (name, key)
+        assert 0 < row["tokens_generated"] <= 6 * 6
+    assert set(r["intervals"]) == {"prompt", "rag", "tuned", "tuned+rag"}
+    assert set(r["intervals"]["tuned"]["rouge_l"]) == {"diff", "low", "high", "n", "significant"}
+    answers = {name: [e["answers"][name] for e in r["examples"]] for name in r["strategies"]}
+    assert answers["tuned"] != answers["base"]  # the adapter changes the answers
+    assert answers["rag"] != answers["base"]  # so do retrieved examples in the prompt
+    assert r["strategies"]["tuned"]["loss"] != r["strategies"]["base"]["loss"]
+    # a user metric that raises is recorded per example and the evaluation goes on
+    odd = [e["line"] for e in r["examples"] if len(e["answers"]["base"]) % 2]
+    assert [x["line"] for x in r["metric_errors"].get("base", {}).get("picky", [])] == odd
+    assert set(r["forgetting"]["tasks"]) == {"general_knowledge", "human_organs_senses", "known_unknowns", "qa_wikidata"}
+    assert r["forgetting"]["tasks"]["qa_wikidata"]["n"] == 4
+    html = result.html.read_text()
+    for plot in ("plot-loss", "plot-strategies", "plot-forgetting"):
+        assert f"<img id='{plot}' alt='{plot}' src='data:image/png;base64," in html
+    assert "<table id='examples'>" in html and "tuned answer" in html and "http" not in html.replace("https://", "")
+
+
+def test_compare_without_a_run_writes_to_out_and_leaves_tuned_out(peaked_model, tmp_path):
+    from tunesmith.evaluate import compare
+
+    test = _write(tmp_path / "test.jsonl", [{"input": q, "output": a} for q, a in QA[:3]])
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "facts.md").write_text("Paris is the capital of France.\n\nSpiders have eight legs.")
+    result = compare(test, out=tmp_path / "out", model=str(peaked_model), docs=str(docs), max_new_tokens=4, quiet=True)
+    r = result.report
+    assert list(r["strategies"]) == ["base", "prompt", "rag"]
+    assert "no run given: tuned strategies left out" in r["notes"]
+    assert "no training data: the prompt strategy has a system prompt only, no few-shot examples" in r["notes"]
+    assert r["forgetting"] == {"skipped": "no run given"}
+    assert (tmp_path / "out" / "report.json").is_file()
+    assert "<p id='plot-loss' class='note'>" in result.html.read_text()
+    with pytest.raises(EvalError, match="need a fine-tuned run"):
+        compare(test, out=tmp_path / "out", model=str(peaked_model), strategies="base,tuned", quiet=True)
+
+
+def test_batched_generation_equals_one_at_a_time(peaked_model):
+    from tunesmith.evaluate.generate import answer
+    from tunesmith.models.load import load_model
+
+    model, tok = load_model(str(peaked_model))
+    convs = [[{"role": "user", "content": q}] for q, _ in QA]
+    batched = answer(model, tok, convs, max_new_tokens=8, batch_size=4)
+    single = [answer(model, tok, [c], max_new_tokens=8, batch_size=1)[0] for c in convs]
+    assert batched == single
+    assert len({g.token_ids for g in batched}) > 1
+
+
+def test_overlap_with_training_data_is_refused_then_allowed(run_dir, tmp_path):
+    from tunesmith.evaluate import compare
+
+    test = _write(tmp_path / "test.jsonl", _chat(QA[:2] + TRAIN[:1]))
+    kwargs = dict(run=str(run_dir), out=tmp_path / "o", strategies="base", probe="none", max_new_tokens=2, quiet=True)
+    with pytest.raises(EvalError, match=r"1 of 3 test examples are also in the training data .*1 exact"):
+        compare(test, **kwargs)
+    r = compare(test, allow_overlap=True, **kwargs).report
+    assert r["overlap"]["exact"] == 1 and r["overlap"]["lines"] == [3]
+
+
+def test_run_without_final_model_and_empty_test_file(peaked_model, run_dir, tmp_path):
+    from tunesmith.evaluate import compare, evaluate_run
+
+    broken = make_run(peaked_model, tmp_path / "broken", final=False)
+    with pytest.raises(RunError, match="has no final model"):
+        evaluate_run(str(broken), probe="none", quiet=True)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(EvalError, match="the test data file is empty"):
+        compare(empty, run=str(run_dir), out=tmp_path / "o", quiet=True)
+    answerless = _write(tmp_path / "q.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
+    with pytest.raises(EvalError, match=r"q.jsonl:1: no assistant turn.*no usable rows.*tunesmith data check"):
+        compare(answerless, out=tmp_path / "o", model=str(peaked_model), quiet=True)
+
+
+def test_cli_eval_json_and_runs_compare(run_dir, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cli = [str(Path(sys.executable).parent / "tunesmith")]
+    out = subprocess.run(cli + ["eval", str(run_dir), "--strategies", "base,tuned", "--no-probe", "--limit", "2",
+                                "--max-new-tokens", "3", "--json"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert list(r["strategies"]) == ["base", "tuned"] and r["n_examples"] == 2 and "examples" not in r
+    side = subprocess.run(cli + ["runs", "compare", str(run_dir), "--json"], capture_output=True, text=True, env=env)
+    rows = json.loads(side.stdout)
+    assert rows[0]["run"] == "run-1" and rows[0]["evaluated"] and rows[0]["rouge_l"] == r["strategies"]["tuned"]["rouge_l"]
+    bad = subprocess.run(cli + ["compare", "--data", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path)],
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "test data not found" in bad.stderr and "Traceback" not in bad.stderr
