@@ -241,19 +241,38 @@ def permute_qk(weights: "np.ndarray", n_head: int) -> "np.ndarray":
 
 def _add_one(writer, name: str, data: "np.ndarray", qtype) -> None:
     import gguf
-    import numpy as np
 
-    if data.ndim == 1:  # norms stay f32 in every llama.cpp file type
-        writer.add_tensor(name, data.astype(np.float32))
-        return
-    block = gguf.GGML_QUANT_SIZES[qtype][0]
-    if data.shape[-1] % block:  # a row that does not fill whole blocks cannot be block-quantized
-        qtype = gguf.GGMLQuantizationType.F16
-    packed = gguf.quants.quantize(data, qtype)
+    packed, qtype = pack(data, qtype)
     if qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
         writer.add_tensor(name, packed)
     else:
         writer.add_tensor(name, packed, raw_shape=packed.shape, raw_dtype=qtype)
+
+
+def pack(data: "np.ndarray", qtype) -> tuple["np.ndarray", Any]:
+    """The bytes (or floats) written for one tensor, and the type actually used."""
+    import gguf
+    import numpy as np
+
+    if data.ndim == 1:  # norms stay f32 in every llama.cpp file type
+        return data.astype(np.float32), gguf.GGMLQuantizationType.F32
+    if data.shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0]:  # rows must fill whole blocks to be block-quantized
+        qtype = gguf.GGMLQuantizationType.F16
+    return gguf.quants.quantize(data, qtype), qtype
+
+
+def expected_weights(model, quant: str) -> dict[str, "np.ndarray"]:
+    """What a reader of the file should get back for each weight: the tensor rounded exactly as written."""
+    import gguf
+
+    qtype = gguf.GGMLQuantizationType[QUANTS[quant][0]]
+    out = {}
+    for name, tensor in model.state_dict().items():
+        if name.endswith("rotary_emb.inv_freq"):
+            continue
+        packed, used = pack(tensor.detach().float().cpu().numpy(), qtype)  # row-wise: the Q/K permutation commutes
+        out[name] = gguf.quants.dequantize(packed, used).astype("float32")
+    return out
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

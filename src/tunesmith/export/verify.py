@@ -22,10 +22,6 @@ DEFAULT_PROMPTS = (
     "List three colours.",
     "How do I reset my password?",
 )
-# Below this teacher-forced top-1 agreement a quantized file is broken, not just rounded. Measured:
-# a GGUF written without the Q/K permutation scores 0.008; q8_0 of the random tiny test model 0.88
-# (its flat distributions are full of near-ties); real models are far more peaked.
-MIN_TOP1_LOSSY = 0.5
 
 Generate = Callable[[list[int]], list[int]]
 
@@ -161,12 +157,30 @@ def _teacher_forced(ref: Reference, cand_logits) -> dict[str, Any]:
 
 
 def _status(result: dict[str, Any], lossless: bool) -> str:
+    """'match'; 'close' for a quantized file whose weights read back exactly as rounded (answers may
+    drift: that is the quantization, reported as agreement); 'differs' otherwise."""
     if result["exact_matches"] == result["prompts"]:
         return "match"
-    if lossless:
+    if lossless or result.get("weights_exact") is False:
         return "differs"
-    top1 = result.get("teacher_forced_top1")
-    return "close" if top1 is None or top1 >= MIN_TOP1_LOSSY else "differs"
+    return "close"
+
+
+def weights_check(expected: dict[str, Any], model) -> dict[str, Any]:
+    """Do the reloaded weights equal the intended (rounded) ones? A wrong name, layout or permutation shows here
+    as a large difference, whatever the quantization did to the answers."""
+    state = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    diff = max((float((state[k].float().cpu() - _tensor(v)).abs().max()) for k, v in expected.items() if k in state),
+               default=0.0)
+    return {"weights_exact": not missing and diff <= 1e-6, "max_weight_diff": float(f"{diff:.3g}"),
+            **({"missing_weights": missing[:5]} if missing else {})}
+
+
+def _tensor(array):
+    import torch
+
+    return torch.from_numpy(array)
 
 
 def _first_difference(ref: Reference, got: list[list[int]]) -> dict[str, Any] | None:
@@ -181,7 +195,10 @@ def require(checks: list[dict[str, Any]], what: str) -> None:
     bad = [c for c in checks if c.get("status") in ("differs", "failed")]
     if bad:
         c = bad[0]
-        detail = c.get("error") or f"{c.get('exact_matches')}/{c.get('prompts')} answers match, token agreement {c.get('token_agreement')}"
+        detail = c.get("error") or (f"{c.get('exact_matches')}/{c.get('prompts')} answers match, token agreement "
+                                    f"{c.get('token_agreement')}")
+        if c.get("weights_exact") is False:
+            detail += f", weights read back differ by up to {c.get('max_weight_diff')}"
         raise ExportError(f"{what} did not verify through {c['loader']}: {detail}",
                           "nothing was written; run with --debug and report this as a bug")
 

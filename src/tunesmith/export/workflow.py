@@ -109,7 +109,7 @@ def _merged(source, model, tok, tmp: Path, ref, quants, say) -> tuple[list[Path]
 
 
 def _gguf(source, model, tok, tmp: Path, ref, quants, say) -> tuple[list[Path], list[dict]]:
-    from tunesmith.export.gguf import LOSSLESS, write_gguf
+    from tunesmith.export.gguf import write_gguf
     from tunesmith.export.merged import merged_model
     from tunesmith.export.ollama import modelfile, preferred_gguf
 
@@ -121,23 +121,27 @@ def _gguf(source, model, tok, tmp: Path, ref, quants, say) -> tuple[list[Path], 
             info = write_gguf(plain, tok, tmp / name, quant, name=source.name, progress=tick)
         say(f"wrote {name} ({info.bytes / 1e6:.1f} MB); reloading it with transformers' GGUF reader")
         files.append(info.path)
-        checks.append(_gguf_check(tmp, name, tok, ref, quant in LOSSLESS, {"file": name, "quant": quant,
-                                                                            "pre_tokenizer": info.pre_tokenizer}))
+        checks.append(_gguf_check(tmp, name, plain, tok, ref, quant, {"file": name, "quant": quant,
+                                                                       "pre_tokenizer": info.pre_tokenizer}))
         checks.append(_llama_cpp_check(info.path, tok, ref, {"file": name, "quant": quant}))
     atomic_write_text(tmp / "Modelfile", modelfile(preferred_gguf([f.name for f in files]), tok))
     return files + [tmp / "Modelfile"], checks
 
 
-def _gguf_check(folder: Path, name: str, tok, ref, lossless: bool, extra: dict) -> dict:
+def _gguf_check(folder: Path, name: str, plain, tok, ref, quant: str, extra: dict) -> dict:
+    """Answers against the tuned model, plus proof the file holds exactly the intended rounded weights."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
+
+    from tunesmith.export.gguf import LOSSLESS, expected_weights
 
     hf_logging.disable_progress_bar()
     with _quiet():
         model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=name, dtype="float32")
         gtok = AutoTokenizer.from_pretrained(str(folder), gguf_file=name)
     model.eval()
-    cand = _hf_candidate("transformers (gguf_file=)", model, tok, ref, lossless=lossless, extra=extra)
+    extra = {**extra, **verify.weights_check(expected_weights(plain, quant), model)}
+    cand = _hf_candidate("transformers (gguf_file=)", model, tok, ref, lossless=quant in LOSSLESS, extra=extra)
     check = verify.compare(ref, cand)
     check.update(verify.tokenizer_check(tok, gtok, ref.prompts))
     return check
