@@ -182,3 +182,19 @@ def test_a_client_leaving_mid_stream_stops_only_its_own_generation(client, serve
     assert leaver.cancelled.is_set() and served["worker"].running is None
     events = served["received"][before]
     assert len(events) < 300 and not any(e.finish_reason for e in events)  # stopped early, never finished
+
+
+def test_binding_rules():
+    from tunesmith.config import ServeConfig
+    from tunesmith.errors import ServeError
+    from tunesmith.serve.server import bind, exposure_warning
+
+    assert exposure_warning(ServeConfig()) is None
+    assert exposure_warning(ServeConfig(host="0.0.0.0", api_key="k")) is None
+    assert "without an API key" in exposure_warning(ServeConfig(host="0.0.0.0"))
+    taken = bind("127.0.0.1", 0)
+    try:
+        with pytest.raises(ServeError, match=f"cannot listen on 127.0.0.1:{taken.getsockname()[1]}"):
+            bind("127.0.0.1", taken.getsockname()[1])
+    finally:
+        taken.close()
