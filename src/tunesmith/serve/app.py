@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator, Literal
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunesmith.config import ServeConfig
@@ -30,14 +30,19 @@ from tunesmith.serve.engine import Engine, Event, GenerationRequest, Worker
 # ------------------------------------------------------------------ request and response types
 
 
+# Strict: a wrong type is a 400, never coerced ("10" is not a number, true is not 1, "yes" is not a bool).
+# Unknown fields are accepted and ignored, as OpenAI's SDKs send fields an older server may not know.
+STRICT = ConfigDict(extra="allow", strict=True)
+
+
 class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = STRICT
     type: str = "text"
     text: str = ""
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = STRICT
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[ContentPart] | None = ""
 
@@ -45,7 +50,7 @@ class ChatMessage(BaseModel):
 class Sampling(BaseModel):
     """The OpenAI sampling fields both endpoints share (unknown extra fields are accepted and ignored)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = STRICT
     model: str
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
@@ -53,9 +58,18 @@ class Sampling(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     n: int = 1
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)  # what torch.Generator.manual_seed takes
     stream: bool = False
     stream_options: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _valid_unicode(self):
+        """JSON escapes can carry lone surrogates ("\\ud800"): no tokenizer or response can encode them."""
+        try:
+            json.dumps(self.model_dump(), ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("the body holds text that is not valid Unicode (a lone surrogate such as \\ud800)") from None
+        return self
 
 
 class ChatRequest(Sampling):
@@ -283,7 +297,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(error_body(str(e.detail), "invalid_request_error"), status_code=e.status_code)
+        code = "body_too_large" if isinstance(e, _TooLarge) else None  # as when Content-Length gives it away
+        return JSONResponse(error_body(str(e.detail), "invalid_request_error", None, code), status_code=e.status_code)
 
 
 class _TooLarge(StarletteHTTPException):
