@@ -6,7 +6,7 @@
 
 Each client loops until the time is up (it never starts a request after that): one streaming chat
 request, read to `data: [DONE]`, record the latency (request sent -> [DONE]) and the time to the
-first chunk with content. One more client sends malformed requests (ABUSE below) in a loop meanwhile;
+first chunk with content. One more client sends malformed requests (`abuse_cases`) in a loop meanwhile;
 each must get its 4xx in OpenAI's error shape. The server listens on 127.0.0.1 and a free port.
 Prints the figures, then one JSON line. tests/test_serve_load.py drives `run_load` the same way.
 """
