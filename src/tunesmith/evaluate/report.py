@@ -142,6 +142,7 @@ def forgetting_plot(forgetting: dict) -> str | None:
         top = max(tasks[n]["base"], tasks[n]["tuned"])
         ax.text(i, top + 1, f"{tasks[n]['change']:+.1f}", ha="center", color="#a40000" if tasks[n]["forgot"] else "#222")
     ax.set_xticks(list(x), names, rotation=20)
+    ax.set_ylim(0, 110)  # room for the change labels above a full bar
     ax.set_ylabel("% correct")
     ax.legend()
     return _png(fig)

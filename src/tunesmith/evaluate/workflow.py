@@ -389,6 +389,10 @@ def _forgetting(models: Loaded, plan: Plan, track) -> dict:
     tuned = P.run_probe(*models.tuned, tasks, batch_size=b, on_batch=track("probe: tuned model", size))
     out = P.forgetting(base, tuned, plan.cfg.eval.forgetting_threshold)
     out["mode"] = plan.probe
+    coarse = max(100.0 / t["n"] for t in out["tasks"].values())
+    if coarse > out["threshold"]:
+        plan.notes.append(f"{plan.probe} probe: one question is worth up to {coarse:.1f} points, more than the "
+                          f"{out['threshold']:g}-point threshold; `--probe full` gives a finer check")
     return out
 
 
