@@ -6,7 +6,8 @@
 
 Three measurements on the same 8 chat prompts, greedy, the same stop tokens:
   generate   plain `model.generate`, one prompt after another (the baseline)
-  server x1  the OpenAI API (streaming, via httpx), one request at a time
+  server x1  the OpenAI API (streaming, via httpx), one request at a time, alternating with generate
+             prompt by prompt so a busy machine slows both alike
   server x8  8 concurrent streaming requests (queued on the server's one generation worker)
 New tokens/s counts generated tokens over wall time; time to first token (TTFT) is from sending
 the request to its first content chunk. Prints a table, then one machine-readable JSON line.
@@ -48,15 +49,28 @@ def main() -> None:
     engine = Engine.load([args.model])
     name = engine.names[0]
     messages = [[{"role": "user", "content": p}] for p in PROMPTS]
-    rows = [("generate", *_plain_generate(engine, name, messages, args.max_tokens))]
     server = start_in_thread(create_app(engine, ServeConfig(max_tokens_limit=max(args.max_tokens, 16))))
     try:
-        _stream(server.url, name, messages[0], 4)  # warm-up: first request pays one-off costs
-        rows.append(("server x1", *_sequential(server.url, name, messages, args.max_tokens)))
+        _plain_generate(engine, name, messages[0], 4)  # warm-up: the first call of each path pays one-off costs
+        _stream(server.url, name, messages[0], 4)
+        rows = _interleaved(engine, server.url, name, messages, args.max_tokens)
         rows.append(("server x8", *_concurrent(server.url, name, messages, args.max_tokens)))
     finally:
         server.stop()
     _report(rows, name, args)
+
+
+def _interleaved(engine, url, name, messages, max_tokens) -> list[tuple]:
+    """generate and server x1 alternate prompt by prompt, so a busy machine slows both alike."""
+    gen_tokens = gen_seconds = srv_tokens = srv_seconds = 0.0
+    ttfts = []
+    for m in messages:
+        tokens, seconds = _plain_generate(engine, name, m, max_tokens)
+        gen_tokens, gen_seconds = gen_tokens + tokens, gen_seconds + seconds
+        tokens, first, seconds = _stream(url, name, m, max_tokens)
+        srv_tokens, srv_seconds = srv_tokens + tokens, srv_seconds + seconds
+        ttfts += [first] if first is not None else []
+    return [("generate", int(gen_tokens), gen_seconds, []), ("server x1", int(srv_tokens), srv_seconds, ttfts)]
 
 
 def _args():
@@ -71,27 +85,21 @@ def _args():
     return args
 
 
-def _plain_generate(engine, name, messages, max_tokens):
-    """Baseline: transformers' generate on the same model object (adapter active), prompts one by one."""
+def _plain_generate(engine, name, messages, max_tokens) -> tuple[int, float]:
+    """Baseline: transformers' generate on the same model object (adapter active): (new tokens, seconds)."""
     import torch
 
     from tunesmith.data.render import stop_token_ids
     from tunesmith.serve.engine import _adapter
 
     slot = engine.slot(name)
-    stops = stop_token_ids(slot.tokenizer)
-    tokens, started = 0, None
+    ids = torch.tensor([engine.chat_prompt(name, messages)])
+    started = time.perf_counter()
     with _adapter(slot), torch.inference_mode():
-        for m in [messages[0], *messages]:  # the first one warms up (one-off costs), as for the server
-            ids = torch.tensor([engine.chat_prompt(name, m)])
-            out = slot.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
-                                      do_sample=False, temperature=None, top_p=None, top_k=None,
-                                      eos_token_id=stops, pad_token_id=slot.tokenizer.pad_token_id)
-            if started is None:
-                started = time.perf_counter()
-                continue
-            tokens += out.shape[1] - ids.shape[1]
-    return tokens, time.perf_counter() - started, []
+        out = slot.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
+                                  do_sample=False, temperature=None, top_p=None, top_k=None,
+                                  eos_token_id=stop_token_ids(slot.tokenizer), pad_token_id=slot.tokenizer.pad_token_id)
+    return out.shape[1] - ids.shape[1], time.perf_counter() - started
 
 
 def _stream(url, model, messages, max_tokens):
@@ -112,12 +120,6 @@ def _stream(url, model, messages, max_tokens):
             if first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
                 first = time.perf_counter() - t0
     return tokens, first, time.perf_counter() - t0
-
-
-def _sequential(url, model, messages, max_tokens):
-    started = time.perf_counter()
-    results = [_stream(url, model, m, max_tokens) for m in messages]
-    return sum(r[0] for r in results), time.perf_counter() - started, [r[1] for r in results if r[1] is not None]
 
 
 def _concurrent(url, model, messages, max_tokens):
