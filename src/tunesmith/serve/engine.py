@@ -2,7 +2,7 @@
 
 No web imports here: the HTTP layer (app.py), the terminal chat and the benchmark all drive this.
 Several LoRA runs on the same base share one base model in memory: each adapter is loaded under
-the run's name and chosen per request with `set_adapter` (or `disable_adapter()` for the base).
+an internal key (`adapter-N`: peft refuses a '.' that run names may hold) and chosen per request with `set_adapter` (or `disable_adapter()` for the base).
 Generation is an explicit decode loop over the KV cache, so each step can check whether its client
 is still there, sample with a per-request generator (a seed never touches global RNG), and stop on
 stop strings.
@@ -236,14 +236,14 @@ def load_slots(specs: Sequence[str], base: str | None, *, dtype: str = "auto") -
             model, tok = load_model(str(src.weights_folder), dtype=dtype)
             slots.append(Slot(src.name, model, load_tokenizer(src.tokenizer_folder), source=str(src.run_dir or src.base_folder)))
             continue
-        key = src.base_folder.resolve()
+        key, adapter = src.base_folder.resolve(), f"adapter-{len(slots)}"  # a run named 'v1.2' is fine
         if key not in shared:
             model, _ = load_model(str(src.base_folder), dtype=dtype)
-            shared[key] = adapters.load_adapter(model, src.final, adapter_name=src.name)
+            shared[key] = adapters.load_adapter(model, src.final, adapter_name=adapter)
         else:
-            adapters.add_adapter(shared[key], src.final, src.name)
+            adapters.add_adapter(shared[key], src.final, adapter)
         shared[key].eval()
-        slots.append(Slot(src.name, shared[key], load_tokenizer(src.final), adapter=src.name, source=str(src.run_dir)))
+        slots.append(Slot(src.name, shared[key], load_tokenizer(src.final), adapter=adapter, source=str(src.run_dir)))
     if base:
         folder = local_folder(base).resolve()
         model = shared.get(folder) or load_model(str(folder), dtype=dtype)[0]

@@ -118,14 +118,17 @@ def load(folder: Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     verify(folder)
-    state = json.loads((folder / "trainer_state.json").read_text())
-    return {
-        "weights": load_file(str(folder / "trainable.safetensors")),
-        "optimizer": torch.load(folder / "optimizer.pt", weights_only=True),
-        "scheduler": torch.load(folder / "scheduler.pt", weights_only=True),
-        "rng": torch.load(folder / "rng.pt", weights_only=True),
-        "state": state,
-    }
+    readers = {"trainer_state.json": lambda p: json.loads(p.read_text()), "trainable.safetensors": lambda p: load_file(str(p)),
+               **{name: lambda p: torch.load(p, weights_only=True) for name in ("optimizer.pt", "scheduler.pt", "rng.pt")}}
+    loaded = {}
+    for name, read in readers.items():
+        try:  # the checksums matched, yet the file may have been replaced along with them
+            loaded[name] = read(folder / name)
+        except Exception as e:  # weights_only refuses any pickle that would run code
+            raise RunError(f"checkpoint {folder} is corrupt: {name} does not load ({type(e).__name__})",
+                           _corrupt_hint(folder)) from None
+    return {"weights": loaded["trainable.safetensors"], "optimizer": loaded["optimizer.pt"],
+            "scheduler": loaded["scheduler.pt"], "rng": loaded["rng.pt"], "state": loaded["trainer_state.json"]}
 
 
 def load_weights(model, weights: dict) -> None:
