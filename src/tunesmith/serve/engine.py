@@ -2,7 +2,8 @@
 
 No web imports here: the HTTP layer (app.py), the terminal chat and the benchmark all drive this.
 Several LoRA runs on the same base share one base model in memory: each adapter is loaded under
-an internal key (`adapter-N`: peft refuses a '.' that run names may hold) and chosen per request with `set_adapter` (or `disable_adapter()` for the base).
+an internal key (`adapter-N`: peft refuses a '.' that run names may hold) and chosen per request
+with `set_adapter` (or `disable_adapter()` for the base).
 Generation is an explicit decode loop over the KV cache, so each step can check whether its client
 is still there, sample with a per-request generator (a seed never touches global RNG), and stop on
 stop strings.
