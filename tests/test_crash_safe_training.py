@@ -223,10 +223,14 @@ def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_weights(tiny_model
     assert (run_dir / "checkpoints" / temps[0] / checkpoint.MANIFEST).is_file()
     assert checkpoint.latest(run_dir / "checkpoints").name == "step-4"
 
-    # 5. resume to the end
+    # 5. resume to the end (with the leftover of a kill while final/ was written: swept too)
+    leftover = run_dir / ".final.kill9.tmp"
+    leftover.mkdir()
+    (leftover / "adapter_model.safetensors").write_bytes(b"half")
     finished = _train_until("none", resume, tmp_path, env)
     assert finished.returncode == 0, finished.stdout[-3000:]
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "completed"
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == []
     assert _checkpoints(run_dir) == (["step-4", "step-6"], [])
     assert _max_diff(_weights(run_dir / "checkpoints" / "step-6" / "trainable.safetensors"),
                      _weights(straight.dir / "checkpoints" / "step-6" / "trainable.safetensors")) <= 1e-6

@@ -163,14 +163,14 @@ def rotate(root: Path, keep: int, protect: set[int]) -> list[Path]:
     return doomed
 
 
-def sweep(root: Path) -> list[Path]:
+def sweep(root: Path, prefix: str = ".step-") -> list[Path]:
     """Remove the temp folders a killed writer left in `root` (each can be as big as a checkpoint).
 
     Only the one process that writes checkpoints may call this, before it writes the next one.
     """
     if not root.is_dir():
         return []
-    stale = [p for p in root.iterdir() if p.name.startswith(".step-") and p.is_dir()]
+    stale = [p for p in root.iterdir() if p.name.startswith(prefix) and p.is_dir()]
     for p in stale:
         shutil.rmtree(p, ignore_errors=True)
     return stale

@@ -356,6 +356,7 @@ def _start(s: _Session, state: LoopState) -> None:
     if s.resume_from is not None:
         layout.truncate_metrics(s.paths, state.step)
         checkpoint.sweep(s.paths.checkpoints)  # half-written checkpoints of the killed process
+        checkpoint.sweep(s.paths.dir, prefix=f".{s.paths.final.name}.")  # ...and a half-written final/
     s.manifest.update(status="running", steps=state.step)
     layout.write_manifest(s.paths, s.manifest)
     register_run(s.paths.dir, s.manifest)
