@@ -49,3 +49,27 @@ def test_user_mistakes_are_one_line_and_exit_2(store_home):
         done = subprocess.run([str(BIN / "tunesmith"), *args], capture_output=True, text=True, timeout=120)
         assert done.returncode == 2, done.stderr
         assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_sigterm_marks_the_run_stopped_not_running(tiny_model_dir, tmp_path, store_home):
+    """A scheduler's SIGTERM takes the Ctrl-C path: the manifest says 'stopped' and resume is offered."""
+    import os
+    import signal
+    import time
+
+    train, val = sums_dataset(tmp_path / "data")
+    sets = [a for kv in overrides(tiny_model_dir, train, val, tmp_path / "runs", max_steps=100000, eval_every=1000,
+                                  save_every=2) for a in ("--set", kv)]
+    proc = subprocess.Popen([str(BIN / "tunesmith"), "train", *sets, "--name", "term-run"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "TUNESMITH_HOME": str(store_home)})
+    ckpts = tmp_path / "runs" / "term-run" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (ckpts.exists() and any(p.name.startswith("step-") for p in ckpts.iterdir())):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    manifest = json.loads((tmp_path / "runs" / "term-run" / "manifest.json").read_text())
+    assert manifest["status"] == "stopped"
+    assert "tunesmith train --resume term-run" in out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
 import typer
@@ -39,9 +40,16 @@ def _register() -> None:
 _register()
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def run() -> None:
     """Console-script entry point."""
     debug = "--debug" in sys.argv
+    # SIGTERM (a scheduler's kill, `timeout`) takes the same path as Ctrl-C, so a training
+    # run is recorded as stopped, not left "running". uvicorn installs its own handlers.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         app()
     except TunesmithError as e:
