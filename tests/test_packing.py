@@ -167,3 +167,14 @@ def test_finetune_packed_equals_padded_without_dropout(tiny_model_dir, tmp_path,
     assert losses["true"] == pytest.approx(losses["false"], abs=1e-5)
     assert len(losses["true"]) == 4  # 3 train steps and one validation
     assert (waste["true"], waste["false"]) == (0.0, 0.0031)
+
+
+def test_micro_batches_bound_tokens_per_pass(tokenizer):
+    from tunesmith.train.packing import packed_micro_batches
+
+    long = [{"role": "user", "content": "word " * 150}, {"role": "assistant", "content": "answer " * 150}]
+    examples = [render(c, tokenizer) for c in CONVERSATIONS * 4] + [render(long, tokenizer)] * 2
+    batches = packed_micro_batches(examples, max_length=512, pad_id=tokenizer.pad_token_id)
+    assert [tuple(b["input_ids"].shape) for b in batches] == [(1, 429)] * 3  # 1232 tokens in 3 rows, one per pass
+    assert sum(batch_stats(b)[2] for b in batches) == sum(e.n_trained for e in examples)
+    assert sum(batch_stats(b)[0] for b in batches) == sum(len(e.input_ids) for e in examples)

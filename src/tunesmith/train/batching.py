@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 IGNORE = -100
 GROUP_WINDOW = 64  # steps whose examples are sorted by length together
-Collate = Callable[[Sequence[Rendered]], "dict[str, torch.Tensor]"]
+Collate = Callable[[Sequence[Rendered]], "dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]"]
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,8 @@ def step_batches(
         groups = split_step(steps[index], lengths, plan)
         mine = groups[rank :: plan.world_size]
         n_loss = sum(n_loss_tokens(examples[i]) for i in steps[index])
-        yield StepBatch(step, [collate([examples[i] for i in g]) for g in mine], n_loss, len(steps[index]))
+        micro = [b for g in mine for b in _collated(collate, [examples[i] for i in g])]
+        yield StepBatch(step, micro, n_loss, len(steps[index]))
 
 
 def n_loss_tokens(example: Rendered) -> int:
@@ -145,4 +146,10 @@ def eval_batches(examples: Sequence[Rendered], batch_size: int, collate: Collate
     """Validation batches for this process: every world_size-th example, sorted by length (no shuffle)."""
     mine = sorted(range(rank, len(examples), world_size), key=lambda i: -len(examples[i].input_ids))
     for start in range(0, len(mine), batch_size):
-        yield collate([examples[i] for i in mine[start : start + batch_size]])
+        yield from _collated(collate, [examples[i] for i in mine[start : start + batch_size]])
+
+
+def _collated(collate: Collate, examples: Sequence[Rendered]) -> list[dict]:
+    """`collate` gives one batch, or a list of them (packing runs a micro-batch's rows a few at a time)."""
+    out = collate(examples)
+    return out if isinstance(out, list) else [out]

@@ -378,7 +378,8 @@ def _train_collate(tokenizer, cfg: Config, model):
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     dtype = packing.mask_dtype(model)
-    return lambda examples: packing.packed_collate(examples, max_length=cfg.data.max_length, pad_id=pad, dtype=dtype)
+    return lambda examples: packing.packed_micro_batches(examples, max_length=cfg.data.max_length, pad_id=pad,
+                                                          dtype=dtype)
 
 
 def _loss_fn():

@@ -116,6 +116,24 @@ def packed_collate(examples: Sequence[Rendered], *, max_length: int, pad_id: int
     return collate_packed(rows, pad_id=pad_id, length=plan.length, dtype=dtype)
 
 
+def packed_micro_batches(
+    examples: Sequence[Rendered], *, max_length: int, pad_id: int = 0, dtype=None
+) -> list[dict[str, "torch.Tensor"]]:
+    """Like packed_collate, but split into batches of at most ~max_length slots, run one after another.
+
+    Activations grow with the tokens of one forward pass (~2 MB per token for a 135M Llama with
+    LoRA in fp32), so a step's rows go through the model a few at a time, their gradients
+    accumulating; the loop normalises by the whole step's trained tokens, so the gradient is
+    the same as in one pass. Memory then follows max_length, not batch_size.
+    """
+    lengths = [len(e.input_ids) for e in examples]
+    plan = plan_rows(lengths, max_length)
+    per_batch = max(1, max_length // plan.length)
+    rows = [[examples[i] for i in row] for row in plan.rows]
+    return [collate_packed(rows[i : i + per_batch], pad_id=pad_id, length=plan.length, dtype=dtype)
+            for i in range(0, len(rows), per_batch)]
+
+
 def mask_dtype(model) -> "torch.dtype":
     """The float dtype a 4D mask must have for `model` (its embeddings' dtype; sdpa wants the query's)."""
     while hasattr(model, "module"):  # DDP / accelerate wrappers
