@@ -235,7 +235,7 @@ def score(model, tokenizer, path: str) -> float:
 
     from tunesmith.data.render import render
     from tunesmith.train.loss import causal_lm_eval
-    from tunesmith.train.packing import collate_padded
+    from tunesmith.train.batching import collate_padded
 
     examples = [render(json.loads(line)["messages"], tokenizer) for line in Path(path).read_text().splitlines()]
     total, count = 0.0, 0

@@ -7,7 +7,8 @@ import torch
 
 from tunesmith.data.render import render
 from tunesmith.train.loss import causal_lm_loss, linear_cross_entropy, plain_loss
-from tunesmith.train.packing import collate_packed, collate_padded
+from tunesmith.train.batching import collate_padded
+from tunesmith.train.packing import collate_packed
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is a bygglov?"},

@@ -1,4 +1,4 @@
-"""Packing rendered examples into rows with attention kept inside each example, and padded length-grouped batches.
+"""Packing rendered examples into rows of at most max_length tokens, attention kept inside each example.
 
 A packed row holds several examples back to back. Three things keep them apart, because
 `position_ids` alone do not confine attention on CPU (DESIGN.md, measured):
@@ -8,15 +8,15 @@ A packed row holds several examples back to back. Three things keep them apart, 
 Padding at the end of a row forms its own block (never a fully masked row: that gives NaN).
 
 Batches are dicts of tensors: the model inputs (`input_ids`, `attention_mask`, `position_ids`),
-`labels`, and `token_mask` (B, T) = 1 on real tokens, for the padding-waste figure.
+`labels`, and `token_mask` (B, T) = 1 on real tokens, for the padding-waste figure. Which
+examples make up a step, and the padded (unpacked) path, live in batching.py.
 """
 
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from tunesmith.data.render import Rendered
 
@@ -141,49 +141,6 @@ def mask_dtype(model) -> "torch.dtype":
     return model.get_input_embeddings().weight.dtype
 
 
-# ------------------------------------------------------------------ step order
-
-
-def step_groups(lengths: Sequence[int], batch_size: int, seed: int, *, group_by_length: bool = False) -> list[list[int]]:
-    """Example indices per optimizer step: a seeded shuffle cut into groups of `batch_size`.
-
-    group_by_length sorts each window of 64 steps' examples by length first (and shuffles the
-    resulting steps), so a padded batch holds examples of similar length.
-    """
-    order = list(range(len(lengths)))
-    rng = random.Random(seed)
-    rng.shuffle(order)
-    if not group_by_length:
-        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    window = batch_size * 64
-    groups: list[list[int]] = []
-    for start in range(0, len(order), window):
-        chunk = sorted(order[start : start + window], key=lambda i: -lengths[i])
-        groups.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
-    rng.shuffle(groups)
-    return groups
-
-
-def packed_batches(
-    examples: Sequence[Rendered], batch_size: int, max_length: int, seed: int, *, dtype=None
-) -> Iterator[dict[str, "torch.Tensor"]]:
-    """One packed batch per optimizer step, `batch_size` examples each, in a seeded order."""
-    lengths = [len(e.input_ids) for e in examples]
-    for group in step_groups(lengths, batch_size, seed):
-        plan = plan_rows([lengths[i] for i in group], max_length)
-        rows = [[examples[group[i]] for i in row] for row in plan.rows]
-        yield collate_packed(rows, pad_id=0, length=plan.length, dtype=dtype)
-
-
-def padded_batches(
-    examples: Sequence[Rendered], batch_size: int, seed: int, pad_id: int, *, group_by_length: bool = True
-) -> Iterator[dict[str, "torch.Tensor"]]:
-    """One padded batch per optimizer step (the unpacked path), length-grouped by default."""
-    lengths = [len(e.input_ids) for e in examples]
-    for group in step_groups(lengths, batch_size, seed, group_by_length=group_by_length):
-        yield collate_padded([examples[i] for i in group], pad_id)
-
-
 # ------------------------------------------------------------------ collate
 
 
@@ -243,25 +200,6 @@ def block_causal_mask(segments: "torch.Tensor", *, dtype=None) -> "torch.Tensor"
     allowed = (same & causal)[:, None]  # (B, 1, T, T)
     mask = torch.zeros(allowed.shape, dtype=dtype)
     return mask.masked_fill_(~allowed, float("-inf"))
-
-
-def collate_padded(examples: Sequence[Rendered], pad_id: int) -> dict[str, "torch.Tensor"]:
-    """Examples right-padded to the longest: input_ids, labels, a 2D attention_mask, position_ids, token_mask."""
-    import torch
-
-    length = max(len(e.input_ids) for e in examples)
-    shape = (len(examples), length)
-    input_ids = torch.full(shape, pad_id, dtype=torch.long)
-    labels = torch.full(shape, IGNORE, dtype=torch.long)
-    attention = torch.zeros(shape, dtype=torch.long)
-    for b, ex in enumerate(examples):
-        n = len(ex.input_ids)
-        input_ids[b, :n] = torch.tensor(ex.input_ids)
-        labels[b, :n] = torch.tensor(ex.labels)
-        attention[b, :n] = 1
-    positions = torch.arange(length).expand(shape).clone()
-    return {"input_ids": input_ids, "attention_mask": attention, "position_ids": positions,
-            "labels": labels, "token_mask": attention.clone()}
 
 
 def batch_stats(batch: dict[str, "torch.Tensor"]) -> tuple[int, int, int]:
