@@ -15,7 +15,8 @@ def test_quickstart_on_the_tiny_model(tiny_model_dir, tmp_path, store_home, monk
 
     monkeypatch.chdir(ROOT)  # the bundled example is found relative to the repository root
     result = CliRunner().invoke(app, ["quickstart", "--model", str(tiny_model_dir), "--steps", "2", "--samples", "1",
-                                      "--max-new-tokens", "4", "--output-dir", str(tmp_path / "runs")],
+                                      "--max-new-tokens", "4", "--limit", "3", "--probe", "none",
+                                      "--output-dir", str(tmp_path / "runs")],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     out = result.stdout
@@ -23,6 +24,9 @@ def test_quickstart_on_the_tiny_model(tiny_model_dir, tmp_path, store_home, monk
     assert "validation loss: base " in out and out.count("base:") == 1 and out.count("tuned:") == 1
     assert "tunesmith serve quickstart-" in out and "quickstart done in" in out
     run_dir = next((tmp_path / "runs").iterdir())
+    assert f"report: {run_dir.resolve() / 'report.html'}" in out.replace("\n", "")
+    report = json.loads((run_dir / "report.json").read_text())
+    assert set(report["strategies"]) == {"base", "prompt", "rag", "tuned", "tuned+rag"} and report["n_examples"] == 3
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert (manifest["status"], manifest["steps"], manifest["method"]) == ("completed", 2, "lora")
     card = json.loads((run_dir / "data" / "data_card.json").read_text())

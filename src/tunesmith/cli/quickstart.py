@@ -2,7 +2,8 @@
 
     1. check the data            (tunesmith data check)
     2. prepare and train LoRA    (tunesmith train: splits, a short run with validation)
-    3. compare base and tuned    (validation loss, and answers to held-out questions)
+    3. compare on held-out data  (tunesmith eval: base / prompt / rag / tuned / tuned+rag, forgetting probe,
+                                  report.html with plots)
     4. print the next commands and the wall time
 """
 
@@ -27,7 +28,9 @@ def quickstart_cmd(
     data: Path = typer.Option(EXAMPLE, "--data", help="training data (any supported format)"),
     steps: int = typer.Option(40, "--steps", help="optimizer steps of 8 examples: 40 take about 5 minutes on a 2-core CPU"),
     output_dir: Path = typer.Option(Path("runs"), "--output-dir", help="folder for the run"),
-    samples: int = typer.Option(3, "--samples", help="held-out questions answered by base and tuned"),
+    samples: int = typer.Option(3, "--samples", help="held-out answers shown, base vs tuned"),
+    limit: int = typer.Option(20, "--limit", help="test examples in the comparison of strategies"),
+    probe: str = typer.Option("fast", "--probe", help="forgetting probe: fast | full | none"),
     max_new_tokens: int = typer.Option(80, "--max-new-tokens", help="longest sample answer, in tokens"),
     lr: float = typer.Option(1e-3, "--lr", help="peak learning rate (higher than train's default: the run is short)"),
 ) -> None:
@@ -37,8 +40,8 @@ def quickstart_cmd(
     from tunesmith.errors import ConfigError
     from tunesmith.train.finetune import finetune
 
-    if steps < 1 or samples < 0 or max_new_tokens < 1:
-        raise ConfigError("--steps and --max-new-tokens must be >= 1, --samples >= 0")
+    if steps < 1 or samples < 0 or max_new_tokens < 1 or limit < 1 or probe not in ("fast", "full", "none"):
+        raise ConfigError("--steps, --limit and --max-new-tokens must be >= 1, --samples >= 0, --probe fast|full|none")
     started = time.time()
     _check(data, console)
     console.print(f"[bold][2/4][/] prepare the splits and train LoRA on {model} for {steps} steps")
@@ -47,7 +50,7 @@ def quickstart_cmd(
                              f"train.max_steps={steps}", f"train.eval_every={max(1, steps // 2)}", f"train.lr={lr}",
                              f"train.save_every={steps}", "train.batch_size=8", *system])
     run = finetune(cfg, name=f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}")
-    _compare(run, samples, max_new_tokens, console)
+    _compare(run, samples, max_new_tokens, limit, probe, console)
     _next_steps(run, console)
     console.print(f"quickstart done in {time.time() - started:.0f} s (wall time)")
 
@@ -66,15 +69,18 @@ def _check(data: Path, console) -> None:
         raise DataError(f"{data} has {report.errors} error(s)", f"see them with `tunesmith data check {data}`")
 
 
-def _compare(run, samples: int, max_new_tokens: int, console) -> None:
-    """Validation loss base vs tuned, and a few held-out questions answered by each."""
+def _compare(run, samples: int, max_new_tokens: int, limit: int, probe: str, console) -> None:
+    """Validation loss base vs tuned, then every strategy on the test split (report.html)."""
+    import json
+
     from tunesmith.data.prepare import load_split
+    from tunesmith.evaluate import compare_for_quickstart
+    from tunesmith.evaluate.report import differing_examples
     from tunesmith.models.adapters import base_model_of
-    from tunesmith.models.generate import SamplingParams, chat
     from tunesmith.runs.tuned import load_tuned
     from tunesmith.train.finetune import score
 
-    console.print("[bold][3/4][/] compare base and tuned on held-out data")
+    console.print(f"[bold][3/4][/] compare on held-out data: validation loss, then every strategy on {limit} test examples")
     model, tok = load_tuned(run.dir)
     validation = load_split(run.dir / "data" / "validation.jsonl")
     if validation:
@@ -83,23 +89,31 @@ def _compare(run, samples: int, max_new_tokens: int, console) -> None:
         tuned = score(model, tok, validation)
         console.print(f"validation loss: base {base['loss']:.3f} -> tuned {tuned['loss']:.3f}; "
                       f"next-token accuracy {100 * base['token_accuracy']:.1f}% -> {100 * tuned['token_accuracy']:.1f}%")
-    test = load_split(run.dir / "data" / "test.jsonl") or validation
-    params = SamplingParams(max_new_tokens=max_new_tokens)
-    for example in [e for e in test if "messages" in e][:samples]:
-        prompt = _prompt(example["messages"])
-        with base_model_of(model):
-            base_answer = chat(model, tok, prompt, params)
-        tuned_answer = chat(model, tok, prompt, params)
-        console.print(f"\n[bold]Q:[/] {prompt[-1]['content']}", highlight=False, soft_wrap=True)
-        console.print(f"[dim]expected:[/] {example['messages'][-1]['content']}", highlight=False, soft_wrap=True)
-        console.print(f"[yellow]base:[/]     {base_answer}", highlight=False, soft_wrap=True)
-        console.print(f"[green]tuned:[/]    {tuned_answer}", highlight=False, soft_wrap=True)
+    del model
+    html = compare_for_quickstart(run.dir, limit=limit, max_new_tokens=max_new_tokens, probe=probe)
+    report = json.loads((html.parent / "report.json").read_text(encoding="utf-8"))
+    _print_strategies(report, console)
+    other, examples = differing_examples(report, samples)
+    for ex in examples:
+        console.print(f"\n[bold]Q:[/] {ex['input']}", highlight=False, soft_wrap=True)
+        console.print(f"[dim]expected:[/] {ex['reference']}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]base:[/]     {ex['answers'].get('base', '')}", highlight=False, soft_wrap=True)
+        console.print(f"[green]{other}:[/]    {ex['answers'].get(other, '')}", highlight=False, soft_wrap=True)
+    console.print(f"\nreport: {html}", highlight=False, soft_wrap=True)
 
 
-def _prompt(messages: list[dict]) -> list[dict]:
-    """The conversation up to (not including) its last assistant answer."""
-    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    return [{"role": m["role"], "content": m["content"]} for m in messages[:last]]
+def _print_strategies(report: dict, console) -> None:
+    from rich.table import Table
+
+    table = Table("strategy", "exact match", "token F1", "ROUGE-L", "BLEU", "s / example")
+    for name, m in report.get("strategies", {}).items():
+        cells = [m.get(k) for k in ("exact_match", "token_f1", "rouge_l", "bleu", "seconds_per_example")]
+        table.add_row(name, *("-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v) for v in cells))
+    console.print(table)
+    tasks = (report.get("forgetting") or {}).get("tasks") or {}
+    for task, t in tasks.items():
+        console.print(f"forgetting probe {task}: base {t['base']:.1f} -> tuned {t['tuned']:.1f} "
+                      f"({t['change']:+.1f} points, {t['n']} rows)", highlight=False)
 
 
 def _next_steps(run, console) -> None:
