@@ -73,6 +73,8 @@ class TrainConfig:
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = opt(
         "auto", "auto = bf16 on a GPU that supports it, otherwise full precision")
     packing: bool = opt(True, "pack several examples per row (attention kept inside each example)")
+    group_by_length: bool | None = opt(
+        None, "steps of similar-length examples; null = on without packing, off with it (mixed lengths pack tighter)")
     threads: int | None = opt(None, "CPU threads for torch; null = all cores")
     log_to: Literal["none", "tensorboard"] = opt("none", "extra metrics sink besides metrics.jsonl")
 

@@ -64,17 +64,22 @@ class StepBatch:
     n_examples: int
 
 
-def epoch_order(lengths: Sequence[int], plan: StepPlan, seed: int, epoch: int) -> list[list[int]]:
-    """Example indices per step for one epoch, length-grouped.
+def epoch_order(lengths: Sequence[int], plan: StepPlan, seed: int, epoch: int,
+                group_by_length: bool = True) -> list[list[int]]:
+    """Example indices per step for one epoch, length-grouped unless `group_by_length` is False.
 
     A shuffle seeded by (seed, epoch); each window of GROUP_WINDOW steps' examples is sorted by
     length and cut into steps, and the steps are shuffled again, so a step holds examples of
-    similar length (little padding) while the order over the epoch stays random.
+    similar length (little padding) while the order over the epoch stays random. Packing wants
+    the opposite: a step of mixed lengths lets long and short examples share a row, while a step
+    of only long ones leaves each in a row of its own.
     """
     rng = random.Random(f"{seed}-{epoch}")
     order = list(range(len(lengths)))
     rng.shuffle(order)
     usable = order[: min(len(order), plan.steps_per_epoch * plan.global_batch)]
+    if not group_by_length:
+        return [usable[i : i + plan.global_batch] for i in range(0, len(usable), plan.global_batch)]
     window = plan.global_batch * GROUP_WINDOW
     steps: list[list[int]] = []
     for start in range(0, len(usable), window):
@@ -102,7 +107,7 @@ def split_step(indices: Sequence[int], lengths: Sequence[int], plan: StepPlan) -
 
 def step_batches(
     examples: Sequence[Rendered], plan: StepPlan, *, seed: int, start_step: int, total_steps: int,
-    collate: Collate, rank: int = 0,
+    collate: Collate, rank: int = 0, group_by_length: bool = True,
 ) -> Iterator[StepBatch]:
     """This process's micro-batches for steps start_step..total_steps-1, epochs cycling as needed."""
     lengths = [len(e.input_ids) for e in examples]
@@ -111,7 +116,7 @@ def step_batches(
     for step in range(start_step, total_steps):
         epoch, index = divmod(step, per_epoch)
         if epoch != cached_epoch:
-            cached_epoch, steps = epoch, epoch_order(lengths, plan, seed, epoch)
+            cached_epoch, steps = epoch, epoch_order(lengths, plan, seed, epoch, group_by_length)
         groups = split_step(steps[index], lengths, plan)
         mine = groups[rank :: plan.world_size]
         n_loss = sum(n_loss_tokens(examples[i]) for i in steps[index])

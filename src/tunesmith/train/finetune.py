@@ -100,7 +100,7 @@ def finetune(config: Config | str | Path | None = None, *, overrides: tuple[str,
                     cfg.train.max_grad_norm)
     collate = _train_collate(tokenizer, cfg, model)
     steps = batching.step_batches(train_set, plan, seed=cfg.train.seed, start_step=state.step, total_steps=total,
-                                  collate=collate, rank=acc.process_index)
+                                  collate=collate, rank=acc.process_index, group_by_length=_group_by_length(cfg))
     hooks, bar = _hooks(s, model, optimizer, scheduler, val_set, collate, out, on_step, total, state)
     try:
         with bar:
@@ -115,6 +115,11 @@ def finetune(config: Config | str | Path | None = None, *, overrides: tuple[str,
         raise
     # 7. the deliverable, the record, the summary
     return _finish(s, model, tokenizer, state, started, out)
+
+
+def _group_by_length(cfg: Config) -> bool:
+    """Length-grouped steps cut padding; with packing, mixed-length steps fill rows better."""
+    return cfg.train.group_by_length if cfg.train.group_by_length is not None else not cfg.train.packing
 
 
 # ------------------------------------------------------------------ 1. config and run folder
