@@ -107,3 +107,22 @@ def test_truncated_gguf_gives_one_clear_error(store_home, tmp_path):
 def test_invalid_names_refused(store_home, tiny_model_dir, name):
     with pytest.raises(ModelError, match="invalid model name"):
         ModelStore().add(tiny_model_dir, name=name)
+
+
+def test_atomic_writes_get_the_usual_file_modes(tmp_path):
+    """Temp files are created 0600 (mkstemp); the renamed result must be readable like any file."""
+    import os
+    import stat
+
+    from tunesmith.io import atomic_dir, atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        f = atomic_write_text(tmp_path / "a.txt", "x")
+        with atomic_dir(tmp_path / "d") as d:
+            (d / "inner").write_text("y")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(f.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
+    assert (tmp_path / "d" / "inner").read_text() == "y"
