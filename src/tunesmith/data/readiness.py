@@ -13,6 +13,8 @@ import statistics
 import time
 from typing import Any
 
+from tunesmith.data.render import pad_batch
+
 TOO_LITTLE = 100
 ENOUGH = 200
 MAX_ERROR_SHARE = 0.10  # more than this share of rows with errors: fix the data first
@@ -62,7 +64,7 @@ def measure_speed(model, tokenizer, examples: list[dict], *, method_cfg: Any = N
     import torch
 
     rows = _pick_rows(examples, tokenizer, max_length)
-    batch = _batch(rows, tokenizer.pad_token_id or 0)
+    batch = pad_batch(rows, tokenizer.pad_token_id or 0)  # (B, T) each
     if method_cfg is not None and getattr(method_cfg, "name", "lora") in ("lora", "qlora"):
         from tunesmith.models.adapters import apply_lora
 
@@ -93,21 +95,6 @@ def _pick_rows(examples: list[dict], tokenizer, max_length: int) -> list:
     rendered = [r for r in rendered if r.n_trained] or rendered
     median = statistics.median(len(r.input_ids) for r in rendered)
     return sorted(rendered, key=lambda r: abs(len(r.input_ids) - median))[:2]
-
-
-def _batch(rows: list, pad_id: int) -> dict:
-    import torch
-
-    width = max(len(r.input_ids) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        n = len(r.input_ids)
-        ids[i, :n] = torch.tensor(r.input_ids)
-        labels[i, :n] = torch.tensor(r.labels)
-        mask[i, :n] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}  # (B, T) each
 
 
 def estimate(summary: dict, speed: dict) -> dict:

@@ -96,6 +96,22 @@ def render_prompt(messages: Sequence[Message], tokenizer) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def pad_batch(rendered: Sequence[Rendered], pad_id: int) -> dict:
+    """Right-padded to the longest: input_ids, labels (-100 on padding), attention_mask, each (B, T)."""
+    import torch
+
+    shape = (len(rendered), max(len(r.input_ids) for r in rendered))
+    input_ids = torch.full(shape, pad_id, dtype=torch.long)
+    labels = torch.full(shape, -100, dtype=torch.long)
+    attention = torch.zeros(shape, dtype=torch.long)
+    for b, r in enumerate(rendered):
+        n = len(r.input_ids)
+        input_ids[b, :n] = torch.tensor(r.input_ids)
+        labels[b, :n] = torch.tensor(r.labels)
+        attention[b, :n] = 1
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
 def stop_token_ids(tokenizer) -> list[int]:
     """Token ids that end an assistant turn (eos, and the template's end-of-turn marker if different)."""
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()

@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from tunesmith.data.render import pad_batch
 from tunesmith.errors import EvalError
 
 # name -> (higher is better, one-line description); the report prints these.
@@ -147,7 +148,8 @@ def rendered_nll(model, rendered: Sequence, *, pad_id: int, batch_size: int = 8,
     order = sorted(range(len(rendered)), key=lambda i: -len(rendered[i].input_ids))
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        ids, labels, mask = _right_padded([rendered[i] for i in idx], pad_id)
+        batch = pad_batch([rendered[i] for i in idx], pad_id)
+        ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
         with torch.inference_mode():
             logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
         target = labels[:, 1:].to(logits.device)  # (B, T-1): position t predicts token t+1
@@ -161,21 +163,6 @@ def rendered_nll(model, rendered: Sequence, *, pad_id: int, batch_size: int = 8,
         if on_batch:
             on_batch(len(idx))
     return out
-
-
-def _right_padded(rendered, pad_id: int):
-    import torch
-
-    width = max(len(r.input_ids) for r in rendered)
-    ids = torch.full((len(rendered), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rendered), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(rendered), width), dtype=torch.long)
-    for row, r in enumerate(rendered):
-        n = len(r.input_ids)
-        ids[row, :n] = torch.tensor(r.input_ids)
-        labels[row, :n] = torch.tensor(r.labels)
-        mask[row, :n] = 1
-    return ids, labels, mask
 
 
 # ------------------------------------------------------------------ user metrics

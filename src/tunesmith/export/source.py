@@ -53,6 +53,7 @@ def from_run(run) -> Source:
     """A Source for a RunInfo; RunError when the run has no final model."""
     from tunesmith.models import adapters
     from tunesmith.models.load import local_folder
+    from tunesmith.runs.tuned import base_spec as run_base_spec
 
     final = run.dir / "final"
     is_lora = adapters.is_adapter_dir(final)
@@ -60,21 +61,12 @@ def from_run(run) -> Source:
         raise RunError(f"run '{run.name}' has no final model ({final} is missing; status: {run.status})",
                        f"resume it with `tunesmith train --resume {run.name}` or train again")
     if is_lora:
-        base_spec = _base_spec(run)
+        base_spec = run_base_spec(run)
         base_folder = local_folder(base_spec)
     else:
         base_spec, base_folder = run.base_model or str(final), final
     return Source(name=run.name, kind="lora" if is_lora else "full", base_spec=base_spec, base_folder=base_folder,
                   final=final, run_dir=run.dir, manifest=dict(run.manifest))
-
-
-def _base_spec(run) -> str:
-    path = run.base_model_path
-    if path and (Path(path) / "config.json").is_file():
-        return path
-    if run.base_model:
-        return run.base_model
-    raise RunError(f"run '{run.name}' does not record its base model", "its manifest.json is incomplete")
 
 
 def _model_source(spec: str, run_error: RunError) -> Source:

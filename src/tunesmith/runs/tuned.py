@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tunesmith.errors import ModelError, RunError
+from tunesmith.errors import RunError
 from tunesmith.runs.store import RunInfo, find_run
 
 
@@ -22,17 +22,17 @@ def load_tuned(run: str | Path | RunInfo, *, dtype: str = "auto") -> tuple[Any, 
     if not adapters.is_adapter_dir(final):
         model, tok = load_model(str(final), dtype=dtype)
         return model, tok
-    base, _ = load_model(_base_spec(info), dtype=dtype)
+    base, _ = load_model(base_spec(info), dtype=dtype)
     model = adapters.load_adapter(base, final)
     model.eval()
     return model, load_tokenizer(final)
 
 
-def _base_spec(info: RunInfo) -> str:
+def base_spec(info: RunInfo) -> str:
     """The base model's local folder as recorded, else the spec the user gave (re-resolved)."""
     path = info.base_model_path
     if path and (Path(path) / "config.json").is_file():
         return path
     if info.base_model:
         return info.base_model
-    raise ModelError(f"run '{info.name}' does not record its base model", "its manifest.json is incomplete")
+    raise RunError(f"run '{info.name}' does not record its base model", "its manifest.json is incomplete")

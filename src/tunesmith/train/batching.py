@@ -15,7 +15,7 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
-from tunesmith.data.render import Rendered
+from tunesmith.data.render import Rendered, pad_batch
 
 if TYPE_CHECKING:
     import torch
@@ -131,19 +131,8 @@ def n_loss_tokens(example: Rendered) -> int:
 
 def collate_padded(examples: Sequence[Rendered], pad_id: int) -> "dict[str, torch.Tensor]":
     """Right-padded to the longest: input_ids, labels (-100 on padding), attention_mask, token_mask (B, T)."""
-    import torch
-
-    length = max(len(e.input_ids) for e in examples)
-    shape = (len(examples), length)
-    input_ids = torch.full(shape, pad_id, dtype=torch.long)
-    labels = torch.full(shape, IGNORE, dtype=torch.long)
-    attention = torch.zeros(shape, dtype=torch.long)
-    for b, ex in enumerate(examples):
-        n = len(ex.input_ids)
-        input_ids[b, :n] = torch.tensor(ex.input_ids)
-        labels[b, :n] = torch.tensor(ex.labels)
-        attention[b, :n] = 1
-    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "token_mask": attention.clone()}
+    batch = pad_batch(examples, pad_id)
+    return {**batch, "token_mask": batch["attention_mask"].clone()}
 
 
 def eval_batches(examples: Sequence[Rendered], batch_size: int, collate: Collate, *, rank: int = 0,
