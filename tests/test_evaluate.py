@@ -13,15 +13,7 @@ import pytest
 from tunesmith.errors import EvalError, RunError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one torch thread is several times faster than two."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 QA = [("What is the capital of France?", "Paris."), ("How many legs does a spider have?", "Eight."),

@@ -10,15 +10,7 @@ from tunesmith.rag.chunking import chunk_text, load_docs
 from tunesmith.rag.index import VectorIndex
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one torch thread is several times faster than two."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_chunks_pack_paragraphs_and_overlap_long_ones():
