@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from tunesmith.cli.common import console
+from tunesmith.cli.common import check_sampling, console
 
 
 def register(app: typer.Typer) -> None:
@@ -23,12 +23,10 @@ def chat_cmd(
     seed: Optional[int] = typer.Option(None, "--seed", help="seed for sampling"),
 ) -> None:
     """Chat in the terminal; /reset clears the history, /system TEXT sets the system prompt, /exit quits."""
-    from tunesmith.errors import ConfigError
     from tunesmith.serve.chat import HELP, ChatSession, run_loop
     from tunesmith.serve.engine import Engine
 
-    if max_new_tokens < 1 or temperature < 0 or not 0 < top_p <= 1:
-        raise ConfigError("--max-new-tokens must be >= 1, --temperature >= 0 and --top-p in (0, 1]")
+    check_sampling(max_new_tokens, temperature, top_p)
     engine = Engine.load([target])
     name = engine.names[0]
     session = ChatSession(engine, name, max_new_tokens, temperature, top_p, seed, system)

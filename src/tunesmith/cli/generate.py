@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from tunesmith.cli.common import check_sampling
+
 
 def register(app: typer.Typer) -> None:
     app.command("generate")(generate_cmd)
@@ -22,12 +24,10 @@ def generate_cmd(
     seed: Optional[int] = typer.Option(None, "--seed", help="seed for sampling"),
 ) -> None:
     """Answer one prompt with a model, through its chat template, streaming the tokens."""
-    from tunesmith.errors import ConfigError
     from tunesmith.models.generate import SamplingParams, stream_chat
     from tunesmith.models.load import load_model
 
-    if max_new_tokens < 1 or temperature < 0 or not 0 < top_p <= 1:
-        raise ConfigError("--max-new-tokens must be >= 1, --temperature >= 0 and --top-p in (0, 1]")
+    check_sampling(max_new_tokens, temperature, top_p)
     m, tok = load_model(model)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     for piece in stream_chat(m, tok, messages, SamplingParams(max_new_tokens, temperature, top_p, seed)):
