@@ -36,6 +36,21 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def peak_weights(model, seed: int | None = None) -> None:
+    """Larger weights than the default init give peaked, varied greedy answers (not one repeated token).
+
+    `seed` reseeds first; without it the draws continue torch's current random stream.
+    """
+    import torch
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.3)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny model folder (read-only by convention: copy it before changing it)."""

@@ -10,7 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
-from conftest import TOKENIZER_DIR
+from conftest import TOKENIZER_DIR, peak_weights
 
 CORPUS = [
     "What is the capital of France? Paris is the capital of France.",
@@ -52,11 +52,7 @@ def build_small_vocab_model(folder: Path, seed: int = 0) -> Path:
                          tie_word_embeddings=True)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
-    # Larger weights than the default init give peaked, varied greedy answers (not one repeated token).
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.3)
+    peak_weights(model)
     model.save_pretrained(str(folder), safe_serialization=True)
     return folder
 

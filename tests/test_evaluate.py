@@ -39,18 +39,14 @@ def peaked_model(tmp_path_factory, tiny_model_dir) -> Path:
     """The tiny model with larger weights: varied greedy answers that depend on the prompt."""
     import shutil
 
-    import torch
+    from conftest import peak_weights
 
     from tunesmith.models.load import load_model
 
     folder = tmp_path_factory.mktemp("peaked")
     shutil.copytree(tiny_model_dir, folder, dirs_exist_ok=True)
     model, _ = load_model(str(folder))
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.3)
+    peak_weights(model, 0)
     model.save_pretrained(str(folder), safe_serialization=True)
     return folder
 
