@@ -35,30 +35,37 @@ def variants(model, examples, pad_id: int) -> dict:
     lengths = [len(e.input_ids) for e in examples]
     padded = batching.collate_padded(examples, pad_id)
 
-    def packed(attention_tokens):
-        plan = packing.plan_rows(lengths, tt.MAX_LENGTH, attention_tokens=attention_tokens)
-        return packing.collate_packed([[examples[i] for i in row] for row in plan.rows], pad_id=pad_id,
-                                      length=plan.length)
+    def packed(attention_tokens, pass_tokens):
+        """The step's examples as packed passes (a list of batches, run one after another)."""
+        plan = packing.plan_rows(lengths, tt.MAX_LENGTH, attention_tokens=attention_tokens, pass_tokens=pass_tokens)
+        return [packing.collate_packed([[examples[i] for i in row] for row in p.rows], pad_id=pad_id, length=p.length)
+                for p in plan.passes]
 
     return {
-        "padded, full logits (like TRL, no checkpointing)": (padded, default_loss, None),
-        "padded, logits at loss positions": (padded, causal_lm_loss, None),
-        "packed fewest slots, full logits": (packed(0), default_loss, None),
-        "packed fewest slots, logits at loss positions": (packed(0), causal_lm_loss, None),
-        "packed cost-model rows, logits at loss positions (default)": (packed(None), causal_lm_loss, None),
-        "default + bf16 autocast": (packed(None), causal_lm_loss, torch.bfloat16),
+        "padded, full logits (like TRL, no checkpointing)": ([padded], default_loss, None),
+        "padded, logits at loss positions": ([padded], causal_lm_loss, None),
+        "packed fewest slots, full logits": (packed(0, 0), default_loss, None),
+        "packed fewest slots, logits at loss positions": (packed(0, 0), causal_lm_loss, None),
+        "packed, rows padded alike in one pass (old)": (packed(None, 100_000), causal_lm_loss, None),
+        "packed cost-model rows and passes, logits at loss positions (default)": (packed(None, None), causal_lm_loss,
+                                                                                   None),
+        "default + bf16 autocast": (packed(None, None), causal_lm_loss, torch.bfloat16),
     }
 
 
-def measure(model, batch, loss_fn, dtype, repeats: int) -> dict:
+def measure(model, batches, loss_fn, dtype, repeats: int) -> dict:
     import torch
 
     def step():
         model.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-            loss_sum, n = loss_fn(model, batch)
-        (loss_sum / n).backward()
-        return float(loss_sum.detach() / n)
+        total, count = 0.0, 0
+        n_step = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+        for batch in batches:  # gradients accumulate over the passes, normalised by the step's tokens
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+                loss_sum, n = loss_fn(model, batch)
+            (loss_sum / n_step).backward()
+            total, count = total + float(loss_sum.detach()), count + int(n)
+        return total / count
 
     step()  # warm-up: first-call allocations and kernel choices
     _reset_peak()
@@ -68,10 +75,11 @@ def measure(model, batch, loss_fn, dtype, repeats: int) -> dict:
         start = time.perf_counter()
         loss = step()
         times.append(time.perf_counter() - start)
-    shape = tuple(batch["input_ids"].shape)
-    slots, real = batch["input_ids"].numel(), int(batch["token_mask"].sum())
+    shape = " + ".join("x".join(map(str, b["input_ids"].shape)) for b in batches)
+    slots = sum(b["input_ids"].numel() for b in batches)
+    real = sum(int(b["token_mask"].sum()) for b in batches)
     return {"seconds": statistics.median(times), "peak_rise_mb": _peak_mb() - base, "loss": loss,
-            "shape": shape, "padding_pct": 100 * (1 - real / slots)}
+            "passes (rows x len)": shape, "padding_pct": 100 * (1 - real / slots)}
 
 
 def _reset_peak() -> None:
@@ -123,11 +131,11 @@ def main() -> None:
     print(f"{len(examples)} examples, lengths {[len(e.input_ids) for e in examples]}, "
           f"{torch.get_num_threads()} threads", flush=True)
     results = {}
-    for name, (batch, loss_fn, dtype) in variants(model, examples, tok.pad_token_id).items():
-        r = measure(model, batch, loss_fn, dtype, a.repeats)
+    for name, (batches, loss_fn, dtype) in variants(model, examples, tok.pad_token_id).items():
+        r = measure(model, batches, loss_fn, dtype, a.repeats)
         results[name] = r
-        print(f"  {name:<60} {r['seconds']:6.2f} s  +{r['peak_rise_mb']:6.0f} MB  loss {r['loss']:.5f}  "
-              f"rows x len {r['shape'][0]}x{r['shape'][1]}  padding {r['padding_pct']:.1f}%", flush=True)
+        print(f"  {name:<70} {r['seconds']:6.2f} s  +{r['peak_rise_mb']:6.0f} MB  loss {r['loss']:.5f}  "
+              f"passes {r['passes (rows x len)']}  padding {r['padding_pct']:.1f}%", flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
 

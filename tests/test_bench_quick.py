@@ -20,6 +20,6 @@ def test_quick_bench_prints_the_result_line(store_home):
     assert match, last
     speed, rss, waste, delta = map(float, match.groups())
     assert speed > 0 and rss > 0
-    assert waste == 0.0  # the quick step's 4 examples fit one packed row exactly
+    assert 0.0 <= waste <= 2.0  # the target; padded batches of these lengths waste ~50%
     assert abs(delta) < 1.0  # same examples, same steps: the same loss within 1%
     assert "trl#1" in done.stdout and "tunesmith#1" in done.stdout

@@ -36,23 +36,33 @@ def test_first_fit_decreasing_pins_bins():
     assert first_fit_decreasing([5, 9, 3, 7, 1], 10) == [[1, 4], [3, 2], [0]]
 
 
+def shape(plan):
+    return [(len(p.rows), p.length) for p in plan.passes]
+
+
 def test_plan_prefers_one_full_row_when_attention_is_cheap():
     lengths = [300, 120, 110, 100, 90, 80, 70, 60]  # 930 tokens
     plan = plan_rows(lengths, 1024, attention_tokens=0)
-    assert plan.length == 930 and len(plan.rows) == 1 and plan.waste(lengths) == 0.0
-    # With the default attention weight, three short rows (960 slots, 3% padding) cost less
-    # than one long row: 960 * (1 + 320/3000) < 930 * (1 + 930/3000).
+    assert shape(plan) == [(1, 930)] and plan.waste(lengths) == 0.0
+    # With the default attention weight, three rows of at most 320 in one pass (960 slots, 3%
+    # padding) cost less than one long row: 48 + 960 * (1 + 320/3000) < 48 + 930 * (1 + 930/3000),
+    # and less than a pass per row (48 more per pass).
     plan = plan_rows(lengths, 1024)
-    assert (len(plan.rows), plan.length) == (3, 320)
+    assert shape(plan) == [(3, 320)]
     assert sorted(i for row in plan.rows for i in row) == list(range(8))
     assert plan.waste(lengths) == pytest.approx(1 - 930 / 960)
+    # Passes cost nothing: each row in a pass of its own, padded to nothing.
+    plan = plan_rows(lengths, 1024, pass_tokens=0)
+    assert shape(plan) == [(1, 300), (1, 300), (1, 270), (1, 60)] and plan.waste(lengths) == 0.0
 
 
-def test_plan_respects_max_length_and_skew():
+def test_plan_pads_each_pass_to_its_own_longest_row():
     lengths = [900, 100, 100, 100, 100, 100, 100, 100]
     plan = plan_rows(lengths, 1024)
-    assert all(sum(lengths[i] for i in row) <= plan.length <= 1024 for row in plan.rows)
-    assert (len(plan.rows), plan.length) == (2, 900)
+    # The long example and the seven short ones (one 700-token row) cannot share a pass of
+    # 1024 slots, so each pass is exactly as long as its row: no padding at all.
+    assert shape(plan) == [(1, 900), (1, 700)] and plan.waste(lengths) == 0.0
+    assert all(len(p.rows) * p.length <= 1024 for p in plan.passes)
 
 
 def test_collate_packed_layout():
@@ -157,6 +167,44 @@ def test_micro_batches_bound_tokens_per_pass(tokenizer):
     long = [{"role": "user", "content": "word " * 150}, {"role": "assistant", "content": "answer " * 150}]
     examples = [render(c, tokenizer) for c in CONVERSATIONS * 4] + [render(long, tokenizer)] * 2
     batches = packed_micro_batches(examples, max_length=512, pad_id=tokenizer.pad_token_id)
-    assert [tuple(b["input_ids"].shape) for b in batches] == [(1, 429)] * 3  # 1232 tokens in 3 rows, one per pass
+    shapes = [tuple(b["input_ids"].shape) for b in batches]
+    assert all(rows * length <= 512 for rows, length in shapes), shapes  # no pass over max_length slots
+    assert len(shapes) > 1 and sum(batch_stats(b)[1] for b in batches) < 1.01 * 1232  # 1232 tokens, <1% padding
     assert sum(batch_stats(b)[2] for b in batches) == sum(e.n_trained for e in examples)
     assert sum(batch_stats(b)[0] for b in batches) == sum(len(e.input_ids) for e in examples)
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@needs_cuda
+@pytest.mark.parametrize("fused", [False, True], ids=["sdpa", "sdpa+liger"])
+def test_packed_loss_equals_unpacked_on_cuda(tiny_model_dir, fused):
+    """The GPU path (SDPA with the 4D block mask, and Liger's RoPE/RMSNorm/SwiGLU) keeps examples apart."""
+    from tunesmith.models.load import load_model
+    from tunesmith.train import methods
+
+    if fused:
+        pytest.importorskip("liger_kernel")
+    model, tok = load_model(str(tiny_model_dir), dtype="float32")
+    assert methods.fused_kernels(model, fused) is fused
+    model = model.cuda().eval()
+    examples = [render(c, tok) for c in CONVERSATIONS] + [render_example({"text": "Plain text, all trained."}, tok)]
+    lengths = [len(e.input_ids) for e in examples]
+    trained = [e.n_trained for e in examples]
+
+    def on_gpu(batch):
+        return {k: v.cuda() for k, v in batch.items()}
+
+    with torch.no_grad():
+        unpacked = [_example_losses(model, on_gpu(collate_padded([e], tok.pad_token_id)), [(0, 0, n)])[0]
+                    for e, n in zip(examples, lengths)]
+        batch = collate_packed([[examples[1], examples[3]], [examples[0], examples[2]]], pad_id=tok.pad_token_id,
+                               length=max(lengths[1] + lengths[3], lengths[0] + lengths[2]) + 5)
+        spans = [(0, 0, lengths[1]), (0, lengths[1], lengths[1] + lengths[3]),
+                 (1, 0, lengths[0]), (1, lengths[0], lengths[0] + lengths[2])]
+        packed = _example_losses(model, on_gpu(batch), spans)
+    order = [1, 3, 0, 2]
+    per_token = [p / trained[i] for p, i in zip(packed, order)]
+    assert per_token == pytest.approx([unpacked[i] / trained[i] for i in order], abs=1e-4)
+    assert min(per_token) > 1.0  # real losses, not zeros

@@ -25,23 +25,46 @@ if TYPE_CHECKING:
 
 IGNORE = -100
 
-# Attention costs ~4*T*d flops per token per layer against ~7M for the linear layers of a
-# 135M Llama (d=576), i.e. a row of T tokens adds T/3000 to each token's cost. Used to
-# choose between one long row and several shorter ones for a step's examples.
-ATTENTION_TOKENS = 3000
+# The cost model the planner minimises, in token-equivalents of forward + backward, fitted to
+# timings on 2 CPU cores with SmolLM2-135M + LoRA (bench/RESULTS.md, "packing cost model"):
+# seconds ~ 0.13 per pass + 3.5 ms per slot + 1.9 us per (row length)^2, i.e.
+# - a row of T tokens adds T/ATTENTION_TOKENS to each of its tokens' cost (attention is
+#   computed over the whole row, masked blocks included): four rows of 256 in one pass take
+#   3.9 s where one row of 1024 takes 5.6 s;
+# - a forward pass costs PASS_TOKENS tokens' worth on top of its slots (one row of 128 takes
+#   0.62 s, four of them in one pass 1.92 s). On a GPU a pass is far dearer than a token, so
+#   there the planner fills passes (see pass_tokens()).
+# Layouts the model ranks within ~5% of each other measured within noise of each other.
+ATTENTION_TOKENS = 2000
+PASS_TOKENS = 40
 
 
 @dataclass(frozen=True)
-class RowPlan:
-    """Example indices per row, and the row length every row is padded to."""
+class Pass:
+    """One forward pass: rows of example indices, every row padded to `length`."""
 
     rows: list[list[int]]
     length: int
 
+
+@dataclass(frozen=True)
+class RowPlan:
+    """A micro-batch's examples as rows, grouped into the forward passes that run them one after another."""
+
+    passes: list[Pass]
+
+    @property
+    def rows(self) -> list[list[int]]:
+        return [row for p in self.passes for row in p.rows]
+
+    @property
+    def slots(self) -> int:
+        return sum(len(p.rows) * p.length for p in self.passes)
+
     def waste(self, lengths: Sequence[int]) -> float:
-        """Fraction of the (rows x length) slots that are padding."""
+        """Fraction of the slots that are padding."""
         used = sum(lengths[i] for row in self.rows for i in row)
-        return 1 - used / (len(self.rows) * self.length) if self.rows else 0.0
+        return 1 - used / self.slots if self.passes else 0.0
 
 
 def first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -61,77 +84,106 @@ def first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int
     return rows
 
 
-def plan_rows(lengths: Sequence[int], max_length: int, *, attention_tokens: int | None = None) -> RowPlan:
-    """Pack one step's examples into rows of at most `max_length` tokens, at the lowest compute cost.
+def plan_rows(lengths: Sequence[int], max_length: int, *, attention_tokens: int | None = None,
+              pass_tokens: int | None = None) -> RowPlan:
+    """Pack a micro-batch's examples into rows of at most `max_length` tokens, and the rows into
+    forward passes of at most `max_length` slots, at the lowest cost.
 
-    For each row count n, the shortest row length that fits is found by bisection; the cost
-    is the padded slots, weighted up by the attention a longer row costs. attention_tokens=0
-    means: fewest padded slots only.
+    Candidate row capacities: for each row count, the shortest that fits (bisection over
+    first-fit-decreasing). For each, the rows are sorted by length and cut into passes by
+    dynamic programming; a pass pads its rows to its longest only, so rows of unequal length
+    go in passes of their own unless sharing one costs less (pass_cost). attention_tokens=0
+    and pass_tokens=0: fewest padded slots only.
     """
     if not lengths:
-        return RowPlan([], 0)
+        return RowPlan([])
     attention_tokens = ATTENTION_TOKENS if attention_tokens is None else attention_tokens
+    pass_tokens = PASS_TOKENS if pass_tokens is None else pass_tokens
     longest = min(max(lengths), max_length)
     total = sum(min(n, max_length) for n in lengths)
     best: tuple[float, RowPlan] | None = None
+    seen: set[int] = set()
     for n_rows in range(1, len(lengths) + 1):
         low = max(longest, math.ceil(total / n_rows))
         if low > max_length:
             continue
-        plan = _shortest_fit(lengths, n_rows, low, max_length)
-        if plan is None:
-            continue
-        slots = len(plan.rows) * plan.length
-        cost = slots * (1 + plan.length / attention_tokens) if attention_tokens else slots
-        if best is None or cost < best[0]:
-            best = (cost, plan)
+        capacity = _shortest_fit(lengths, n_rows, low, max_length)
+        if capacity is not None and capacity not in seen:
+            seen.add(capacity)
+            rows = first_fit_decreasing(lengths, capacity)
+            cost, plan = _passes(rows, lengths, max_length, attention_tokens, pass_tokens)
+            if best is None or cost < best[0]:
+                best = (cost, plan)
         if low == longest:  # more rows cannot be shorter than the longest example
             break
     assert best is not None, "a row count equal to the number of examples always fits"
     return best[1]
 
 
-def _shortest_fit(lengths: Sequence[int], n_rows: int, low: int, high: int) -> RowPlan | None:
+def pass_cost(n_rows: int, length: int, attention_tokens: int, pass_tokens: int) -> float:
+    """Token-equivalents of one forward pass of n_rows rows of `length` slots."""
+    slots = n_rows * length
+    return pass_tokens + (slots * (1 + length / attention_tokens) if attention_tokens else slots)
+
+
+def _passes(rows: list[list[int]], lengths: Sequence[int], max_length: int, attention_tokens: int,
+            pass_tokens: int) -> tuple[float, RowPlan]:
+    """Rows (longest first) cut into consecutive passes at the lowest total pass_cost."""
+    loads = [sum(min(lengths[i], max_length) for i in row) for row in rows]
+    order = sorted(range(len(rows)), key=lambda r: (-loads[r], r))
+    n = len(order)
+    best = [0.0] + [math.inf] * n  # best[j]: cheapest passes for the j longest rows
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j - 1, -1, -1):  # rows i..j-1 share a pass padded to loads[order[i]]
+            length = loads[order[i]]
+            if (j - i) * length > max_length and j - i > 1:
+                break
+            cost = best[i] + pass_cost(j - i, length, attention_tokens, pass_tokens)
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    passes, j = [], n
+    while j > 0:
+        i = cut[j]
+        passes.append(Pass([rows[r] for r in order[i:j]], loads[order[i]]))
+        j = i
+    return best[n], RowPlan(passes[::-1])
+
+
+def _shortest_fit(lengths: Sequence[int], n_rows: int, low: int, high: int) -> int | None:
     """The smallest capacity in [low, high] whose first-fit-decreasing packing uses at most n_rows rows."""
-    rows = first_fit_decreasing(lengths, high)
-    if len(rows) > n_rows:
+    if len(first_fit_decreasing(lengths, high)) > n_rows:
         return None
     while low < high:
         mid = (low + high) // 2
-        trial = first_fit_decreasing(lengths, mid)
-        if len(trial) <= n_rows:
-            rows, high = trial, mid
+        if len(first_fit_decreasing(lengths, mid)) <= n_rows:
+            high = mid
         else:
             low = mid + 1
-    rows = first_fit_decreasing(lengths, high)
-    length = max(sum(min(lengths[i], high) for i in row) for row in rows)
-    return RowPlan(rows, length)
-
-
-def packed_collate(examples: Sequence[Rendered], *, max_length: int, pad_id: int = 0, dtype=None) -> dict[str, "torch.Tensor"]:
-    """A micro-batch's examples -> packed rows (the `collate` seam of `batching.step_batches`)."""
-    lengths = [len(e.input_ids) for e in examples]
-    plan = plan_rows(lengths, max_length)
-    rows = [[examples[i] for i in row] for row in plan.rows]
-    return collate_packed(rows, pad_id=pad_id, length=plan.length, dtype=dtype)
+    return high
 
 
 def packed_micro_batches(
-    examples: Sequence[Rendered], *, max_length: int, pad_id: int = 0, dtype=None
+    examples: Sequence[Rendered], *, max_length: int, pad_id: int = 0, dtype=None, pass_tokens: int | None = None
 ) -> list[dict[str, "torch.Tensor"]]:
-    """Like packed_collate, but split into batches of at most ~max_length slots, run one after another.
+    """A micro-batch's examples -> packed batches, one per forward pass, run one after another.
 
     Activations grow with the tokens of one forward pass (~2 MB per token for a 135M Llama with
-    LoRA in fp32), so a step's rows go through the model a few at a time, their gradients
-    accumulating; the loop normalises by the whole step's trained tokens, so the gradient is
-    the same as in one pass. Memory then follows max_length, not batch_size.
+    LoRA in fp32), so no pass holds more than ~max_length slots; the gradients of a step's
+    passes accumulate and the loop normalises by the whole step's trained tokens, so the
+    gradient is the same as in one pass. Memory then follows max_length, not batch_size. Each
+    pass is padded to its own longest row only.
     """
     lengths = [len(e.input_ids) for e in examples]
-    plan = plan_rows(lengths, max_length)
-    per_batch = max(1, max_length // plan.length)
-    rows = [[examples[i] for i in row] for row in plan.rows]
-    return [collate_packed(rows[i : i + per_batch], pad_id=pad_id, length=plan.length, dtype=dtype)
-            for i in range(0, len(rows), per_batch)]
+    plan = plan_rows(lengths, max_length, pass_tokens=pass_tokens)
+    return [collate_packed([[examples[i] for i in row] for row in p.rows], pad_id=pad_id, length=p.length, dtype=dtype)
+            for p in plan.passes]
+
+
+def pass_tokens(device) -> int:
+    """The per-pass cost for the planner: measured on CPU; on an accelerator, a pass costs about
+    as much as a full one, so the planner fills each pass to max_length slots."""
+    return PASS_TOKENS if str(device).startswith("cpu") else 100_000
 
 
 def mask_dtype(model) -> "torch.dtype":
