@@ -59,3 +59,18 @@ def test_unknown_target_and_bad_folder_are_clear(tiny, tmp_path):
         adapters.apply_lora(tiny(), MethodConfig(target_modules="nope"))
     with pytest.raises(ModelError, match="adapter_config.json"):
         adapters.load_adapter(tiny(), tmp_path)
+
+
+def test_fused_kernels_setting(tiny, monkeypatch):
+    """null applies Liger only where it can; true says what is missing; false never touches the model."""
+    import torch
+
+    from tunesmith.errors import TrainError
+    from tunesmith.train.methods import fused_kernels
+
+    model = tiny()
+    assert fused_kernels(model, False) is False
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert fused_kernels(model, None) is False
+    with pytest.raises(TrainError, match="train.fused_kernels=true needs a CUDA GPU"):
+        fused_kernels(model, True)

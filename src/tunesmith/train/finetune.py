@@ -81,6 +81,8 @@ def finetune(config: Config | str | Path | None = None, *, overrides: tuple[str,
     set_seed(cfg.train.seed)
     # 2. the base model, with the method's weights trainable
     model, tokenizer, base = _load_model(cfg, acc)
+    if base["fused_kernels"]:
+        out.line("fused kernels: Liger RoPE, RMSNorm, SwiGLU")
     # 3. the data, prepared into the run folder and rendered
     splits, train_set, val_set, dropped = _data(cfg, s, tokenizer)
     _fill_manifest(s, cfg, base, splits, tokenizer)
@@ -98,7 +100,7 @@ def finetune(config: Config | str | Path | None = None, *, overrides: tuple[str,
     # 6. the loop
     args = LoopArgs(total, cfg.train.eval_every, cfg.train.save_every, cfg.train.early_stopping_patience,
                     cfg.train.max_grad_norm)
-    collate = _train_collate(tokenizer, cfg, model)
+    collate = _train_collate(tokenizer, cfg, model, acc.device)
     steps = batching.step_batches(train_set, plan, seed=cfg.train.seed, start_step=state.step, total_steps=total,
                                   collate=collate, rank=acc.process_index, group_by_length=_group_by_length(cfg))
     hooks, bar = _hooks(s, model, optimizer, scheduler, val_set, collate, out, on_step, total, state)
@@ -235,9 +237,10 @@ def _load_model(cfg: Config, acc):
     else:
         model, tokenizer = load_model(str(folder), dtype=cfg.model.dtype, allow_pickle=cfg.model.allow_pickle)
     model.config.use_cache = False
+    fused = methods.fused_kernels(model, cfg.train.fused_kernels)
     model = methods.apply_method(model, cfg.method)
     base = {"base_model": cfg.model.name, "base_model_path": str(folder.resolve()),
-            "base_model_sha256": weights_digest(folder)}
+            "base_model_sha256": weights_digest(folder), "fused_kernels": "liger" if fused else None}
     return model, tokenizer, base
 
 
@@ -375,7 +378,7 @@ def _collate(tokenizer):
     return lambda examples: batching.collate_padded(examples, pad)
 
 
-def _train_collate(tokenizer, cfg: Config, model):
+def _train_collate(tokenizer, cfg: Config, model, device):
     """Packed rows (attention kept inside each example) when train.packing, else padded micro-batches."""
     if not cfg.train.packing:
         return _collate(tokenizer)
@@ -383,8 +386,9 @@ def _train_collate(tokenizer, cfg: Config, model):
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     dtype = packing.mask_dtype(model)
+    per_pass = packing.pass_tokens(device)
     return lambda examples: packing.packed_micro_batches(examples, max_length=cfg.data.max_length, pad_id=pad,
-                                                          dtype=dtype)
+                                                          dtype=dtype, pass_tokens=per_pass)
 
 
 def _loss_fn():

@@ -36,6 +36,39 @@ def load_quantized(folder: Path) -> Any:
     return adapters.prepare_kbit(model)
 
 
+LIGER_KERNELS = {"rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False,
+                 "fused_linear_cross_entropy": False}  # the loss stays ours: logits only at trained positions
+
+
+def fused_kernels(model, setting: bool | None) -> bool:
+    """Swap in Liger's Triton kernels (RoPE, RMSNorm, SwiGLU) on a CUDA GPU; True when applied.
+
+    setting None: when a CUDA GPU and the liger-kernel package are both there and the model's
+    type is one Liger knows; True: required (a clear error if it cannot be); False: never. Call
+    before apply_method, so the LoRA layers wrap the patched modules' projections.
+    """
+    if setting is False:
+        return False
+    import torch
+
+    missing = ("a CUDA GPU" if not torch.cuda.is_available()
+               else "the liger-kernel package" if importlib.util.find_spec("liger_kernel") is None else None)
+    if missing is None:
+        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+
+        if model.config.model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+            missing = f"a model type Liger supports (this one is {model.config.model_type!r})"
+    if missing is not None:
+        if setting:
+            raise TrainError(f"train.fused_kernels=true needs {missing}",
+                             "pip install liger-kernel on a CUDA machine, or set train.fused_kernels=null")
+        return False
+    from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+    _apply_liger_kernel_to_instance(model=model, **LIGER_KERNELS)
+    return True
+
+
 def apply_method(model, method_cfg) -> Any:
     """Make exactly the method's weights trainable; returns the model to train."""
     if method_cfg.name in ("lora", "qlora"):
