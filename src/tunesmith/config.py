@@ -77,7 +77,7 @@ class TrainConfig:
         None, "steps of similar-length examples; null = on without packing, off with it (mixed lengths pack tighter)")
     threads: int | None = opt(None, "CPU threads for torch; null = all cores")
     fused_kernels: bool | None = opt(
-        None, "Liger kernels (RoPE, RMSNorm, SwiGLU) on a CUDA GPU; null = when liger-kernel is installed")
+        None, "Liger kernels (RMSNorm, SwiGLU) on a CUDA GPU; null = when liger-kernel is installed")
     log_to: Literal["none", "tensorboard"] = opt("none", "extra metrics sink besides metrics.jsonl")
 
 

@@ -82,7 +82,7 @@ def finetune(config: Config | str | Path | None = None, *, overrides: tuple[str,
     # 2. the base model, with the method's weights trainable
     model, tokenizer, base = _load_model(cfg, acc)
     if base["fused_kernels"]:
-        out.line("fused kernels: Liger RoPE, RMSNorm, SwiGLU")
+        out.line("fused kernels: Liger RMSNorm, SwiGLU")
     # 3. the data, prepared into the run folder and rendered
     splits, train_set, val_set, dropped = _data(cfg, s, tokenizer)
     _fill_manifest(s, cfg, base, splits, tokenizer)
@@ -386,9 +386,9 @@ def _train_collate(tokenizer, cfg: Config, model, device):
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     dtype = packing.mask_dtype(model)
-    per_pass = packing.pass_tokens(device)
+    costs = packing.device_costs(device)
     return lambda examples: packing.packed_micro_batches(examples, max_length=cfg.data.max_length, pad_id=pad,
-                                                          dtype=dtype, pass_tokens=per_pass)
+                                                          dtype=dtype, **costs)
 
 
 def _loss_fn():

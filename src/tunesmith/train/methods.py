@@ -36,12 +36,16 @@ def load_quantized(folder: Path) -> Any:
     return adapters.prepare_kbit(model)
 
 
-LIGER_KERNELS = {"rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False,
-                 "fused_linear_cross_entropy": False}  # the loss stays ours: logits only at trained positions
+# RMSNorm and SwiGLU are patched on the model's own modules. Not RoPE: Liger swaps it for the
+# whole process (a module-level function), and its Triton kernel then fails on any CPU model
+# loaded later in the same process (seen on an H200: scoring a tuned model on the CPU after
+# training). The loss stays ours: logits only at trained positions.
+LIGER_KERNELS = {"rope": False, "rms_norm": True, "swiglu": True, "cross_entropy": False,
+                 "fused_linear_cross_entropy": False}
 
 
 def fused_kernels(model, setting: bool | None) -> bool:
-    """Swap in Liger's Triton kernels (RoPE, RMSNorm, SwiGLU) on a CUDA GPU; True when applied.
+    """Swap in Liger's Triton kernels (RMSNorm, SwiGLU) on this model, on a CUDA GPU; True when applied.
 
     setting None: when a CUDA GPU and the liger-kernel package are both there and the model's
     type is one Liger knows; True: required (a clear error if it cannot be); False: never. Call
@@ -63,9 +67,16 @@ def fused_kernels(model, setting: bool | None) -> bool:
             raise TrainError(f"train.fused_kernels=true needs {missing}",
                              "pip install liger-kernel on a CUDA machine, or set train.fused_kernels=null")
         return False
+    import sys
+
     from liger_kernel.transformers import _apply_liger_kernel_to_instance
 
+    modeling = sys.modules[type(model).__module__]
+    before = dict(vars(modeling))
     _apply_liger_kernel_to_instance(model=model, **LIGER_KERNELS)
+    for name, value in before.items():  # Liger also swaps the module's classes: only this model changes
+        if vars(modeling).get(name) is not value:
+            setattr(modeling, name, value)
     return True
 
 

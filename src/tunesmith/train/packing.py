@@ -33,7 +33,7 @@ IGNORE = -100
 #   3.9 s where one row of 1024 takes 5.6 s;
 # - a forward pass costs PASS_TOKENS tokens' worth on top of its slots (one row of 128 takes
 #   0.62 s, four of them in one pass 1.92 s). On a GPU a pass is far dearer than a token, so
-#   there the planner fills passes (see pass_tokens()).
+#   there a micro-batch runs as one pass (see device_costs()).
 # Layouts the model ranks within ~5% of each other measured within noise of each other.
 ATTENTION_TOKENS = 2000
 PASS_TOKENS = 40
@@ -85,9 +85,9 @@ def first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int
 
 
 def plan_rows(lengths: Sequence[int], max_length: int, *, attention_tokens: int | None = None,
-              pass_tokens: int | None = None) -> RowPlan:
+              pass_tokens: int | None = None, pass_slots: int | None = None) -> RowPlan:
     """Pack a micro-batch's examples into rows of at most `max_length` tokens, and the rows into
-    forward passes of at most `max_length` slots, at the lowest cost.
+    forward passes of at most `pass_slots` slots (default max_length), at the lowest cost.
 
     Candidate row capacities: for each row count, the shortest that fits (bisection over
     first-fit-decreasing). For each, the rows are sorted by length and cut into passes by
@@ -99,6 +99,7 @@ def plan_rows(lengths: Sequence[int], max_length: int, *, attention_tokens: int 
         return RowPlan([])
     attention_tokens = ATTENTION_TOKENS if attention_tokens is None else attention_tokens
     pass_tokens = PASS_TOKENS if pass_tokens is None else pass_tokens
+    pass_slots = pass_slots or max_length
     longest = min(max(lengths), max_length)
     total = sum(min(n, max_length) for n in lengths)
     best: tuple[float, RowPlan] | None = None
@@ -111,7 +112,7 @@ def plan_rows(lengths: Sequence[int], max_length: int, *, attention_tokens: int 
         if capacity is not None and capacity not in seen:
             seen.add(capacity)
             rows = first_fit_decreasing(lengths, capacity)
-            cost, plan = _passes(rows, lengths, max_length, attention_tokens, pass_tokens)
+            cost, plan = _passes(rows, lengths, max_length, pass_slots, attention_tokens, pass_tokens)
             if best is None or cost < best[0]:
                 best = (cost, plan)
         if low == longest:  # more rows cannot be shorter than the longest example
@@ -126,8 +127,8 @@ def pass_cost(n_rows: int, length: int, attention_tokens: int, pass_tokens: int)
     return pass_tokens + (slots * (1 + length / attention_tokens) if attention_tokens else slots)
 
 
-def _passes(rows: list[list[int]], lengths: Sequence[int], max_length: int, attention_tokens: int,
-            pass_tokens: int) -> tuple[float, RowPlan]:
+def _passes(rows: list[list[int]], lengths: Sequence[int], max_length: int, pass_slots: int,
+            attention_tokens: int, pass_tokens: int) -> tuple[float, RowPlan]:
     """Rows (longest first) cut into consecutive passes at the lowest total pass_cost."""
     loads = [sum(min(lengths[i], max_length) for i in row) for row in rows]
     order = sorted(range(len(rows)), key=lambda r: (-loads[r], r))
@@ -137,7 +138,7 @@ def _passes(rows: list[list[int]], lengths: Sequence[int], max_length: int, atte
     for j in range(1, n + 1):
         for i in range(j - 1, -1, -1):  # rows i..j-1 share a pass padded to loads[order[i]]
             length = loads[order[i]]
-            if (j - i) * length > max_length and j - i > 1:
+            if (j - i) * length > pass_slots and j - i > 1:
                 break
             cost = best[i] + pass_cost(j - i, length, attention_tokens, pass_tokens)
             if cost < best[j]:
@@ -164,26 +165,35 @@ def _shortest_fit(lengths: Sequence[int], n_rows: int, low: int, high: int) -> i
 
 
 def packed_micro_batches(
-    examples: Sequence[Rendered], *, max_length: int, pad_id: int = 0, dtype=None, pass_tokens: int | None = None
+    examples: Sequence[Rendered], *, max_length: int, pad_id: int = 0, dtype=None, pass_tokens: int | None = None,
+    pass_slots: int | None = None,
 ) -> list[dict[str, "torch.Tensor"]]:
     """A micro-batch's examples -> packed batches, one per forward pass, run one after another.
 
     Activations grow with the tokens of one forward pass (~2 MB per token for a 135M Llama with
-    LoRA in fp32), so no pass holds more than ~max_length slots; the gradients of a step's
-    passes accumulate and the loop normalises by the whole step's trained tokens, so the
-    gradient is the same as in one pass. Memory then follows max_length, not batch_size. Each
-    pass is padded to its own longest row only.
+    LoRA in fp32), so on a CPU no pass holds more than max_length slots (pass_slots); the
+    gradients of a step's passes accumulate and the loop normalises by the whole step's trained
+    tokens, so the gradient is the same as in one pass. Memory then follows max_length, not
+    batch_size. Each pass is padded to its own longest row only.
     """
     lengths = [len(e.input_ids) for e in examples]
-    plan = plan_rows(lengths, max_length, pass_tokens=pass_tokens)
+    plan = plan_rows(lengths, max_length, pass_tokens=pass_tokens, pass_slots=pass_slots)
     return [collate_packed([[examples[i] for i in row] for row in p.rows], pad_id=pad_id, length=p.length, dtype=dtype)
             for p in plan.passes]
 
 
-def pass_tokens(device) -> int:
-    """The per-pass cost for the planner: measured on CPU; on an accelerator, a pass costs about
-    as much as a full one, so the planner fills each pass to max_length slots."""
-    return PASS_TOKENS if str(device).startswith("cpu") else 100_000
+def device_costs(device) -> dict[str, int | None]:
+    """The planner's pass cost and size for `device` (keyword arguments of packed_micro_batches).
+
+    CPU: the fitted PASS_TOKENS, and passes of at most max_length slots (memory follows the
+    pass). GPU: launching the ~thousands of kernels of a pass costs more than its arithmetic
+    (measured on an H200 with SmolLM2-135M: a step's time was the number of passes times a
+    fixed cost), so each micro-batch runs as one pass, as in every other trainer; memory is
+    then set by batch_size, as there.
+    """
+    if str(device).startswith("cpu"):
+        return {"pass_tokens": PASS_TOKENS, "pass_slots": None}
+    return {"pass_tokens": 1_000_000, "pass_slots": 1 << 40}
 
 
 def mask_dtype(model) -> "torch.dtype":
