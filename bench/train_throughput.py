@@ -2,6 +2,12 @@
 
     python bench/train_throughput.py            # the embedded SmolLM2-135M, 3 interleaved repeats
     python bench/train_throughput.py --quick    # a tiny 2-layer model, 1 repeat (CI smoke run)
+    python bench/train_throughput.py --random-weights   # SmolLM2-135M's shape, random weights (a GPU box
+                                                        # without the model file: speed and memory only)
+
+On a CUDA machine both sides train on the GPU with their defaults there (TRL: bf16 autocast and
+gradient checkpointing; tunesmith: bf16, packed rows through SDPA, Liger kernels when installed)
+and the peak GPU memory of each is printed too.
 
 Both sides train the same model on the same examples (the bundled support FAQ plus longer
 multi-turn conversations built from it, so lengths are skewed), with the same LoRA settings,
@@ -89,6 +95,25 @@ def _write(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def random_smollm2(folder: Path) -> Path:
+    """SmolLM2-135M-Instruct's architecture (its config.json) with seeded random weights, real tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    if (folder / "config.json").is_file():
+        return folder
+    tok = AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
+    config = LlamaConfig(
+        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+        num_key_value_heads=3, head_dim=64, max_position_embeddings=8192, rms_norm_eps=1e-5,
+        rope_parameters={"rope_theta": 100000.0, "rope_type": "default"}, bos_token_id=1, eos_token_id=2,
+        pad_token_id=2, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    return folder
+
+
 def tiny_model(folder: Path) -> Path:
     """A 2-layer, hidden-64 Llama with the real SmolLM2 tokenizer (the --quick model)."""
     import torch
@@ -137,7 +162,7 @@ def run_trl(spec: dict) -> dict:
         gradient_checkpointing=spec["trl_gradient_checkpointing"],  # TRL's default is True
         bf16=spec["trl_bf16"],  # TRL's default is True (autocast to bf16; this CPU has avx512_bf16)
         logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none",
-        seed=spec["seed"], data_seed=spec["seed"], use_cpu=True, dataloader_num_workers=0,
+        seed=spec["seed"], data_seed=spec["seed"], use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
         disable_tqdm=True,
     )
     peft_config = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
@@ -166,7 +191,7 @@ def run_trl(spec: dict) -> dict:
     wall = time.perf_counter() - wall
     peak = _peak_rss_mb()
     model = trainer.model.eval()
-    return {**counts, "seconds": Clock.seconds, "wall_seconds": wall, "peak_rss_mb": peak,
+    return {**counts, "seconds": Clock.seconds, "wall_seconds": wall, "peak_rss_mb": peak, "peak_gpu_mb": _peak_gpu_mb(),
             "last_step_loss": Clock.losses[-1] if Clock.losses else None,
             "final_loss": score(model, tokenizer, spec["files"]["ts_train"])}
 
@@ -216,7 +241,7 @@ def run_tunesmith(spec: dict) -> dict:
     state = seen["state"]
     model, tokenizer = load_tuned(run.dir)
     return {"tokens": state.tokens, "slots": state.slots, "loss_tokens": state.loss_tokens,
-            "seconds": state.train_seconds, "wall_seconds": wall, "peak_rss_mb": peak,
+            "seconds": state.train_seconds, "wall_seconds": wall, "peak_rss_mb": peak, "peak_gpu_mb": _peak_gpu_mb(),
             "last_step_loss": seen["loss"], "final_loss": score(model.eval(), tokenizer, files["ts_train"])}
 
 
@@ -238,13 +263,22 @@ def score(model, tokenizer, path: str) -> float:
     from tunesmith.train.batching import collate_padded
 
     examples = [render(json.loads(line)["messages"], tokenizer) for line in Path(path).read_text().splitlines()]
+    model = model.float().to("cuda" if torch.cuda.is_available() else "cpu")  # both sides: fp32, same device
     total, count = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(examples), BATCH):
             batch = collate_padded(examples[start : start + BATCH], tokenizer.pad_token_id)
+            batch = {k: v.to(model.device) for k, v in batch.items()}
             loss, n, _ = causal_lm_eval(model, batch)
             total, count = total + float(loss), count + int(n)
     return total / count
+
+
+def _peak_gpu_mb() -> float | None:
+    """Peak GPU memory torch allocated in this process, in MB (None without CUDA); read before scoring."""
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
 
 
 def _peak_rss_mb() -> float:
@@ -258,6 +292,12 @@ def _peak_rss_mb() -> float:
 
 
 # ------------------------------------------------------------------ the parent: interleaved runs, medians
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def run_child(side: str, spec: dict, workdir: Path) -> dict:
@@ -286,6 +326,7 @@ def summarise(result: dict) -> dict:
         "useful_tokens_per_s": result["loss_tokens"] / result["seconds"],
         "padding_waste_pct": 100 * (1 - result["tokens"] / result["slots"]),
         "peak_rss_mb": result["peak_rss_mb"],
+        "peak_gpu_mb": result.get("peak_gpu_mb") or 0.0,
         "final_loss": result["final_loss"],
         "seconds": result["seconds"],
         "loss_tokens": result["loss_tokens"],
@@ -294,7 +335,8 @@ def summarise(result: dict) -> dict:
 
 def print_row(label: str, s: dict) -> None:
     print(f"  {label:<10} {s['useful_tokens_per_s']:>10.1f} {s['padding_waste_pct']:>9.1f} "
-          f"{s['peak_rss_mb']:>9.0f} {s['final_loss']:>10.4f} {s['seconds']:>8.1f} {s['loss_tokens']:>8}", flush=True)
+          f"{s['peak_rss_mb']:>9.0f} {s['final_loss']:>10.4f} {s['seconds']:>8.1f} {s['loss_tokens']:>8}"
+          + (f" {s['peak_gpu_mb']:>8.0f}" if s["peak_gpu_mb"] else ""), flush=True)
 
 
 def main() -> None:
@@ -305,6 +347,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--faq", type=int, help="single-turn FAQ examples (default 96, or 3 with --quick)")
     p.add_argument("--long", type=int, help="long multi-turn conversations (default 24, or 1 with --quick)")
+    p.add_argument("--model", help="a local model folder instead of the embedded SmolLM2-135M-Instruct")
+    p.add_argument("--random-weights", action="store_true",
+                   help="SmolLM2-135M's shape with random weights (no model file needed; speed and memory only)")
     p.add_argument("--trl-fp32", action="store_true", help="TRL without its bf16 default (a faster peer on CPUs without bf16)")
     p.add_argument("--trl-no-checkpointing", action="store_true", help="TRL without its gradient-checkpointing default")
     p.add_argument("--ts-set", action="append", default=[], help="extra tunesmith config override (lever measurements)")
@@ -333,6 +378,10 @@ def bench(a) -> None:
         files = build_data(tmp / "data", n_faq=n_faq, n_long=n_long, max_turns=3 if a.quick else 8, seed=a.seed)
         if a.quick:
             model = str(tiny_model(tmp / "tiny-model"))
+        elif a.random_weights:
+            model = str(random_smollm2(tmp / "random-smollm2"))
+        elif a.model:
+            model = a.model
         else:
             from tunesmith.models.load import local_folder
 
@@ -344,7 +393,8 @@ def bench(a) -> None:
         print(f"model {model}\n{n_faq + n_long} training examples ({n_long} long multi-turn), {steps} steps of "
               f"{batch} examples, LoRA r{LORA['r']} alpha {LORA['alpha']} {LORA['target_modules']}, "
               f"{a.threads} threads, {repeats} repeat(s)", flush=True)
-        print(f"  {'side':<10} {'useful/s':>10} {'waste %':>9} {'peak MB':>9} {'final loss':>10} {'train s':>8} {'trained':>8}")
+        print(f"  {'side':<10} {'useful/s':>10} {'waste %':>9} {'peak MB':>9} {'final loss':>10} {'train s':>8} {'trained':>8}"
+              + (f" {'GPU MB':>8}" if _cuda() else ""))
         sides = a.sides.split(",")
         results: dict[str, list[dict]] = {s: [] for s in sides}
         for r in range(repeats):
@@ -369,6 +419,8 @@ def report(results: dict[str, list[dict]], json_path: str | None) -> None:
     speed = b["useful_tokens_per_s"] / a["useful_tokens_per_s"]
     rss = b["peak_rss_mb"] / a["peak_rss_mb"]
     delta = 100 * (b["final_loss"] - a["final_loss"]) / a["final_loss"]
+    if a["peak_gpu_mb"] and b["peak_gpu_mb"]:
+        print(f"peak GPU memory b/a: {b['peak_gpu_mb'] / a['peak_gpu_mb']:.2f}x")
     print(f"ratios b/a: useful tokens/s {speed:.2f}x, peak RSS {rss:.2f}x; "
           f"padding waste {b['padding_waste_pct']:.1f}% (a: {a['padding_waste_pct']:.1f}%); final loss {delta:+.2f}%")
     print(f"RESULT tokens_per_s_ratio={speed:.3f} peak_rss_ratio={rss:.3f} "
