@@ -157,3 +157,24 @@ def test_disk_full_leaves_no_half_checkpoint(tiny_model_dir, sums, tmp_path, sto
     ckpts = tmp_path / "runs" / "full-disk" / "checkpoints"
     assert list(ckpts.iterdir()) == []  # no step-3, no temp folder
     assert json.loads((tmp_path / "runs" / "full-disk" / "manifest.json").read_text())["status"] == "failed"
+
+
+def test_gradient_checkpointing_recomputes_and_keeps_the_losses(tiny_model_dir, sums, tmp_path, store_home,
+                                                                 monkeypatch):
+    from tunesmith.train import methods
+
+    calls = {}
+    apply_method = methods.apply_method
+
+    def counting(model, method_cfg):  # count the first layer's MLP calls (the recompute runs the layer's forward)
+        key = len(calls)
+        calls[key] = 0
+        model.model.layers[0].mlp.register_forward_pre_hook(lambda *a: calls.__setitem__(key, calls[key] + 1))
+        return apply_method(model, method_cfg)
+
+    monkeypatch.setattr(methods, "apply_method", counting)
+    plain = _run(tiny_model_dir, *sums, tmp_path / "runs", name="plain", max_steps=3)
+    saved = _run(tiny_model_dir, *sums, tmp_path / "runs", "train.gradient_checkpointing=true", name="ckpt",
+                 max_steps=3)
+    assert _metrics(saved) == _metrics(plain)  # same dropout masks in the recompute: the same losses
+    assert calls[1] > calls[0]  # the backward pass ran the layer again

@@ -238,6 +238,8 @@ def _load_model(cfg: Config, acc):
         model, tokenizer = load_model(str(folder), dtype=cfg.model.dtype, allow_pickle=cfg.model.allow_pickle)
     model.config.use_cache = False
     fused = methods.fused_kernels(model, cfg.train.fused_kernels)
+    if cfg.train.gradient_checkpointing:
+        methods.checkpoint_activations(model)
     model = methods.apply_method(model, cfg.method)
     base = {"base_model": cfg.model.name, "base_model_path": str(folder.resolve()),
             "base_model_sha256": weights_digest(folder), "fused_kernels": "liger" if fused else None}

@@ -80,6 +80,20 @@ def fused_kernels(model, setting: bool | None) -> bool:
     return True
 
 
+def checkpoint_activations(model) -> None:
+    """Keep only each layer's input and recompute the rest in the backward pass (call before apply_method).
+
+    Activations are what fill memory once logits are computed only at trained positions; this
+    cuts them to about one layer's worth, for roughly a third more compute per step.
+    """
+    kwargs = {"use_reentrant": False}  # the non-reentrant form needs no input that requires grad (LoRA)
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.24
+    if enable is not None:
+        enable(kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def apply_method(model, method_cfg) -> Any:
     """Make exactly the method's weights trainable; returns the model to train."""
     if method_cfg.name in ("lora", "qlora"):

@@ -111,7 +111,7 @@ def summary_line(state, s: dict, final, paths: RunPaths) -> str:
     where = final if final is not None else f"none (stopped; resume with `tunesmith train --resume {paths.name}`)"
     return (f"done: {s['steps']} steps in {_duration(s['wall_seconds'])}, best validation loss {best}, "
             f"{s['tokens_per_s']:.0f} tokens/s ({s['loss_tokens_per_s']:.0f} trained tokens/s, "
-            f"{100 * s['padding_waste']:.0f}% padding), deliverable: {where}")
+            f"{100 * s['padding_waste']:.1f}% padding), deliverable: {where}")
 
 
 def _mean(xs: list[float]) -> float:
