@@ -77,7 +77,7 @@ class TrainConfig:
         None, "steps of similar-length examples; null = on without packing, off with it (mixed lengths pack tighter)")
     threads: int | None = opt(None, "CPU threads for torch; null = all cores")
     gradient_checkpointing: bool = opt(
-        False, "recompute each layer's activations in the backward pass: far less memory, ~30% more time")
+        False, "recompute each layer's activations in the backward pass: less memory, more time (CPU: 0.64x RSS, 1.7x time)")
     fused_kernels: bool | None = opt(
         None, "Liger kernels (RMSNorm, SwiGLU) on a CUDA GPU; null = when liger-kernel is installed")
     log_to: Literal["none", "tensorboard"] = opt("none", "extra metrics sink besides metrics.jsonl")
