@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
 from pathlib import Path
+from typing import Iterator
 
 from deploy_helpers import build_small_vocab_model, make_lora_run
 
@@ -23,8 +25,9 @@ def bench():
     return sys.modules["serve_load"]
 
 
-def start_server(root: Path):
-    """A LoRA run and its base behind an API key on 127.0.0.1 and a free port: (server, worker)."""
+@contextlib.contextmanager
+def serving(root: Path) -> Iterator:
+    """A LoRA run and its base behind an API key on 127.0.0.1 and a free port; stopped on exit."""
     import torch
 
     from tunesmith.config import ServeConfig
@@ -38,4 +41,8 @@ def start_server(root: Path):
     engine = Engine.load([str(run)], base=str(base))
     worker = Worker(engine)
     server = start_in_thread(create_app(engine, ServeConfig(api_key=KEY, **LIMITS), worker))
-    return server, worker
+    try:
+        yield server
+    finally:
+        server.stop()
+        worker.close()

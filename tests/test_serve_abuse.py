@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from load_helpers import KEY, LIMITS, bench, start_server
+from load_helpers import KEY, LIMITS, bench, serving
 
 CASES = bench().abuse_cases("run-a", LIMITS["max_tokens_limit"], LIMITS["max_body_bytes"])
 GOOD = {**bench().GOOD, "model": "run-a"}
@@ -19,10 +19,8 @@ GOOD = {**bench().GOOD, "model": "run-a"}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv, worker = start_server(tmp_path_factory.mktemp("abuse"))
-    yield srv
-    srv.stop()
-    worker.close()
+    with serving(tmp_path_factory.mktemp("abuse")) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -11,17 +11,15 @@ import time
 
 import pytest
 
-from load_helpers import KEY, LIMITS, bench, start_server
+from load_helpers import KEY, LIMITS, bench, serving
 
 CLIENTS, SECONDS = 32, 8.0
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv, worker = start_server(tmp_path_factory.mktemp("load"))
-    yield srv
-    srv.stop()
-    worker.close()
+    with serving(tmp_path_factory.mktemp("load")) as srv:
+        yield srv
 
 
 def test_32_streaming_clients_with_abuse_alongside(server):
