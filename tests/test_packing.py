@@ -102,20 +102,29 @@ def _example_losses(model, batch, spans):
     return [float(ce[r, max(s - 1, 0) : e - 1].sum()) for r, s, e in spans]
 
 
-def test_packed_loss_equals_unpacked_per_example(tiny):
-    model, tok = tiny
+def _packed_and_unpacked(model, tok, device="cpu"):
+    """Each example's summed loss packed (two rows, the second padded: covers padding, boundaries and
+    text examples) and alone, in the packed order; and each example's trained-token count."""
     examples = [render(c, tok) for c in CONVERSATIONS] + [render_example({"text": "Plain text, all trained."}, tok)]
     lengths = [len(e.input_ids) for e in examples]
+
+    def to(batch):
+        return {k: v.to(device) for k, v in batch.items()}
+
     with torch.no_grad():
-        unpacked = [_example_losses(model, collate_padded([e], tok.pad_token_id), [(0, 0, n)])[0]
+        unpacked = [_example_losses(model, to(collate_padded([e], tok.pad_token_id)), [(0, 0, n)])[0]
                     for e, n in zip(examples, lengths)]
-        # Two rows, the second padded: covers padding, boundaries and text examples.
         rows = [[examples[1], examples[3]], [examples[0], examples[2]]]
         batch = collate_packed(rows, pad_id=tok.pad_token_id, length=max(lengths[1] + lengths[3], lengths[0] + lengths[2]) + 5)
         spans = [(0, 0, lengths[1]), (0, lengths[1], lengths[1] + lengths[3]),
                  (1, 0, lengths[0]), (1, lengths[0], lengths[0] + lengths[2])]
-        packed = _example_losses(model, batch, spans)
-    expected = [unpacked[1], unpacked[3], unpacked[0], unpacked[2]]
+        packed = _example_losses(model, to(batch), spans)
+    order = [1, 3, 0, 2]
+    return packed, [unpacked[i] for i in order], [examples[i].n_trained for i in order]
+
+
+def test_packed_loss_equals_unpacked_per_example(tiny):
+    packed, expected, _ = _packed_and_unpacked(*tiny)
     assert packed == pytest.approx(expected, abs=1e-4)
     assert min(expected) > 1.0  # real losses, not zeros
 
@@ -188,26 +197,10 @@ def test_packed_loss_equals_unpacked_on_cuda(tiny_model_dir, fused):
         pytest.importorskip("liger_kernel")
     model, tok = load_model(str(tiny_model_dir), dtype="float32")
     assert methods.fused_kernels(model, fused) is fused
-    model = model.cuda().eval()
-    examples = [render(c, tok) for c in CONVERSATIONS] + [render_example({"text": "Plain text, all trained."}, tok)]
-    lengths = [len(e.input_ids) for e in examples]
-    trained = [e.n_trained for e in examples]
-
-    def on_gpu(batch):
-        return {k: v.cuda() for k, v in batch.items()}
-
-    with torch.no_grad():
-        unpacked = [_example_losses(model, on_gpu(collate_padded([e], tok.pad_token_id)), [(0, 0, n)])[0]
-                    for e, n in zip(examples, lengths)]
-        batch = collate_packed([[examples[1], examples[3]], [examples[0], examples[2]]], pad_id=tok.pad_token_id,
-                               length=max(lengths[1] + lengths[3], lengths[0] + lengths[2]) + 5)
-        spans = [(0, 0, lengths[1]), (0, lengths[1], lengths[1] + lengths[3]),
-                 (1, 0, lengths[0]), (1, lengths[0], lengths[0] + lengths[2])]
-        packed = _example_losses(model, on_gpu(batch), spans)
-    order = [1, 3, 0, 2]
-    per_token = [p / trained[i] for p, i in zip(packed, order)]
-    assert per_token == pytest.approx([unpacked[i] / trained[i] for i in order], abs=1e-4)
+    packed, expected, trained = _packed_and_unpacked(model.cuda().eval(), tok, "cuda")
+    per_token = [p / n for p, n in zip(packed, trained)]
+    assert per_token == pytest.approx([e / n for e, n in zip(expected, trained)], abs=1e-4)
     assert min(per_token) > 1.0  # real losses, not zeros
     # Only that model changed: a model loaded afterwards still runs on the CPU.
     fresh, _ = load_model(str(tiny_model_dir), dtype="float32")
-    assert torch.isfinite(fresh(input_ids=torch.tensor([examples[0].input_ids])).logits).all()
+    assert torch.isfinite(fresh(input_ids=torch.tensor([render(CONVERSATIONS[0], tok).input_ids])).logits).all()
