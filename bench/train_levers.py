@@ -46,7 +46,7 @@ def variants(model, examples, pad_id: int) -> dict:
         "padded, logits at loss positions": ([padded], causal_lm_loss, None),
         "packed fewest slots, full logits": (packed(0, 0), default_loss, None),
         "packed fewest slots, logits at loss positions": (packed(0, 0), causal_lm_loss, None),
-        "packed, rows padded alike in one pass (old)": (packed(None, 100_000), causal_lm_loss, None),
+        "packed, passes filled to max_length slots": (packed(None, 100_000), causal_lm_loss, None),
         "packed cost-model rows and passes, logits at loss positions (default)": (packed(None, None), causal_lm_loss,
                                                                                    None),
         "default + bf16 autocast": (packed(None, None), causal_lm_loss, torch.bfloat16),
@@ -56,16 +56,19 @@ def variants(model, examples, pad_id: int) -> dict:
 def measure(model, batches, loss_fn, dtype, repeats: int) -> dict:
     import torch
 
+    from tunesmith.train.packing import batch_stats
+
+    real, slots, n_step = (sum(column) for column in zip(*(batch_stats(b) for b in batches)))
+
     def step():
         model.zero_grad(set_to_none=True)
-        total, count = 0.0, 0
-        n_step = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+        total = 0.0
         for batch in batches:  # gradients accumulate over the passes, normalised by the step's tokens
             with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-                loss_sum, n = loss_fn(model, batch)
+                loss_sum, _ = loss_fn(model, batch)
             (loss_sum / n_step).backward()
-            total, count = total + float(loss_sum.detach()), count + int(n)
-        return total / count
+            total += float(loss_sum.detach())
+        return total / n_step
 
     step()  # warm-up: first-call allocations and kernel choices
     _reset_peak()
@@ -76,8 +79,6 @@ def measure(model, batches, loss_fn, dtype, repeats: int) -> dict:
         loss = step()
         times.append(time.perf_counter() - start)
     shape = " + ".join("x".join(map(str, b["input_ids"].shape)) for b in batches)
-    slots = sum(b["input_ids"].numel() for b in batches)
-    real = sum(int(b["token_mask"].sum()) for b in batches)
     return {"seconds": statistics.median(times), "peak_rise_mb": _peak_mb() - base, "loss": loss,
             "passes (rows x len)": shape, "padding_pct": 100 * (1 - real / slots)}
 
