@@ -178,3 +178,13 @@ def test_gradient_checkpointing_recomputes_and_keeps_the_losses(tiny_model_dir, 
                  max_steps=3)
     assert _metrics(saved) == _metrics(plain)  # same dropout masks in the recompute: the same losses
     assert calls[1] > calls[0]  # the backward pass ran the layer again
+
+
+def test_fused_kernels_required_without_cuda_refuses_before_the_run_folder(tiny_model_dir, sums, tmp_path, store_home,
+                                                                           monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(TrainError, match="train.fused_kernels=true needs a CUDA GPU"):
+        _run(tiny_model_dir, *sums, tmp_path / "runs", "train.fused_kernels=true", name="fused")
+    assert not (tmp_path / "runs" / "fused").exists()

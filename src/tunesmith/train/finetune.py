@@ -144,6 +144,7 @@ def _session(config, overrides, name, resume) -> _Session:
 
         torch.set_num_threads(cfg.train.threads)
     methods.check_method(cfg.method.name)
+    methods.check_fused_kernels(cfg.train.fused_kernels)
     acc = Accelerator(cpu=not _cuda(), mixed_precision=_mixed_precision(cfg.train.mixed_precision))
     if resume_run is not None:
         return _resume_session(cfg, resume_run, acc)

@@ -44,6 +44,29 @@ LIGER_KERNELS = {"rope": False, "rms_norm": True, "swiglu": True, "cross_entropy
                  "fused_linear_cross_entropy": False}
 
 
+def check_fused_kernels(setting: bool | None, model=None) -> str | None:
+    """What train.fused_kernels lacks here (None: nothing); raises when it is required (true).
+
+    Without a model only the machine is checked (before a run folder is made); with one, also
+    whether Liger knows its type.
+    """
+    if setting is False:
+        return None
+    import torch
+
+    missing = ("a CUDA GPU" if not torch.cuda.is_available()
+               else "the liger-kernel package" if importlib.util.find_spec("liger_kernel") is None else None)
+    if missing is None and model is not None:
+        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+
+        if model.config.model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+            missing = f"a model type Liger supports (this one is {model.config.model_type!r})"
+    if missing is not None and setting:
+        raise TrainError(f"train.fused_kernels=true needs {missing}",
+                         "pip install liger-kernel on a CUDA machine, or set train.fused_kernels=null")
+    return missing
+
+
 def fused_kernels(model, setting: bool | None) -> bool:
     """Swap in Liger's Triton kernels (RMSNorm, SwiGLU) on this model, on a CUDA GPU; True when applied.
 
@@ -51,21 +74,7 @@ def fused_kernels(model, setting: bool | None) -> bool:
     type is one Liger knows; True: required (a clear error if it cannot be); False: never. Call
     before apply_method, so the LoRA layers wrap the patched modules' projections.
     """
-    if setting is False:
-        return False
-    import torch
-
-    missing = ("a CUDA GPU" if not torch.cuda.is_available()
-               else "the liger-kernel package" if importlib.util.find_spec("liger_kernel") is None else None)
-    if missing is None:
-        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
-
-        if model.config.model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
-            missing = f"a model type Liger supports (this one is {model.config.model_type!r})"
-    if missing is not None:
-        if setting:
-            raise TrainError(f"train.fused_kernels=true needs {missing}",
-                             "pip install liger-kernel on a CUDA machine, or set train.fused_kernels=null")
+    if setting is False or check_fused_kernels(setting, model) is not None:
         return False
     import sys
 
