@@ -1,12 +1,12 @@
-"""Server under load and abuse: N concurrent streaming clients for a bounded time, bad requests mixed in.
+"""Server under load and abuse: N concurrent clients (streaming and not) for a bounded time, bad requests mixed in.
 
     python bench/serve_load.py                      # a tiny random model (seconds to build), 32 clients, 20 s
     python bench/serve_load.py --model smollm2-135m-instruct --seconds 60
     python bench/serve_load.py --clients 64 --max-tokens 32 --no-abuse
 
-Each client loops until the time is up (it never starts a request after that): one streaming chat
-request, read to `data: [DONE]`, record the latency (request sent -> [DONE]) and the time to the
-first chunk with content. One more client sends malformed requests (`abuse_cases`) in a loop meanwhile;
+Each client loops until the time is up (it never starts a request after that): one chat request,
+streaming for even-numbered clients (read to `data: [DONE]`, time to the first chunk with content
+recorded) and not streaming for odd ones, and records the latency (request sent -> answer complete). One more client sends malformed requests (`abuse_cases`) in a loop meanwhile;
 each must get its 4xx in OpenAI's error shape. The server listens on 127.0.0.1 and a free port.
 Prints the figures, then one JSON line. tests/test_serve_load.py drives `run_load` the same way.
 """
@@ -104,13 +104,26 @@ def abuse_cases(model: str, max_tokens_limit: int, max_body_bytes: int) -> list[
         Abuse("models without a key", 401, None, headers={}, method="GET", path="/v1/models"),
         Abuse("GET a POST route", 405, None, method="GET"),
         Abuse("unknown route", 404, ok, path="/v1/../../etc/passwd"),
+        Abuse("tools asked for", 400, {**ok, "tools": [{"type": "function", "function": {"name": "f"}}]}),
+        Abuse("tool_choice required", 400, {**ok, "tool_choice": "required"}),
+        Abuse("JSON mode", 400, {**ok, "response_format": {"type": "json_object"}}),
+        Abuse("JSON schema", 400, {**ok, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}),
+        Abuse("logprobs", 400, {**ok, "logprobs": True, "top_logprobs": 2}),
+        Abuse("logit_bias", 400, {**ok, "logit_bias": {"50256": -100}}),
+        Abuse("presence_penalty", 400, {**ok, "presence_penalty": 0.5}),
+        Abuse("frequency_penalty", 400, {**ok, "frequency_penalty": -1}),
+        Abuse("an image part", 400, msg([{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}])),
+        Abuse("completion echo", 400, {"model": model, "prompt": "a", "echo": True}, path="/v1/completions"),
+        Abuse("Host of another site (DNS rebinding)", 400, ok,
+              headers={"Host": "attacker.example", "Authorization": "Bearer {key}", "Content-Type": "application/json"}),
     ]
 
 
 def send_abuse(client, url: str, case: Abuse, api_key: str | None) -> tuple[int, dict | None]:
     """Send one bad request; (status, the parsed `error` object or None when the body is not that shape)."""
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
-    headers = case.headers if case.headers is not None else headers
+    if case.headers is not None:
+        headers = {k: v.replace("{key}", api_key or "") for k, v in case.headers.items()}
     content = case.raw if case.raw is not None else (json.dumps(case.body).encode() if case.body is not None else None)
     r = client.request(case.method, url + case.path, content=content, headers=headers)
     try:
@@ -185,9 +198,23 @@ def stream_once(client, url: str, body: dict, api_key: str | None) -> tuple[int,
     return 200, done and not why, time.perf_counter() - t0, first, tokens, why or ("" if done else "no [DONE]")
 
 
+def complete_once(client, url: str, body: dict, api_key: str | None) -> tuple[int, bool, float, float | None, int, str]:
+    """One non-streaming chat request, in stream_once's shape (the first chunk is the whole answer)."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    t0 = time.perf_counter()
+    r = client.post(f"{url}/v1/chat/completions", json={**body, "stream": False}, headers=headers)
+    latency = time.perf_counter() - t0
+    if r.status_code != 200:
+        return r.status_code, False, latency, None, 0, f"HTTP {r.status_code}: {r.text[:200]}"
+    answer = r.json()
+    ok = answer["choices"][0]["finish_reason"] in ("stop", "length") and "content" in answer["choices"][0]["message"]
+    return 200, ok, latency, latency, answer["usage"]["completion_tokens"], "" if ok else f"bad answer: {answer}"
+
+
 def run_load(url: str, models: list[str], *, clients: int = 32, seconds: float = 20.0, max_tokens: int = 16,
              api_key: str | None = None, abuse: list[Abuse] = (), timeout: float = 120.0) -> LoadResult:
-    """`clients` threads stream chat answers until `seconds` have passed; one more sends `abuse` meanwhile."""
+    """`clients` threads ask for chat answers (even ones streamed, odd ones not) until `seconds` have passed;
+    one more sends `abuse` meanwhile."""
     import httpx
 
     result = LoadResult(clients, seconds)
@@ -202,7 +229,8 @@ def run_load(url: str, models: list[str], *, clients: int = 32, seconds: float =
                         "messages": [{"role": "user", "content": QUESTIONS[(i + n) % len(QUESTIONS)]}]}
                 n += 1
                 try:
-                    status, done, latency, first, tokens, why = stream_once(c, url, body, api_key)
+                    once = stream_once if i % 2 == 0 else complete_once
+                    status, done, latency, first, tokens, why = once(c, url, body, api_key)
                 except httpx.HTTPError as e:
                     status, done, latency, first, tokens, why = 0, False, 0.0, None, 0, f"{type(e).__name__}: {e}"
                 with result.lock:
@@ -246,7 +274,7 @@ def run_load(url: str, models: list[str], *, clients: int = 32, seconds: float =
 
 def report(result: LoadResult) -> str:
     s = result.summary()
-    return (f"{s['clients']} streaming clients for {s['seconds']} s: {s['requests']} requests, "
+    return (f"{s['clients']} clients (half streaming) for {s['seconds']} s: {s['requests']} requests, "
             f"{s['streams_completed']} streams completed, {s['errors_5xx']} 5xx, {s['other_failures']} other failures; "
             f"latency p50 {s['latency_p50_s'] * 1000:.0f} ms, p95 {s['latency_p95_s'] * 1000:.0f} ms "
             f"(first content p50 {s['first_chunk_p50_s'] * 1000:.0f} ms), {s['tokens_per_s']} tokens/s; "

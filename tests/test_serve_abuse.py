@@ -75,7 +75,8 @@ def test_a_huge_body_sent_in_chunks_is_refused_too(server, http):
 
 
 def test_unknown_fields_are_ignored(server, http):
-    body = {**GOOD, "frobnicate": True, "logit_bias": {"5": 1}, "user": "u1",
+    # logit_bias is not unknown: asking for it is refused (see the abuse cases); empty, it asks for nothing
+    body = {**GOOD, "frobnicate": True, "logit_bias": {}, "user": "u1",
             "messages": [{"role": "user", "content": GOOD["messages"][0]["content"], "name": "x", "extra": [1]}]}
     r = http.post(f"{server.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
     assert r.status_code == 200

@@ -103,6 +103,11 @@ class ServeConfig:
     api_key: str | None = opt(None, "when set, requests need 'Authorization: Bearer KEY'")
     max_tokens_limit: int = opt(2048, "largest max_tokens a request may ask for")
     max_body_bytes: int = opt(1_000_000, "largest request body accepted")
+    max_prompt_chars: int = opt(200_000, "largest prompt, in characters, checked before tokenizing")
+    max_queue: int = opt(64, "requests waiting for the engine; past it a request gets 503 with Retry-After")
+    allowed_hosts: list[str] = opt(
+        ["localhost", "127.0.0.1", "::1"],
+        "Host header names accepted on a loopback bind (stops DNS rebinding from a web page); '*' allows any")
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,20 @@
     POST /v1/completions          raw text continuation, streamed or not
 
 Handlers parse a typed request, submit one job to the worker, and relay its events. Errors use
-OpenAI's shape {"error": {"message", "type", "param", "code"}} with 4xx for client mistakes.
+OpenAI's shape {"error": {"message", "type", "param", "code"}} with 4xx for client mistakes and
+503 (with Retry-After) when the queue is full. Fields the engine cannot honour (tools, JSON mode,
+logprobs, logit_bias, penalties, images) are refused with 400 `unsupported_parameter`, never
+silently ignored. Templating and tokenizing run in a thread, after a character cap, so a huge
+prompt never stalls the event loop; a client that goes away cancels its generation.
+On a loopback bind the Host header must be a loopback name (serve.allowed_hosts): a web page the
+user visits cannot drive the server through DNS rebinding.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import time
 import uuid
@@ -22,10 +29,13 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunesmith.config import ServeConfig
-from tunesmith.serve.engine import Engine, Event, GenerationRequest, Worker
+from tunesmith.errors import TunesmithError
+from tunesmith.serve.engine import Busy, Engine, Event, GenerationRequest, Worker
+from tunesmith.serve.server import is_loopback
 
 # ------------------------------------------------------------------ request and response types
 
@@ -99,7 +109,7 @@ def error_body(message: str, type: str, param: str | None = None, code: str | No
 def create_app(engine: Engine, cfg: ServeConfig, worker: Worker | None = None) -> FastAPI:
     """The FastAPI app; `worker` defaults to a new one over `engine` (closed at shutdown)."""
     owned = worker is None
-    worker = worker or Worker(engine)
+    worker = worker or Worker(engine, max_queue=cfg.max_queue)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -110,11 +120,16 @@ def create_app(engine: Engine, cfg: ServeConfig, worker: Worker | None = None) -
     app = FastAPI(title="tunesmith", version="1", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.engine, app.state.worker, app.state.cfg = engine, worker, cfg
     app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
+    if is_loopback(cfg.host) and "*" not in cfg.allowed_hosts:
+        app.add_middleware(HostCheck, allowed=cfg.allowed_hosts)
     _add_error_handlers(app)
     auth = Depends(_auth(cfg.api_key))
 
     @app.get("/health")
-    async def health() -> dict:
+    async def health(request: Request) -> dict:
+        """Up or not, for anyone; the models and the queue only for a client with the key (or no key set)."""
+        if cfg.api_key is not None and not _key_ok(request, cfg.api_key):
+            return {"status": "ok"}
         return {"status": "ok", "models": engine.names, "queued": worker.queued}
 
     @app.get("/v1/models", dependencies=[auth])
@@ -125,30 +140,41 @@ def create_app(engine: Engine, cfg: ServeConfig, worker: Worker | None = None) -
     @app.post("/v1/chat/completions", dependencies=[auth])
     async def chat_completions(body: ChatRequest, request: Request):
         _check_model(engine, body.model)
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": _text(m.content)}
-                    for m in body.messages]
-        gen = _generation(engine, cfg, body, engine.chat_prompt(body.model, messages))
+        _refuse_unsupported(body)
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": _text(m.content, i)}
+                    for i, m in enumerate(body.messages)]
+        _check_chars(sum(len(m["content"]) for m in messages), cfg, "messages")
+        ids = await run_in_threadpool(_templated, engine.chat_prompt, body.model, messages)
+        gen = _generation(engine, cfg, body, ids)
         return await _respond(worker, gen, body, request, chat=True)
 
     @app.post("/v1/completions", dependencies=[auth])
     async def completions(body: CompletionRequest, request: Request):
         _check_model(engine, body.model)
+        _refuse_unsupported(body)
         prompt = body.prompt if isinstance(body.prompt, str) else "".join(body.prompt[:1])
         if isinstance(body.prompt, list) and len(body.prompt) != 1:
             raise ApiError(400, "send one prompt per request", param="prompt")
-        gen = _generation(engine, cfg, body, engine.text_prompt(body.model, prompt))
+        _check_chars(len(prompt), cfg, "prompt")
+        ids = await run_in_threadpool(engine.text_prompt, body.model, prompt)
+        gen = _generation(engine, cfg, body, ids)
         return await _respond(worker, gen, body, request, chat=False)
 
     return app
+
+
+def _key_ok(request: Request, api_key: str) -> bool:
+    """Constant-time comparison, so response timing does not reveal how much of a guessed key was right."""
+    header = request.headers.get("authorization", "")
+    return hmac.compare_digest(header.encode("utf-8", "surrogateescape"), f"Bearer {api_key}".encode())
 
 
 def _auth(api_key: str | None):
     async def check(request: Request) -> None:
         if api_key is None:
             return
-        header = request.headers.get("authorization", "")
-        if header != f"Bearer {api_key}":
-            what = "missing" if not header else "wrong"
+        if not _key_ok(request, api_key):
+            what = "missing" if not request.headers.get("authorization") else "wrong"
             raise ApiError(401, f"{what} API key: send 'Authorization: Bearer KEY'", "invalid_request_error",
                            code="invalid_api_key")
 
@@ -164,12 +190,54 @@ def _check_model(engine: Engine, name: str) -> None:
                        param="model", code="model_not_found")
 
 
-def _text(content: str | list[ContentPart] | None) -> str:
+def _text(content: str | list[ContentPart] | None, index: int) -> str:
     if content is None:
         return ""
     if isinstance(content, str):
         return content
-    return "".join(p.text for p in content if p.type == "text")
+    for j, part in enumerate(content):
+        if part.type != "text":
+            raise ApiError(400, f"content parts of type '{part.type}' are not supported: these models read text only",
+                           param=f"messages.{index}.content.{j}.type", code="unsupported_parameter")
+    return "".join(p.text for p in content)
+
+
+# field -> the values that mean "not used"; anything else asks for something the engine cannot do
+_UNUSED: dict[str, list] = {
+    "tools": [None, []], "tool_choice": [None, "none"], "functions": [None, []], "function_call": [None, "none"],
+    "response_format": [None, {"type": "text"}], "logprobs": [None, False], "top_logprobs": [None, 0],
+    "logit_bias": [None, {}], "presence_penalty": [None, 0], "frequency_penalty": [None, 0], "best_of": [None, 1],
+    "echo": [None, False], "suffix": [None, ""], "audio": [None], "modalities": [None, ["text"]], "prediction": [None],
+}
+
+
+def _refuse_unsupported(body: Sampling) -> None:
+    """400 `unsupported_parameter` naming the first field set to something this server cannot honour.
+
+    A client asking for JSON mode or a tool call must not get free text with a 200.
+    """
+    extra = body.model_extra or {}
+    for name, unused in _UNUSED.items():
+        if name in extra and extra[name] not in unused:
+            raise ApiError(400, f"'{name}' is not supported by this server (its models answer in free text); "
+                           "remove the field", param=name, code="unsupported_parameter")
+
+
+def _check_chars(n: int, cfg: ServeConfig, param: str) -> None:
+    if n > cfg.max_prompt_chars:
+        raise ApiError(400, f"the prompt is {n} characters; this server takes at most {cfg.max_prompt_chars} "
+                       "(serve.max_prompt_chars)", param=param, code="context_length_exceeded")
+
+
+def _templated(chat_prompt, model: str, messages: list[dict]) -> list[int]:
+    """The chat template's own refusals (role order, a missing system turn) are the client's to fix: 400."""
+    import jinja2
+
+    try:
+        return chat_prompt(model, messages)
+    except (jinja2.TemplateError, ValueError, TunesmithError) as e:  # raise_exception() in a template is a TemplateError
+        raise ApiError(400, f"the model's chat template refused these messages: {e}", param="messages",
+                       code="invalid_messages") from None
 
 
 def _generation(engine: Engine, cfg: ServeConfig, body: Sampling, prompt_ids: list[int]) -> GenerationRequest:
@@ -197,29 +265,39 @@ def _generation(engine: Engine, cfg: ServeConfig, body: Sampling, prompt_ids: li
 async def _respond(worker: Worker, gen: GenerationRequest, body: Sampling, request: Request, *, chat: bool):
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[Event] = asyncio.Queue()
-    job = worker.submit(gen, lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
+    try:
+        job = worker.submit(gen, lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
+    except Busy as e:
+        raise ApiError(503, f"the server is busy: {e}; retry shortly", "server_busy", code="queue_full") from None
     ids = _ids(chat)
     if body.stream:
         include_usage = bool((body.stream_options or {}).get("include_usage"))
         return StreamingResponse(_sse(job, events, ids, gen.model, chat, include_usage),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     parts: list[str] = []
+    watcher = asyncio.create_task(_cancel_on_disconnect(request, job))
     try:
         while True:
-            try:
-                event = await asyncio.wait_for(events.get(), timeout=0.5)
-            except asyncio.TimeoutError:
-                if await request.is_disconnected():  # nobody is waiting for this answer any more
-                    job.cancel()
-                    return JSONResponse(error_body("client disconnected", "cancelled"), status_code=499)
-                continue
+            event = await events.get()
             if event.error:
                 return JSONResponse(error_body(event.error, "server_error"), status_code=500)
             parts.append(event.text)
             if event.finish_reason:
                 return _full(ids, gen.model, chat, "".join(parts), event)
     finally:
+        watcher.cancel()
         job.cancel()  # a no-op once finished; stops generation if this handler was cancelled
+
+
+async def _cancel_on_disconnect(request: Request, job) -> None:
+    """Wait for the client to go away, then cancel its job: the worker checks between tokens.
+
+    The body has been read, so the next ASGI message is `http.disconnect`; waiting on it costs
+    nothing, unlike polling `is_disconnected()` (which a busy event stream never got round to).
+    """
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    job.cancel()
 
 
 def _ids(chat: bool) -> dict:
@@ -283,7 +361,8 @@ def _data(obj: dict) -> str:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, e: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(e.message, e.type, e.param, e.code), status_code=e.status)
+        headers = {"Retry-After": "2"} if e.status == 503 else None
+        return JSONResponse(error_body(e.message, e.type, e.param, e.code), status_code=e.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, e: RequestValidationError) -> JSONResponse:
@@ -306,6 +385,34 @@ class _TooLarge(StarletteHTTPException):
 
     def __init__(self, max_bytes: int):
         super().__init__(413, f"request body over {max_bytes} bytes (serve.max_body_bytes)")
+
+
+class HostCheck:
+    """Refuse (400) a request whose Host header is not one of `allowed` (the port is ignored).
+
+    A loopback server with no key is reachable from any web page the user opens, through a DNS
+    name that resolves to 127.0.0.1 (DNS rebinding); such requests carry that name as Host.
+    """
+
+    def __init__(self, app, allowed):
+        self.app, self.allowed = app, {h.lower().strip("[]") for h in allowed}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or _host_name(dict(scope.get("headers") or []).get(b"host", b"")) in self.allowed:
+            return await self.app(scope, receive, send)
+        body = json.dumps(error_body("the Host header is not a name this server answers to (serve.allowed_hosts)",
+                                     "invalid_request_error", None, "invalid_host")).encode()
+        await send({"type": "http.response.start", "status": 400,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _host_name(header: bytes) -> str:
+    """'127.0.0.1:8000' -> '127.0.0.1', '[::1]:8000' -> '::1', 'LocalHost' -> 'localhost'."""
+    host = header.decode("latin-1").strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 class BodyLimit:

@@ -165,11 +165,14 @@ def decode(model, prompt_ids: list[int], req: GenerationRequest, cancelled: Call
             ids = torch.tensor([[token]], device=model.device)
 
 
+GREEDY_BELOW = 1e-5  # temperatures under this are greedy decoding
+
+
 def pick(logits, temperature: float, top_p: float, gen) -> int:
-    """Greedy at temperature 0; otherwise sample from the top-p nucleus of softmax(logits / temperature)."""
+    """Greedy below GREEDY_BELOW; otherwise sample from the top-p nucleus of softmax(logits / temperature)."""
     import torch
 
-    if temperature <= 0:
+    if temperature < GREEDY_BELOW:  # dividing by a tiny temperature overflows to inf/NaN probabilities
         return int(logits.argmax())
     probs = torch.softmax(logits.float() / temperature, dim=-1)  # (V,)
     if top_p < 1.0:
@@ -276,11 +279,20 @@ class Job:
         self.cancelled.set()
 
 
-class Worker:
-    """One thread runs every generation in arrival order, so concurrent clients queue instead of colliding."""
+class Busy(ServeError):
+    """The worker's queue is full: the client should retry later (HTTP 503 with Retry-After)."""
 
-    def __init__(self, engine: Engine):
+
+class Worker:
+    """One thread runs every generation in arrival order, so concurrent clients queue instead of colliding.
+
+    At most `max_queue` jobs wait (0 = no limit); `submit` raises Busy past that, so a flood of
+    clients gets a fast refusal instead of an ever longer wait.
+    """
+
+    def __init__(self, engine: Engine, max_queue: int = 0):
         self.engine = engine
+        self.max_queue = max_queue
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._ids = itertools.count(1)
         self.running: Job | None = None
@@ -288,6 +300,8 @@ class Worker:
         self._thread.start()
 
     def submit(self, request: GenerationRequest, sink: Callable[[Event], None]) -> Job:
+        if self.max_queue and self._jobs.qsize() >= self.max_queue:
+            raise Busy(f"{self._jobs.qsize()} requests are waiting (serve.max_queue)", "retry in a few seconds")
         job = Job(request, sink, next(self._ids))
         self._jobs.put(job)
         return job
