@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tunesmith.models.generate import SamplingParams, chat, stream_chat
+from tunesmith.models.generate import SamplingParams, generate, stream_chat
 
 CLI = [sys.executable, "-c", "from tunesmith.cli.main import run; run()"]
 
@@ -104,7 +104,7 @@ def test_embedded_model_answers_paris_and_reloads_fast():
     model, tok = load_model("smollm2-135m-instruct")
     reload_s = time.perf_counter() - start
     assert getattr(model.config, "quantization_config", None) is None  # trainable, no GGUF marker
-    answer = chat(model, tok, [{"role": "user", "content": "What is the capital of France?"}],
+    answer = generate(model, tok, [{"role": "user", "content": "What is the capital of France?"}],
                   SamplingParams(max_new_tokens=20))
     assert "Paris" in answer
     print(f"second load of the embedded model: {reload_s:.2f} s")
@@ -115,3 +115,23 @@ def test_generate_cli_streams_the_embedded_model():
     r = tunesmith("generate", "What is the capital of France?", "--max-new-tokens", "16")
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout
+
+
+def test_the_python_api_surface_resolves():
+    """Every name in tunesmith.__all__ resolves (a lazy name once pointed at a module that did not exist)."""
+    import subprocess
+    import sys
+
+    import tunesmith
+
+    for name in tunesmith.__all__:
+        assert getattr(tunesmith, name) is not None, name
+    star = subprocess.run([sys.executable, "-c", "from tunesmith import *; print(generate.__name__)"],
+                          capture_output=True, text=True, timeout=120)
+    assert star.returncode == 0 and star.stdout.strip() == "generate", star.stderr
+    from pathlib import Path
+
+    script = Path(sys.executable).with_name("tunesmith")
+    for argv in ([sys.executable, "-m", "tunesmith", "--version"], [str(script), "--version"]):
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and out.stdout.strip() == f"tunesmith {tunesmith.__version__}", (argv, out.stderr)

@@ -15,7 +15,8 @@ from tunesmith.errors import TunesmithError  # noqa: E402
 _LAZY = {
     "load_model": ("tunesmith.models.load", "load_model"),
     "ModelStore": ("tunesmith.models.store", "ModelStore"),
-    "generate": ("tunesmith.generation", "generate"),
+    "generate": ("tunesmith.models.generate", "generate"),
+    "SamplingParams": ("tunesmith.models.generate", "SamplingParams"),
     "compare": ("tunesmith.evaluate", "compare"),
     "finetune": ("tunesmith.train.finetune", "finetune"),
 }

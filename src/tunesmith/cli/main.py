@@ -25,9 +25,18 @@ app = typer.Typer(
 COMMAND_MODULES = ["models", "config_cmd", "generate", "quickstart", "train", "runs", "data", "advise", "export", "serve", "chat", "evaluate", "runs_compare"]
 
 
+def _version(value: bool) -> None:
+    if value:
+        from tunesmith import __version__
+
+        typer.echo(f"tunesmith {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main(
     debug: bool = typer.Option(False, "--debug", help="show full tracebacks for errors"),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit"),
 ) -> None:
     """tunesmith: fine-tuning with data checks, honest evaluation and safe resume."""
 

@@ -56,6 +56,6 @@ def stream_chat(model, tokenizer, messages: Sequence[dict], params: SamplingPara
         raise errors[0]
 
 
-def chat(model, tokenizer, messages: Sequence[dict], params: SamplingParams = SamplingParams()) -> str:
-    """The whole answer as one string."""
+def generate(model, tokenizer, messages: Sequence[dict], params: SamplingParams = SamplingParams()) -> str:
+    """The whole answer as one string (`tunesmith.generate` in the Python API)."""
     return "".join(stream_chat(model, tokenizer, messages, params)).strip()
