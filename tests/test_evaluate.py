@@ -191,3 +191,21 @@ def test_cli_eval_json_and_runs_compare(run_dir, tmp_path):
     bad = subprocess.run(cli + ["compare", "--data", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path)],
                          capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "test data not found" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_rag_gives_retrieved_examples_as_few_shot_turns_and_docs_in_the_system_message():
+    """Retrieved training examples are dynamic few-shot (the answer format shows); passages stay prose."""
+    from tunesmith.evaluate import strategies as S
+
+    case = S.Case([{"role": "system", "content": "Answer in SQL."}, {"role": "user", "content": "cars per year?"}], "x")
+    best, second = S.Case([{"role": "user", "content": "cars?"}], "SELECT * FROM cars"), S.Case(
+        [{"role": "user", "content": "trucks?"}], "SELECT * FROM trucks")
+    ctx = S.Context(retrieved={"rag": [[best, second]], "tuned+rag": [["The cars table has a year column."]]})
+    prompt = S.build_prompt("rag", case, 0, ctx)
+    assert [m["role"] for m in prompt] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert prompt[0]["content"] == "Answer in SQL."  # no prose header: the turns speak for themselves
+    assert prompt[3:5] == [{"role": "user", "content": "cars?"}, {"role": "assistant", "content": "SELECT * FROM cars"}]
+    assert prompt[-1] == {"role": "user", "content": "cars per year?"}  # the nearest example sits right before it
+    docs = S.build_prompt("tuned+rag", case, 0, ctx)
+    assert [m["role"] for m in docs] == ["system", "user"]
+    assert "[1] The cars table has a year column." in docs[0]["content"] and S.RAG_HEADER in docs[0]["content"]

@@ -299,23 +299,25 @@ def _context(cases: list[S.Case], train_examples: list[dict], plan: Plan) -> S.C
     if rag:
         hits = _retrieve(cases, train_cases, plan)
         for name in rag:
-            ctx.passages[name] = hits
+            ctx.retrieved[name] = hits
     return ctx
 
 
-def _retrieve(cases: list[S.Case], train_cases: list[S.Case], plan: Plan) -> list[list[str]]:
+def _retrieve(cases: list[S.Case], train_cases: list[S.Case], plan: Plan) -> list[list[S.Case | str]]:
+    """Per case, the top-k document chunks (--docs) or training examples, searched by the case's question."""
     from tunesmith.rag.chunking import load_docs
     from tunesmith.rag.retrieve import Retriever
 
     if plan.docs:
-        passages = [c.text for c in load_docs(plan.docs)]
+        items: list = [c.text for c in load_docs(plan.docs)]
+        passages = items
     elif train_cases:
-        passages = [S.passage(c) for c in train_cases]
+        items, passages = train_cases, [S.passage(c) for c in train_cases]
     else:
         raise EvalError("the rag strategies need something to retrieve from",
                         "pass --docs FOLDER (.txt/.md files) or training data (--train FILE, or --run RUN)")
     retriever = Retriever(passages)
-    return [[h.text for h in hits] for hits in retriever.retrieve_many([c.query for c in cases], plan.cfg.eval.rag_k)]
+    return [[items[h.key] for h in hits] for hits in retriever.retrieve_many([c.query for c in cases], plan.cfg.eval.rag_k)]
 
 
 # ------------------------------------------------------------------ 5-7. models, strategies, probe
