@@ -1,0 +1,385 @@
+"""THE generation engine: KV-cached, batched decoding with requests joining and leaving at token boundaries.
+
+One `Engine` drives one model object. Requests are submitted with their own sampling (seed,
+temperature, top_p, stop strings, max tokens) and, on a peft model, their own adapter; each
+`step()` admits waiting requests (a prefill each, merged into the running batch), then runs ONE
+forward pass for every active sequence and hands each its next token. A request leaves the batch
+the step it finishes or is cancelled, so concurrent clients share forward passes (continuous
+batching) and a departed client costs nothing after the next token.
+
+The running batch is left-padded: row b's cache holds `pad[b]` empty slots then its tokens, the
+2D attention mask hides the pads and position ids count real tokens only, so a row's logits are
+its unpadded ones (to float rounding). Rows of different adapters share a pass through peft's
+`adapter_names` (mixed-adapter batches; "__base__" = adapters off).
+
+Why not transformers' own continuous batching (`generate_batch`, transformers 5.24): measured on
+the 2-core CPU with SmolLM2-135M, 8 prompts x 32 tokens gave 21.6 tokens/s against 11.8 for one
+plain `generate` at a time (1.8x), while one padded forward of 8 rows costs about 1.1x one row's
+(4.6x the tokens); it is built around paged attention and CUDA graphs, and has no per-request
+seed, stop strings or adapters. See bench/serve_throughput.py.
+
+Caches are grown and trimmed in place for full-attention layers (`DynamicLayer`); a model whose
+cache has other layer kinds (sliding windows, linear attention) decodes its requests one at a
+time through the same code, which is correct and unbatched.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+GREEDY_BELOW = 1e-5  # temperatures under this are greedy: dividing by them overflows to inf/NaN
+BASE = "__base__"  # the adapter name that switches a peft model's adapters off for one row (peft's own)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How one request is decoded. temperature < GREEDY_BELOW is greedy; stop strings end the text before them."""
+
+    max_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass
+class Event:
+    """A piece of an answer. The last one has `finish_reason` ('stop' | 'length' | 'error') and the counts."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+    token_ids: tuple[int, ...] = ()  # on the last event: every generated id (the stop token included)
+
+
+@dataclass
+class Handle:
+    """A submitted request; `cancel()` removes it from the batch at the next step (no final event then).
+
+    `adapter`: on a peft model, the adapter this request runs with (BASE for none, None for the active one).
+    """
+
+    id: int
+    prompt_ids: list[int]
+    sampling: Sampling
+    sink: Callable[[Event], None]
+    adapter: str | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+@dataclass(eq=False)  # rows are compared by identity
+class _Row:
+    """An active sequence: its request, sampler, text assembler and what it generated so far."""
+
+    handle: Handle
+    generator: Any
+    text: "TextAssembler"
+    stop_ids: frozenset[int]
+    generated: list[int] = field(default_factory=list)
+    length: int = 0  # real tokens in the cache (prompt + generated, the last one not yet fed)
+    next_token: int | None = None  # sampled, to be fed in the next pass
+
+
+class Engine:
+    """Continuous batching over one model (a plain model or a peft model holding several adapters).
+
+    `submit` is thread-safe; `step` must be called from one thread (a worker, or `generate`'s loop).
+    """
+
+    def __init__(self, model, tokenizer, *, max_batch: int = 16):
+        from tunesmith.data.render import stop_token_ids
+
+        self.model, self.tokenizer, self.max_batch = model, tokenizer, max_batch
+        self.stop_ids = frozenset(stop_token_ids(tokenizer))
+        self._waiting: deque[Handle] = deque()
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._rows: list[_Row] = []
+        self._cache = None
+        self._mask = None  # (B, T) long: 1 = real token, 0 = left pad
+        self.passes = 0  # forward passes run (decode steps), for benchmarks and tests
+        self.batchable = True  # turned off for cache kinds the in-place merge does not handle
+
+    # ---------------------------------------------------------------- the public interface
+
+    def submit(self, prompt_ids: Sequence[int], sampling: Sampling, sink: Callable[[Event], None],
+               adapter: str | None = None) -> Handle:
+        """Queue a request; `sink` receives its Events from the stepping thread."""
+        if not prompt_ids:
+            raise ValueError("an empty prompt has nothing to continue")
+        handle = Handle(next(self._ids), list(prompt_ids), sampling, sink, adapter)
+        with self._lock:
+            self._waiting.append(handle)
+        return handle
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._rows or self._waiting)
+
+    @property
+    def active(self) -> int:
+        return len(self._rows)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def step(self) -> None:
+        """Drop cancelled rows, admit waiting requests, then one forward pass for every active row."""
+        self._drop([r for r in self._rows if r.handle.cancelled.is_set()])
+        self._admit()
+        if self._rows:
+            self._decode()
+
+    def generate(self, prompts: Sequence[Sequence[int]], sampling: Sampling | Sequence[Sampling],
+                 adapters: Sequence[str | None] | None = None,
+                 on_done: Callable[[int], None] | None = None) -> list[Event]:
+        """Every prompt's whole answer (the last Event, text joined), in input order; runs in this thread."""
+        samplings = [sampling] * len(prompts) if isinstance(sampling, Sampling) else list(sampling)
+        results: list[Event | None] = [None] * len(prompts)
+        parts: list[list[str]] = [[] for _ in prompts]
+
+        def sink_for(i: int):
+            def sink(event: Event) -> None:
+                parts[i].append(event.text)
+                if event.finish_reason:
+                    results[i] = Event("".join(parts[i]), event.finish_reason, event.prompt_tokens,
+                                       event.completion_tokens, event.error, event.token_ids)
+                    if on_done:
+                        on_done(i)
+            return sink
+
+        # longest first: the batch's padding is set by its longest prompt, so similar lengths share it
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        for i in order:
+            self.submit(prompts[i], samplings[i], sink_for(i), adapters[i] if adapters else None)
+        while self.busy:
+            self.step()
+        return results  # type: ignore[return-value]
+
+    # ---------------------------------------------------------------- admitting requests
+
+    def _admit(self) -> None:
+        room = self.max_batch - len(self._rows) if self.batchable else (0 if self._rows else 1)
+        while room > 0:
+            with self._lock:
+                if not self._waiting:
+                    return
+                handle = self._waiting.popleft()
+            if handle.cancelled.is_set():
+                continue
+            try:
+                self._prefill(handle)
+            except Exception as e:  # a request that cannot run answers its own client; the batch goes on
+                handle.sink(Event(error=f"generation failed: {type(e).__name__}: {e}", finish_reason="error"))
+                continue
+            room = self.max_batch - len(self._rows) if self.batchable else 0
+
+    def _prefill(self, handle: Handle) -> None:
+        """Run the prompt alone, sample its first token, and merge its cache into the batch's."""
+        import torch
+
+        device = self.model.device
+        ids = torch.tensor([handle.prompt_ids], device=device)
+        with torch.inference_mode():
+            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **self._adapter_kwargs([handle]))
+        row = _Row(handle, _generator(device, handle.sampling.seed), TextAssembler(self.tokenizer, handle.sampling.stop),
+                   self.stop_ids, length=len(handle.prompt_ids))
+        self._merge(out.cache, len(handle.prompt_ids))
+        self._rows.append(row)
+        self._take(row, out.logits[0, -1])
+
+    def _merge(self, cache, length: int) -> None:
+        """Append a one-row cache of `length` tokens to the batch, left-padding whichever is shorter."""
+        import torch
+
+        device = self.model.device
+        mask = torch.ones((1, length), dtype=torch.long, device=device)
+        if self._cache is None or not self._rows:
+            self._cache, self._mask = cache, mask
+            self.batchable = self.batchable and _all_dynamic(cache)
+            return
+        width = self._mask.shape[1]
+        if length < width:
+            _pad_left(cache, width - length)
+            mask = torch.cat([torch.zeros((1, width - length), dtype=torch.long, device=device), mask], dim=1)
+        elif length > width:
+            _pad_left(self._cache, length - width)
+            pads = torch.zeros((self._mask.shape[0], length - width), dtype=torch.long, device=device)
+            self._mask = torch.cat([pads, self._mask], dim=1)
+        for mine, theirs in zip(self._cache.layers, cache.layers):
+            mine.keys = torch.cat([mine.keys, theirs.keys], dim=0)
+            mine.values = torch.cat([mine.values, theirs.values], dim=0)
+        self._mask = torch.cat([self._mask, mask], dim=0)
+
+    # ---------------------------------------------------------------- one decode step
+
+    def _decode(self) -> None:
+        """Feed every row its sampled token in one pass; each row takes its next one."""
+        import torch
+
+        device = self.model.device
+        rows = self._rows
+        feed = torch.tensor([[r.next_token] for r in rows], device=device)  # (B, 1)
+        positions = torch.tensor([[r.length] for r in rows], device=device)  # (B, 1): real tokens before it
+        self._mask = torch.cat([self._mask, torch.ones((len(rows), 1), dtype=torch.long, device=device)], dim=1)
+        with torch.inference_mode():
+            out = self.model(input_ids=feed, attention_mask=self._mask, position_ids=positions,
+                             cache=self._cache, use_cache=True, logits_to_keep=1,
+                             **self._adapter_kwargs([r.handle for r in rows]))
+        self.passes += 1
+        for r in rows:
+            r.length += 1
+        logits = out.logits[:, -1]  # (B, V)
+        greedy = logits.argmax(dim=-1).tolist()
+        for b, r in enumerate(list(rows)):
+            self._take(r, logits[b], greedy[b])
+
+    def _take(self, row: _Row, logits, greedy: int | None = None) -> None:
+        """Record the row's next token; finish the row on a stop token, a stop string or its token budget."""
+        s = row.handle.sampling
+        token = greedy if greedy is not None and s.temperature < GREEDY_BELOW else pick(logits, s.temperature, s.top_p,
+                                                                                        row.generator)
+        row.generated.append(token)
+        if token in row.stop_ids:
+            return self._finish(row, "stop")
+        piece, hit = row.text.push(token)
+        if piece:
+            row.handle.sink(Event(piece))
+        if hit:
+            return self._finish(row, "stop")
+        if len(row.generated) >= s.max_tokens:
+            return self._finish(row, "length")
+        row.next_token = token
+
+    def _finish(self, row: _Row, reason: str) -> None:
+        self._drop([row])
+        if not row.handle.cancelled.is_set():
+            row.handle.sink(Event(row.text.flush(), reason, len(row.handle.prompt_ids), len(row.generated),
+                                  token_ids=tuple(row.generated)))
+
+    def _drop(self, leaving: list[_Row]) -> None:
+        """Take rows out of the batch (and their cache rows), then trim pad columns no row needs."""
+        if not leaving:
+            return
+        import torch
+
+        keep = [i for i, r in enumerate(self._rows) if r not in leaving]
+        self._rows = [self._rows[i] for i in keep]
+        if not self._rows:
+            self._cache = self._mask = None
+            return
+        index = torch.tensor(keep, device=self.model.device)
+        self._cache.batch_select_indices(index)
+        self._mask = self._mask[index]
+        unused = int((self._mask.cumsum(dim=1) == 0).sum(dim=1).min())  # leading pads every row has
+        if unused:
+            self._mask = self._mask[:, unused:]
+            for layer in self._cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, unused:], layer.values[:, :, unused:]
+
+    def _adapter_kwargs(self, handles: Sequence[Handle]) -> dict:
+        """peft's mixed-adapter batches: one adapter name per row (BASE = adapters off, None = the active one)."""
+        if not hasattr(self.model, "peft_config") or all(h.adapter is None for h in handles):
+            return {}
+        active = self.model.active_adapter
+        return {"adapter_names": [h.adapter or active for h in handles]}
+
+
+def _generator(device, seed: int | None):
+    import torch
+
+    gen = torch.Generator(device=device)
+    if seed is not None:
+        gen.manual_seed(seed)
+    else:
+        gen.seed()
+    return gen
+
+
+def _all_dynamic(cache) -> bool:
+    from transformers.cache_utils import DynamicLayer
+
+    return all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None]))
+
+
+def _pad_left(cache, n: int) -> None:
+    """n empty (zero) slots before every row's tokens, in every layer; the mask hides them."""
+    import torch
+
+    for layer in cache.layers:
+        b, h, _, d = layer.keys.shape
+        zeros = layer.keys.new_zeros((b, h, n, d))
+        layer.keys = torch.cat([zeros, layer.keys], dim=2)
+        layer.values = torch.cat([layer.values.new_zeros((b, h, n, layer.values.shape[-1])), layer.values], dim=2)
+
+
+def pick(logits, temperature: float, top_p: float, gen) -> int:
+    """Greedy below GREEDY_BELOW; otherwise sample from the top-p nucleus of softmax(logits / temperature)."""
+    import torch
+
+    if temperature < GREEDY_BELOW:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float() / temperature, dim=-1)  # (V,)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        keep = sorted_probs.cumsum(0) - sorted_probs < top_p  # the smallest prefix reaching top_p
+        probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_probs[keep])
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=gen))
+
+
+class TextAssembler:
+    """Token ids -> text pieces, incrementally: never splits a UTF-8 character, never shows text past a stop string.
+
+    Each token decodes only a short window (from the last safe boundary), so the cost per token is
+    constant, not proportional to the answer so far.
+    """
+
+    def __init__(self, tokenizer, stops: Sequence[str] = ()):
+        self.tokenizer = tokenizer
+        self.stops = [s for s in stops if s]
+        self.ids: list[int] = []
+        self.text = ""  # decoded so far (stable part)
+        self.sent = 0
+        self._prefix = 0  # ids[_prefix:_read] decode to the end of `text`; decoding from a boundary keeps spaces right
+        self._read = 0
+
+    def push(self, token: int) -> tuple[str, bool]:
+        """Add a token; return (new text safe to show, whether a stop string was reached)."""
+        self.ids.append(token)
+        before = self._decode(self.ids[self._prefix:self._read])
+        after = self._decode(self.ids[self._prefix:])
+        if after.endswith("\ufffd") or len(after) <= len(before):  # half a character, or nothing yet
+            return "", False
+        self.text += after[len(before):]
+        self._prefix, self._read = self._read, len(self.ids)
+        cut = min((i for i in (self.text.find(s, max(0, self.sent - len(s))) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.text = self.text[:cut]
+            return self._take(len(self.text)), True
+        return self._take(len(self.text) - self._held_back()), False
+
+    def flush(self) -> str:
+        return self._take(len(self.text))
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
+
+    def _held_back(self) -> int:
+        """Length of the longest tail that could still grow into a stop string."""
+        return max((n for s in self.stops for n in range(min(len(s) - 1, len(self.text)), 0, -1)
+                    if self.text.endswith(s[:n])), default=0)
+
+    def _take(self, upto: int) -> str:
+        piece = self.text[self.sent:upto] if upto > self.sent else ""
+        self.sent = max(self.sent, upto)
+        return piece
