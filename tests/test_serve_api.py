@@ -179,7 +179,9 @@ def test_a_client_leaving_mid_stream_stops_only_its_own_generation(client, serve
     deadline = time.monotonic() + 10
     while not leaver.cancelled.is_set() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert leaver.cancelled.is_set() and served["worker"].running is None
+    while served["worker"].active and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert leaver.cancelled.is_set() and served["worker"].active == 0
     events = served["received"][before]
     assert len(events) < 300 and not any(e.finish_reason for e in events)  # stopped early, never finished
 

@@ -17,7 +17,7 @@ import pytest
 
 from tunesmith.config import ServeConfig
 from tunesmith.serve.app import create_app
-from tunesmith.serve.engine import Event, Worker
+from tunesmith.serve.engine import Event, Handle, Worker
 from tunesmith.serve.server import start_in_thread
 
 KEY = "limits-key"
@@ -31,13 +31,57 @@ class _Slot:
 
 
 @dataclass
+class ScriptedRunner:
+    """The generation engine's interface with a made-up model: each step takes TOKEN_S and gives every row 'tok '."""
+
+    max_batch: int = 16
+    tokens_made: int = 0
+    rows: list = field(default_factory=list)
+    queue: list = field(default_factory=list)
+    running: threading.Event = field(default_factory=threading.Event)
+
+    def submit(self, prompt_ids, sampling, sink, adapter=None):
+        handle = Handle(len(self.queue) + len(self.rows), list(prompt_ids), sampling, sink, adapter)
+        self.queue.append(handle)
+        return handle
+
+    busy = property(lambda self: bool(self.rows or self.queue))
+    waiting = property(lambda self: len(self.queue))
+    active = property(lambda self: len(self.rows))
+
+    def step(self):
+        self.rows = [r for r in self.rows if not r[0].cancelled.is_set()]
+        while self.queue and len(self.rows) < self.max_batch:
+            self.rows.append([self.queue.pop(0), 0])
+        if not self.rows:
+            self.running.clear()
+            return
+        self.running.set()
+        time.sleep(TOKEN_S)
+        for row in list(self.rows):
+            handle, row[1] = row[0], row[1] + 1
+            self.tokens_made += 1
+            handle.sink(Event("tok "))
+            if row[1] >= handle.sampling.max_tokens:
+                self.rows.remove(row)
+                handle.sink(Event("", "length", len(handle.prompt_ids), row[1]))
+        if not self.rows:
+            self.running.clear()
+
+    def fail(self, message):
+        raise AssertionError(message)
+
+
+@dataclass
 class ScriptedEngine:
-    """The Engine interface with a made-up model: 'tok ' per token, TOKEN_S each, cancellable between tokens."""
+    """The served-models interface (serve/engine.py) over one ScriptedRunner; templating can be made slow."""
 
     template_delay: float = 0.0
-    tokens_made: int = 0
-    running: threading.Event = field(default_factory=threading.Event)
+    max_batch: int = 16
     slots: dict = field(default_factory=lambda: {"m": _Slot()})
+
+    def __post_init__(self):
+        self.runners = [ScriptedRunner(self.max_batch)]
 
     @property
     def names(self) -> list[str]:
@@ -57,18 +101,8 @@ class ScriptedEngine:
     def text_prompt(self, name: str, text: str) -> list[int]:
         return [1]
 
-    def stream(self, req, cancelled=lambda: False):
-        self.running.set()
-        try:
-            for _ in range(req.max_tokens):
-                if cancelled():
-                    return
-                time.sleep(TOKEN_S)
-                self.tokens_made += 1
-                yield Event("tok ")
-            yield Event("", "length", len(req.prompt_ids), req.max_tokens)
-        finally:
-            self.running.clear()
+    def submit(self, req, sink):
+        return self.runners[0].submit(req.prompt_ids, req.sampling, sink)
 
 
 @pytest.fixture
@@ -92,7 +126,7 @@ def _chat(max_tokens: int = 4, **extra) -> dict:
 
 
 def test_a_full_queue_is_answered_503_with_retry_after(scripted):
-    engine = ScriptedEngine()
+    engine = ScriptedEngine(max_batch=1)  # one generates, the others wait
     server, worker = scripted(engine, max_queue=2, max_tokens_limit=500)
     results: list[int] = []
 
@@ -118,11 +152,12 @@ def test_a_non_streaming_client_that_leaves_frees_the_engine_within_a_token(scri
     with pytest.raises(httpx.ReadTimeout):  # the client gives up long before 2000 tokens
         httpx.post(f"{server.url}/v1/chat/completions", json=_chat(2000), headers=AUTH, timeout=0.5)
     left = time.monotonic()
-    while engine.running.is_set() and time.monotonic() - left < 5:
+    runner = engine.runners[0]
+    while runner.running.is_set() and time.monotonic() - left < 5:
         time.sleep(0.005)
-    assert not engine.running.is_set()
+    assert not runner.running.is_set()
     assert time.monotonic() - left < 0.5  # a few tokens' time for the server to see the closed socket
-    assert engine.tokens_made < 60  # 2000 had it run on
+    assert runner.tokens_made < 60  # 2000 had it run on
 
 
 def test_templating_runs_off_the_event_loop(scripted):

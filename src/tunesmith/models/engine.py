@@ -166,6 +166,15 @@ class Engine:
             self.step()
         return results  # type: ignore[return-value]
 
+    def fail(self, message: str) -> None:
+        """End every active and waiting request with an error event (a forward pass raised); the engine stays usable."""
+        with self._lock:
+            waiting, self._waiting = list(self._waiting), deque()
+        rows, self._rows, self._cache, self._mask = self._rows, [], None, None
+        for handle in [r.handle for r in rows] + waiting:
+            if not handle.cancelled.is_set():
+                handle.sink(Event(error=message, finish_reason="error"))
+
     # ---------------------------------------------------------------- admitting requests
 
     def _admit(self) -> None:
