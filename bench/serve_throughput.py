@@ -1,24 +1,27 @@
-"""Serving throughput: tokens/s through the tunesmith server against plain `model.generate`, same model, same prompts.
+"""Serving throughput: the tunesmith server against plain `model.generate` on the same model and prompts, in one run.
 
-    python bench/serve_throughput.py                 # the embedded SmolLM2-135M, 64 new tokens per prompt
-    python bench/serve_throughput.py --quick         # fewer tokens (a smoke run)
+    python bench/serve_throughput.py                 # the embedded SmolLM2-135M, 64 new tokens per request
+    python bench/serve_throughput.py --quick         # 16 new tokens, clients 1/4/8 (a smoke run)
     python bench/serve_throughput.py --model RUN     # a run (adapter on its base) or any model spec
 
-Three measurements on the same 8 chat prompts, greedy, the same stop tokens:
-  generate   plain `model.generate`, one prompt after another (the baseline)
-  server x1  the OpenAI API (streaming, via httpx), one request at a time, alternating with generate
-             prompt by prompt so a busy machine slows both alike
-  server x8  8 concurrent streaming requests (queued on the server's one generation worker)
-New tokens/s counts generated tokens over wall time; time to first token (TTFT) is from sending
-the request to its first content chunk. Prints a table, then one machine-readable JSON line.
+Measured, greedy, with the same stop tokens and a fixed answer length (`--max-tokens`, with the
+end-of-turn token ignored on both sides so every answer is exactly that long and the paths do the
+same work):
+  generate     plain transformers `model.generate`, one prompt after another (the baseline a user has)
+  server x1    the OpenAI API (streaming, via httpx), one request at a time, alternating with generate
+               prompt by prompt so a busy machine slows both alike
+  server xN    N concurrent streaming clients (N in --clients), each sending its prompts back to back
+Aggregate tokens/s counts every generated token over wall time; time to first token (TTFT) is from
+sending a request to its first content chunk (p50 and p95 over all requests). Prints a table, the
+ratios (server x1 / generate, server x8 / server x1), and one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import statistics
 import sys
 import threading
 import time
@@ -46,18 +49,28 @@ def main() -> None:
     from tunesmith.serve.engine import Engine
     from tunesmith.serve.server import start_in_thread
 
-    engine = Engine.load([args.model])
+    engine = Engine.load([args.model], max_batch=max(args.clients))
     name = engine.names[0]
+    _never_stop(engine)
     messages = [[{"role": "user", "content": p}] for p in PROMPTS]
-    server = start_in_thread(create_app(engine, ServeConfig(max_tokens_limit=max(args.max_tokens, 16))))
+    cfg = ServeConfig(max_tokens_limit=max(args.max_tokens, 16), max_batch=max(args.clients), max_queue=0)
+    server = start_in_thread(create_app(engine, cfg))
     try:
         _plain_generate(engine, name, messages[0], 4)  # warm-up: the first call of each path pays one-off costs
         _stream(server.url, name, messages[0], 4)
-        rows = _interleaved(engine, server.url, name, messages, args.max_tokens)
-        rows.append(("server x8", *_concurrent(server.url, name, messages, args.max_tokens)))
+        rows = _interleaved(engine, server.url, name, messages[:args.prompts], args.max_tokens)
+        for n in args.clients:
+            if n > 1:
+                rows.append((f"server x{n}", *_concurrent(server.url, name, messages, args.max_tokens, n, args.prompts)))
     finally:
         server.stop()
     _report(rows, name, args)
+
+
+def _never_stop(engine) -> None:
+    """Every answer runs to max_tokens on both paths (the stop tokens are still decoded, never obeyed)."""
+    for runner in engine.runners:
+        runner.stop_ids = frozenset()
 
 
 def _interleaved(engine, url, name, messages, max_tokens) -> list[tuple]:
@@ -73,32 +86,19 @@ def _interleaved(engine, url, name, messages, max_tokens) -> list[tuple]:
     return [("generate", int(gen_tokens), gen_seconds, []), ("server x1", int(srv_tokens), srv_seconds, ttfts)]
 
 
-def _args():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="smollm2-135m-instruct", help="run name/folder or model spec")
-    p.add_argument("--max-tokens", type=int, default=64, help="new tokens per prompt")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--quick", action="store_true", help="16 new tokens per prompt")
-    args = p.parse_args()
-    if args.quick:
-        args.max_tokens = 16
-    return args
-
-
 def _plain_generate(engine, name, messages, max_tokens) -> tuple[int, float]:
-    """Baseline: transformers' generate on the same model object (adapter active): (new tokens, seconds)."""
+    """Baseline: transformers' generate on the same model object (the slot's adapter active): (new tokens, s)."""
     import torch
 
-    from tunesmith.data.render import stop_token_ids
-    from tunesmith.serve.engine import _adapter
-
     slot = engine.slot(name)
-    ids = torch.tensor([engine.chat_prompt(name, messages)])
+    ids = torch.tensor([engine.chat_prompt(name, messages)], device=slot.model.device)
+    if slot.adapter and hasattr(slot.model, "set_adapter"):
+        slot.model.set_adapter(slot.adapter)
     started = time.perf_counter()
-    with _adapter(slot), torch.inference_mode():
+    with torch.inference_mode():
         out = slot.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
-                                  do_sample=False, temperature=None, top_p=None, top_k=None,
-                                  eos_token_id=stop_token_ids(slot.tokenizer), pad_token_id=slot.tokenizer.pad_token_id)
+                                  min_new_tokens=max_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
+                                  pad_token_id=slot.tokenizer.pad_token_id)
     return out.shape[1] - ids.shape[1], time.perf_counter() - started
 
 
@@ -122,42 +122,70 @@ def _stream(url, model, messages, max_tokens):
     return tokens, first, time.perf_counter() - t0
 
 
-def _concurrent(url, model, messages, max_tokens):
-    results: list = [None] * len(messages)
+def _concurrent(url, model, messages, max_tokens, clients: int, per_client: int):
+    """`clients` threads, each streaming `per_client` prompts back to back: (tokens, seconds, TTFTs)."""
+    results: list[list] = [[] for _ in range(clients)]
 
     def one(i):
-        results[i] = _stream(url, model, messages[i], max_tokens)
+        for k in range(per_client):
+            results[i].append(_stream(url, model, messages[(i + k) % len(messages)], max_tokens))
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(messages))]
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
     started = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return sum(r[0] for r in results), time.perf_counter() - started, [r[1] for r in results if r[1] is not None]
+    done = [r for rs in results for r in rs]
+    return sum(r[0] for r in done), time.perf_counter() - started, [r[1] for r in done if r[1] is not None]
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[max(0, math.ceil(q / 100 * len(values)) - 1)]  # nearest rank
 
 
 def _report(rows, name, args) -> None:
-    print(f"model {name}, {len(PROMPTS)} prompts, up to {args.max_tokens} new tokens each, greedy, "
-          f"{args.threads} torch threads")
-    print(f"{'path':<11} {'tokens':>7} {'seconds':>8} {'tokens/s':>9} {'TTFT p50 ms':>12} {'TTFT max ms':>12}")
-    result = {"model": name, "max_tokens": args.max_tokens}
+    print(f"model {name}, {args.max_tokens} new tokens per request, greedy, {args.threads} torch threads")
+    print(f"{'path':<11} {'tokens':>7} {'seconds':>8} {'tokens/s':>9} {'TTFT p50 ms':>12} {'TTFT p95 ms':>12}")
+    result = {"model": name, "max_tokens": args.max_tokens, "threads": args.threads}
     for label, tokens, seconds, ttfts in rows:
         tps = tokens / seconds if seconds else 0.0
-        p50 = statistics.median(ttfts) * 1000 if ttfts else None
-        worst = max(ttfts) * 1000 if ttfts else None
-        print(f"{label:<11} {tokens:>7} {seconds:>8.2f} {tps:>9.1f} {_ms(p50):>12} {_ms(worst):>12}")
+        p50, p95 = _percentile(ttfts, 50), _percentile(ttfts, 95)
+        print(f"{label:<11} {tokens:>7} {seconds:>8.2f} {tps:>9.1f} {_ms(p50):>12} {_ms(p95):>12}")
         key = label.replace(" ", "_")
         result[f"{key}_tokens_per_s"] = round(tps, 2)
         if p50 is not None:
-            result[f"{key}_ttft_p50_ms"] = round(p50, 1)
-            result[f"{key}_ttft_max_ms"] = round(worst, 1)
-    result["server_x1_vs_generate"] = round(result["server_x1_tokens_per_s"] / result["generate_tokens_per_s"], 3)
+            result[f"{key}_ttft_p50_ms"] = round(p50 * 1000, 1)
+            result[f"{key}_ttft_p95_ms"] = round(p95 * 1000, 1)
+    x1 = result["server_x1_tokens_per_s"]
+    result["server_x1_vs_generate"] = round(x1 / result["generate_tokens_per_s"], 3)
+    for n in args.clients:
+        if n > 1:
+            result[f"server_x{n}_vs_x1"] = round(result[f"server_x{n}_tokens_per_s"] / x1, 3)
+    print("RESULT " + " ".join(f"{k}={v}" for k, v in result.items() if k.endswith(("_vs_generate", "_vs_x1"))))
     print(json.dumps(result))
 
 
 def _ms(v) -> str:
-    return "-" if v is None else f"{v:.0f}"
+    return "-" if v is None else f"{v * 1000:.0f}"
+
+
+def _args():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m-instruct", help="run name/folder or model spec")
+    p.add_argument("--max-tokens", type=int, default=64, help="new tokens per request")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--clients", default="1,4,8,16", help="concurrency levels, comma-separated")
+    p.add_argument("--prompts", type=int, default=4, help="requests per client (and prompts in the x1 run)")
+    p.add_argument("--quick", action="store_true", help="16 new tokens, clients 1,4,8, 2 requests each")
+    args = p.parse_args()
+    if args.quick:
+        args.max_tokens, args.clients, args.prompts = 16, "1,4,8", 2
+    args.clients = [int(c) for c in str(args.clients).split(",") if c.strip()]
+    return args
 
 
 if __name__ == "__main__":

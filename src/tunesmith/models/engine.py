@@ -92,7 +92,8 @@ class _Row:
 class Engine:
     """Continuous batching over one model (a plain model or a peft model holding several adapters).
 
-    `submit` is thread-safe; `step` must be called from one thread (a worker, or `generate`'s loop).
+    `submit`, `cancel` and `step` are thread-safe: steps run one at a time (a worker thread and a
+    caller stepping for its own answer can share an engine).
     """
 
     def __init__(self, model, tokenizer, *, max_batch: int = 16):
@@ -101,13 +102,14 @@ class Engine:
         self.model, self.tokenizer, self.max_batch = model, tokenizer, max_batch
         self.stop_ids = frozenset(stop_token_ids(tokenizer))
         self._waiting: deque[Handle] = deque()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the waiting queue
+        self._stepping = threading.Lock()  # one step at a time
         self._ids = itertools.count(1)
         self._rows: list[_Row] = []
         self._cache = None
         self._mask = None  # (B, T) long: 1 = real token, 0 = left pad
         self.passes = 0  # forward passes run (decode steps), for benchmarks and tests
-        self.batchable = True  # turned off for cache kinds the in-place merge does not handle
+        self.batchable = _batchable(model)  # full attention only: other cache kinds run one request at a time
 
     # ---------------------------------------------------------------- the public interface
 
@@ -135,10 +137,11 @@ class Engine:
 
     def step(self) -> None:
         """Drop cancelled rows, admit waiting requests, then one forward pass for every active row."""
-        self._drop([r for r in self._rows if r.handle.cancelled.is_set()])
-        self._admit()
-        if self._rows:
-            self._decode()
+        with self._stepping:
+            self._drop([r for r in self._rows if r.handle.cancelled.is_set()])
+            self._admit()
+            if self._rows:
+                self._decode()
 
     def generate(self, prompts: Sequence[Sequence[int]], sampling: Sampling | Sequence[Sampling],
                  adapters: Sequence[str | None] | None = None,
@@ -168,7 +171,7 @@ class Engine:
 
     def fail(self, message: str) -> None:
         """End every active and waiting request with an error event (a forward pass raised); the engine stays usable."""
-        with self._lock:
+        with self._stepping, self._lock:
             waiting, self._waiting = list(self._waiting), deque()
         rows, self._rows, self._cache, self._mask = self._rows, [], None, None
         for handle in [r.handle for r in rows] + waiting:
@@ -178,53 +181,63 @@ class Engine:
     # ---------------------------------------------------------------- admitting requests
 
     def _admit(self) -> None:
+        """Prefill every waiting request there is room for, in one padded pass, and merge them into the batch."""
         room = self.max_batch - len(self._rows) if self.batchable else (0 if self._rows else 1)
-        while room > 0:
-            with self._lock:
-                if not self._waiting:
-                    return
+        with self._lock:
+            joining = []
+            while self._waiting and len(joining) < room:
                 handle = self._waiting.popleft()
-            if handle.cancelled.is_set():
-                continue
-            try:
-                self._prefill(handle)
-            except Exception as e:  # a request that cannot run answers its own client; the batch goes on
+                if not handle.cancelled.is_set():
+                    joining.append(handle)
+        if not joining:
+            return
+        try:
+            self._prefill(joining)
+        except Exception as e:  # requests that cannot run answer their own clients; the running batch goes on
+            for handle in joining:
                 handle.sink(Event(error=f"generation failed: {type(e).__name__}: {e}", finish_reason="error"))
-                continue
-            room = self.max_batch - len(self._rows) if self.batchable else 0
 
-    def _prefill(self, handle: Handle) -> None:
-        """Run the prompt alone, sample its first token, and merge its cache into the batch's."""
+    def _prefill(self, handles: list[Handle]) -> None:
+        """Run the prompts together (left-padded), sample each first token, and merge their cache into the batch's."""
         import torch
 
         device = self.model.device
-        ids = torch.tensor([handle.prompt_ids], device=device)
+        width = max(len(h.prompt_ids) for h in handles)
+        ids = torch.full((len(handles), width), self._pad_id, dtype=torch.long, device=device)
+        mask = torch.zeros((len(handles), width), dtype=torch.long, device=device)
+        for b, h in enumerate(handles):
+            ids[b, width - len(h.prompt_ids):] = torch.tensor(h.prompt_ids, device=device)
+            mask[b, width - len(h.prompt_ids):] = 1
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # each prompt starts at position 0 after its pads
         with torch.inference_mode():
-            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **self._adapter_kwargs([handle]))
-        row = _Row(handle, _generator(device, handle.sampling.seed), TextAssembler(self.tokenizer, handle.sampling.stop),
-                   self.stop_ids, length=len(handle.prompt_ids))
-        self._merge(out.cache, len(handle.prompt_ids))
-        self._rows.append(row)
-        self._take(row, out.logits[0, -1])
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                             logits_to_keep=1, **self._adapter_kwargs(handles))
+        rows = [_Row(h, _generator(device, h.sampling.seed), TextAssembler(self.tokenizer, h.sampling.stop),
+                     self.stop_ids, length=len(h.prompt_ids)) for h in handles]
+        self._merge(out.cache, mask)
+        self._rows += rows
+        for b, row in enumerate(rows):
+            self._take(row, out.logits[b, -1])
 
-    def _merge(self, cache, length: int) -> None:
-        """Append a one-row cache of `length` tokens to the batch, left-padding whichever is shorter."""
+    @property
+    def _pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else next(iter(self.stop_ids), 0)
+
+    def _merge(self, cache, mask) -> None:
+        """Append a cache of new rows (their (k, L) mask) to the batch's, left-padding whichever is shorter."""
         import torch
 
-        device = self.model.device
-        mask = torch.ones((1, length), dtype=torch.long, device=device)
         if self._cache is None or not self._rows:
             self._cache, self._mask = cache, mask
-            self.batchable = self.batchable and _all_dynamic(cache)
             return
-        width = self._mask.shape[1]
+        width, length = self._mask.shape[1], mask.shape[1]
         if length < width:
             _pad_left(cache, width - length)
-            mask = torch.cat([torch.zeros((1, width - length), dtype=torch.long, device=device), mask], dim=1)
+            mask = torch.cat([mask.new_zeros((mask.shape[0], width - length)), mask], dim=1)
         elif length > width:
             _pad_left(self._cache, length - width)
-            pads = torch.zeros((self._mask.shape[0], length - width), dtype=torch.long, device=device)
-            self._mask = torch.cat([pads, self._mask], dim=1)
+            self._mask = torch.cat([self._mask.new_zeros((self._mask.shape[0], length - width)), self._mask], dim=1)
         for mine, theirs in zip(self._cache.layers, cache.layers):
             mine.keys = torch.cat([mine.keys, theirs.keys], dim=0)
             mine.values = torch.cat([mine.values, theirs.values], dim=0)
@@ -315,10 +328,15 @@ def _generator(device, seed: int | None):
     return gen
 
 
-def _all_dynamic(cache) -> bool:
-    from transformers.cache_utils import DynamicLayer
+def _batchable(model) -> bool:
+    """Whether the model's KV cache is all full-attention layers (rows can then be padded and merged in place)."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
 
-    return all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None]))
+    try:
+        layers = DynamicCache(config=model.config).layers
+    except Exception:  # a config the cache cannot read: play safe
+        return False
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
 
 def _pad_left(cache, n: int) -> None:

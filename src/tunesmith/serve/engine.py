@@ -100,7 +100,7 @@ class Engine:
         return slot.runner.submit(req.prompt_ids, req.sampling, sink, slot.adapter)
 
     def stream(self, req: GenerationRequest) -> Iterator[Event]:
-        """The answer's Events, stepping the engine in this thread (for the terminal chat: no Worker running)."""
+        """The answer's Events, stepping its engine in this thread (a Worker stepping it too is fine)."""
         events: list[Event] = []
         self.submit(req, events.append)
         runner = self.slot(req.model).runner
