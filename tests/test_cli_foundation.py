@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from tunesmith.models.generate import SamplingParams, generate, stream_chat
+from tunesmith.models.engine import Sampling
+from tunesmith.models.generate import generate, stream_chat
 
 CLI = [sys.executable, "-c", "from tunesmith.cli.main import run; run()"]
 
@@ -80,10 +81,10 @@ def test_generate_on_tiny_model_is_deterministic(tiny_model_dir):
     def run(params):
         return "".join(stream_chat(model, tok, msgs, params))
 
-    greedy = run(SamplingParams(max_new_tokens=8))
-    assert greedy == run(SamplingParams(max_new_tokens=8)) and len(greedy) > 0
-    sampled = run(SamplingParams(max_new_tokens=8, temperature=1.0, seed=3))
-    assert sampled == run(SamplingParams(max_new_tokens=8, temperature=1.0, seed=3))
+    greedy = run(Sampling(max_tokens=8))
+    assert greedy == run(Sampling(max_tokens=8)) and len(greedy) > 0
+    sampled = run(Sampling(max_tokens=8, temperature=1.0, seed=3))
+    assert sampled == run(Sampling(max_tokens=8, temperature=1.0, seed=3))
     assert sampled != greedy
 
 
@@ -105,7 +106,7 @@ def test_embedded_model_answers_paris_and_reloads_fast():
     reload_s = time.perf_counter() - start
     assert getattr(model.config, "quantization_config", None) is None  # trainable, no GGUF marker
     answer = generate(model, tok, [{"role": "user", "content": "What is the capital of France?"}],
-                  SamplingParams(max_new_tokens=20))
+                  Sampling(max_tokens=20))
     assert "Paris" in answer
     print(f"second load of the embedded model: {reload_s:.2f} s")
 

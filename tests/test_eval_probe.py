@@ -55,7 +55,7 @@ def test_multiple_choice_picks_the_most_likely_choice(tiny):
 
 
 def test_qa_counts_an_answer_contained_in_the_greedy_continuation(tiny):
-    from tunesmith.evaluate.generate import generate_ids
+    from tunesmith.models.engine import generate_ids
 
     model, tok = tiny
     prompt = "The capital of France is"

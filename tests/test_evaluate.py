@@ -140,7 +140,7 @@ def test_compare_without_a_run_writes_to_out_and_leaves_tuned_out(peaked_model, 
 
 
 def test_batched_generation_equals_one_at_a_time(peaked_model):
-    from tunesmith.evaluate.generate import answer
+    from tunesmith.models.engine import answer
     from tunesmith.models.load import load_model
 
     model, tok = load_model(str(peaked_model))

@@ -16,7 +16,7 @@ _LAZY = {
     "load_model": ("tunesmith.models.load", "load_model"),
     "ModelStore": ("tunesmith.models.store", "ModelStore"),
     "generate": ("tunesmith.models.generate", "generate"),
-    "SamplingParams": ("tunesmith.models.generate", "SamplingParams"),
+    "Sampling": ("tunesmith.models.engine", "Sampling"),
     "compare": ("tunesmith.evaluate", "compare"),
     "finetune": ("tunesmith.train.finetune", "finetune"),
 }

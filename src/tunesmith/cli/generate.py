@@ -24,13 +24,14 @@ def generate_cmd(
     seed: Optional[int] = typer.Option(None, "--seed", help="seed for sampling"),
 ) -> None:
     """Answer one prompt with a model, through its chat template, streaming the tokens."""
-    from tunesmith.models.generate import SamplingParams, stream_chat
+    from tunesmith.models.engine import Sampling
+    from tunesmith.models.generate import stream_chat
     from tunesmith.models.load import load_model
 
     check_sampling(max_new_tokens, temperature, top_p)
     m, tok = load_model(model)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    for piece in stream_chat(m, tok, messages, SamplingParams(max_new_tokens, temperature, top_p, seed)):
+    for piece in stream_chat(m, tok, messages, Sampling(max_new_tokens, temperature, top_p, seed)):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")

@@ -102,7 +102,7 @@ def score_choices(model, tokenizer, rows: list[dict], *, batch_size: int = 8,
 def score_qa(model, tokenizer, rows: list[dict], *, batch_size: int = 8,
              on_batch: Callable[[int], None] | None = None) -> list[bool]:
     """True where the greedy continuation of the prompt contains one of the answers (case-insensitive)."""
-    from tunesmith.evaluate.generate import generate_ids
+    from tunesmith.models.engine import generate_ids
 
     # A plain-text completion ("The capital of France is"), not a chat turn: it measures what the
     # weights know, not how the model follows instructions, and it is what the reference scores used.

@@ -362,7 +362,7 @@ def _base_spec(plan: Plan) -> str:
 
 def _run_strategy(name: str, cases: list[S.Case], ctx: S.Context, models: Loaded, plan: Plan, track) -> dict:
     """Answers, per-example metrics, response loss and timing for one strategy."""
-    from tunesmith.evaluate.generate import answer
+    from tunesmith.models.engine import answer
 
     model, tok = models.tuned if S.uses_tuned(name) else models.base
     prompts = [S.build_prompt(name, c, i, ctx) for i, c in enumerate(cases)]

@@ -143,6 +143,18 @@ class Engine:
             if self._rows:
                 self._decode()
 
+    def stream(self, prompt_ids: Sequence[int], sampling: Sampling, adapter: str | None = None):
+        """One answer's Events as they come, stepping the engine in this thread (other requests share the steps)."""
+        events: list[Event] = []
+        self.submit(prompt_ids, sampling, events.append, adapter)
+        while True:
+            while events:
+                event = events.pop(0)
+                yield event
+                if event.finish_reason:
+                    return
+            self.step()
+
     def generate(self, prompts: Sequence[Sequence[int]], sampling: Sampling | Sequence[Sampling],
                  adapters: Sequence[str | None] | None = None,
                  on_done: Callable[[int], None] | None = None) -> list[Event]:
@@ -315,6 +327,38 @@ class Engine:
             return {}
         active = self.model.active_adapter
         return {"adapter_names": [h.adapter or active for h in handles]}
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One finished answer: its text (stripped), the ids generated (the stop token included), whether it stopped."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    stopped: bool
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+def answer(model, tokenizer, conversations: Sequence[Sequence[dict]], *, max_new_tokens: int = 128,
+           batch_size: int = 8, on_batch: Callable[[int], None] | None = None) -> list[Generation]:
+    """Greedy answers to each conversation, prompted through the chat template (with the assistant header)."""
+    from tunesmith.data.render import render_prompt
+
+    prompts = [render_prompt(c, tokenizer) for c in conversations]
+    return generate_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                        on_batch=on_batch)
+
+
+def generate_ids(model, tokenizer, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 128,
+                 batch_size: int = 8, on_batch: Callable[[int], None] | None = None) -> list[Generation]:
+    """Greedy continuations of token-id prompts, up to `batch_size` decoded together; `on_batch(1)` per answer."""
+    engine = Engine(model, tokenizer, max_batch=batch_size)
+    events = engine.generate(prompts, Sampling(max_tokens=max_new_tokens),
+                             on_done=(lambda i: on_batch(1)) if on_batch else None)
+    return [Generation(e.text.strip(), e.token_ids, e.finish_reason == "stop") for e in events]
 
 
 def _generator(device, seed: int | None):

@@ -101,17 +101,8 @@ class Engine:
 
     def stream(self, req: GenerationRequest) -> Iterator[Event]:
         """The answer's Events, stepping its engine in this thread (a Worker stepping it too is fine)."""
-        events: list[Event] = []
-        self.submit(req, events.append)
-        runner = self.slot(req.model).runner
-        while runner.busy or events:
-            if events:
-                event = events.pop(0)
-                yield event
-                if event.finish_reason:
-                    return
-            else:
-                runner.step()
+        slot = self.slot(req.model)
+        return slot.runner.stream(req.prompt_ids, req.sampling, slot.adapter)
 
     def complete(self, req: GenerationRequest) -> Event:
         """The whole answer in one Event (text joined)."""
