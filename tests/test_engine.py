@@ -161,3 +161,22 @@ def test_text_is_assembled_incrementally_without_splitting_characters_or_passing
         if hit:
             break
     assert hit and "".join(shown) == "Grüße aus Göteborg! 東京タワー 🎉 and a stop: "
+
+
+def test_device_auto_is_the_cpu_here_and_cuda_without_a_gpu_is_one_clear_error(monkeypatch):
+    import torch
+
+    from tunesmith.errors import ModelError
+    from tunesmith.models.load import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu" and resolve_device(None) == "cpu"
+    with pytest.raises(ModelError, match="no CUDA GPU"):
+        resolve_device("cuda")
+    with pytest.raises(ModelError, match="unknown device"):
+        resolve_device("tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == "cuda" and resolve_device("cuda:1") == "cuda:1"
+    with pytest.raises(ModelError, match="2 CUDA device"):
+        resolve_device("cuda:2")

@@ -32,16 +32,47 @@ def resolve_dtype(dtype: str, device: str | None = None) -> "torch.dtype":
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
+def resolve_device(device: str | None) -> str:
+    """'auto' -> 'cuda' when a CUDA GPU is present, else 'cpu'; None -> 'cpu' (training: accelerate places it).
+
+    ModelError when CUDA is asked for and there is none, or the name is not a device.
+    """
+    import torch
+
+    if device is None or device == "cpu":
+        return "cpu"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" or device.startswith("cuda:"):
+        index = device.partition(":")[2]
+        if not torch.cuda.is_available():
+            raise ModelError(f"--device {device}: this machine has no CUDA GPU that torch can use",
+                             "use --device cpu (or auto), or install a CUDA build of torch")
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise ModelError(f"--device {device}: there are {torch.cuda.device_count()} CUDA device(s)",
+                             f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+        return device
+    raise ModelError(f"unknown device '{device}'", "use auto, cpu, cuda or cuda:N")
+
+
 def load_model(
     spec: str | ModelEntry,
     *,
     dtype: str = "auto",
     allow_pickle: bool = False,
     store: ModelStore | None = None,
+    device: str | None = None,
 ) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
-    """Load a causal LM and its tokenizer from a store name, a model folder or a GGUF file."""
+    """Load a causal LM and its tokenizer from a store name, a model folder or a GGUF file.
+
+    `device`: None leaves the weights on the CPU (training, where accelerate places them); 'auto'
+    puts inference on a CUDA GPU when there is one. dtype 'auto' follows the device (bf16 on CUDA).
+    """
     folder = local_folder(spec, store=store, allow_pickle=allow_pickle)
-    model = _from_pretrained(folder, resolve_dtype(dtype), allow_pickle)
+    where = resolve_device(device)
+    model = _from_pretrained(folder, resolve_dtype(dtype, where), allow_pickle)
+    if where != "cpu":
+        model.to(where)
     return model, load_tokenizer(folder)
 
 
