@@ -23,6 +23,20 @@ def _usual_mode(path: str | Path, *, folder: bool = False) -> None:
     os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
 
 
+def _usual_modes(root: Path) -> None:
+    """The usual modes for `root` and everything in it (symlinks left alone).
+
+    safetensors' save_file creates its files 0600, whoever calls it (peft, transformers, us): a
+    deploy folder would be unreadable to the user that serves it.
+    """
+    _usual_mode(root, folder=True)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            if not path.is_symlink():
+                _usual_mode(path, folder=name in dirs)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write to a temp file in the same folder, fsync, then rename over `path`."""
     path = Path(path)
@@ -71,13 +85,16 @@ def atomic_dir_file(path: Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temp folder beside `path`; on success it is renamed to `path` in one step."""
+    """Yield a temp folder beside `path`; on success it is renamed to `path` in one step.
+
+    Every file and folder in it gets the mode a plain open() or mkdir() gives (umask applied).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-        _usual_mode(tmp, folder=True)
+        _usual_modes(tmp)
         if path.exists():
             if not overwrite:
                 raise FileExistsError(path)
