@@ -188,3 +188,36 @@ def test_fused_kernels_required_without_cuda_refuses_before_the_run_folder(tiny_
     with pytest.raises(TrainError, match="train.fused_kernels=true needs a CUDA GPU"):
         _run(tiny_model_dir, *sums, tmp_path / "runs", "train.fused_kernels=true", name="fused")
     assert not (tmp_path / "runs" / "fused").exists()
+
+
+def test_a_second_process_cannot_train_a_run_until_the_first_is_killed(tiny_model_dir, sums, tmp_path, store_home):
+    """Issue 12: two resumes of one run deleted each other's temp checkpoints. The run's lock refuses the second."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tunesmith.train.finetune import finetune
+
+    _run(tiny_model_dir, *sums, tmp_path / "runs", name="r", on_step=lambda st, m: st.step == 2, max_steps=4, save_every=2)
+    run_dir = tmp_path / "runs" / "r"
+    writing = run_dir / "checkpoints" / ".step-4.x1y2.tmp"  # the first writer's checkpoint, half-written
+    writing.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from tunesmith.runs import layout, lock; "
+                               "held = lock.hold(layout.RunPaths(Path(sys.argv[1]))); print('held', flush=True); "
+                               "time.sleep(600)", str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(RunError, match=rf"run 'r' is in use by pid {holder.pid} on .*train.lock"):
+            finetune(None, resume="r", show_progress=False)
+        cli = subprocess.run([str(Path(sys.executable).parent / "tunesmith"), "train", "--resume", "r"],
+                             capture_output=True, text=True, timeout=300)
+        assert cli.returncode == 2 and cli.stderr.count("\n") == 1, cli.stderr
+        assert f"error: run 'r' is in use by pid {holder.pid}" in cli.stderr and "Traceback" not in cli.stderr
+        assert writing.is_dir()  # the refused resumes swept nothing
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)  # the kernel releases a killed holder's lock
+        holder.wait()
+    resumed = finetune(None, resume="r", show_progress=False)
+    assert (resumed.status, resumed.steps) == ("completed", 4) and not writing.exists()

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -21,7 +22,7 @@ from typing import Any, Callable
 from tunesmith.config import Config, load_config, to_yaml
 from tunesmith.errors import RunError, TrainError
 from tunesmith.io import atomic_dir, atomic_write_text
-from tunesmith.runs import layout
+from tunesmith.runs import layout, lock
 from tunesmith.runs.layout import RunPaths
 from tunesmith.runs.store import find_run, register_run
 from tunesmith.train import batching, checkpoint, methods, progress
@@ -60,6 +61,7 @@ class _Session:
     accelerator: Any
     manifest: dict[str, Any]
     resume_from: Path | None = None
+    lock: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)  # holds the run's lock (main process)
 
 
 def finetune(config: Config | str | Path | None = None, *, overrides: tuple[str, ...] = (), name: str | None = None,
@@ -69,12 +71,20 @@ def finetune(config: Config | str | Path | None = None, *, overrides: tuple[str,
 
     `resume` continues a stopped run from its latest checkpoint (config: the run's own, unless given).
     `on_step(state, metrics)` is called after every step; returning True stops there (with a checkpoint).
+    The run's lock (runs/lock.py) is held from phase 1 until this returns: another process training
+    the same run is refused with a RunError.
     """
+    started = time.time()
+    # 1. settle the config and the run folder, and take the run's lock
+    s = _session(config, overrides, name, resume)
+    with s.lock:
+        return _train(s, started, on_step, show_progress)
+
+
+def _train(s: _Session, started: float, on_step, show_progress: bool) -> Run:
+    """Phases 2-7 of `finetune`, with the run's lock held."""
     from accelerate.utils import set_seed
 
-    started = time.time()
-    # 1. settle the config and the run folder
-    s = _session(config, overrides, name, resume)
     cfg, acc = s.config, s.accelerator
     out = progress.Printer(enabled=acc.is_main_process and show_progress)
     out.line(f"run {s.paths.name}: {s.paths.dir}")
@@ -148,26 +158,40 @@ def _session(config, overrides, name, resume) -> _Session:
     acc = Accelerator(cpu=not _cuda(), mixed_precision=_mixed_precision(cfg.train.mixed_precision))
     if resume_run is not None:
         return _resume_session(cfg, resume_run, acc)
+    return _new_session(cfg, name, acc)
+
+
+def _new_session(cfg: Config, name: str | None, acc) -> _Session:
+    """A new run: its folder made and locked by the main process, its config saved."""
     paths = RunPaths(Path(cfg.output_dir) / _run_name(cfg, name, acc))
-    if acc.is_main_process:
-        if paths.dir.exists():
-            raise RunError(f"run folder {paths.dir} already exists", "pick another --name, or resume it with --resume")
-        paths.dir.mkdir(parents=True)
-        atomic_write_text(paths.config, to_yaml(cfg))
-    acc.wait_for_everyone()
-    manifest = {"name": paths.name, "status": "running", "created_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    return _Session(cfg, paths, acc, manifest)
+    with contextlib.ExitStack() as held:
+        if acc.is_main_process:
+            try:  # mkdir without exist_ok: of two processes given the same --name, one gets the folder
+                paths.dir.mkdir(parents=True)
+            except FileExistsError:
+                raise RunError(f"run folder {paths.dir} already exists",
+                               "pick another --name, or resume it with --resume") from None
+            held.enter_context(lock.hold(paths))
+            atomic_write_text(paths.config, to_yaml(cfg))
+        acc.wait_for_everyone()
+        manifest = {"name": paths.name, "status": "running", "created_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        return _Session(cfg, paths, acc, manifest, lock=held.pop_all())
 
 
 def _resume_session(cfg: Config, run, acc) -> _Session:
+    """The session of a resumed run, its lock taken first: everything after is read under the lock."""
     paths = RunPaths(run.dir)
-    if run.status == "completed":
-        raise RunError(f"run '{run.name}' already completed; there is nothing to resume",
-                       "start a new run, e.g. with more train.epochs")
-    latest = checkpoint.latest(paths.checkpoints)
-    if latest is None:
-        raise RunError(f"run '{run.name}' has no checkpoint to resume from", "train again (it stopped before its first checkpoint)")
-    return _Session(cfg, paths, acc, dict(run.manifest), resume_from=latest)
+    with contextlib.ExitStack() as held:
+        if acc.is_main_process:
+            held.enter_context(lock.hold(paths))
+        run = find_run(run.dir)  # again, under the lock: another process may have just finished it
+        if run.status == "completed":
+            raise RunError(f"run '{run.name}' already completed; there is nothing to resume",
+                           "start a new run, e.g. with more train.epochs")
+        latest = checkpoint.latest(paths.checkpoints)
+        if latest is None:
+            raise RunError(f"run '{run.name}' has no checkpoint to resume from", "train again (it stopped before its first checkpoint)")
+        return _Session(cfg, paths, acc, dict(run.manifest), resume_from=latest, lock=held.pop_all())
 
 
 def _check_config(cfg: Config) -> None:
