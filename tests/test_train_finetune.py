@@ -190,6 +190,24 @@ def test_fused_kernels_required_without_cuda_refuses_before_the_run_folder(tiny_
     assert not (tmp_path / "runs" / "fused").exists()
 
 
+def test_resume_refuses_changed_training_keys_and_may_extend_the_run(tiny_model_dir, sums, tmp_path, store_home):
+    """Issue 12: `--set train.lr=...` on resume silently changed a run; only RESUME_MAY_CHANGE keys may change."""
+    from tunesmith.train.finetune import finetune
+
+    _run(tiny_model_dir, *sums, tmp_path / "runs", "serve.api_key=sk-secret-1", name="r",
+         on_step=lambda st, m: st.step == 2, max_steps=4, save_every=2)
+    run_dir = tmp_path / "runs" / "r"
+    assert "sk-secret-1" not in (run_dir / "config.yaml").read_text()  # the saved config keeps no secret
+    with pytest.raises(RunError, match=r"cannot resume run 'r': train.lr differs \(run has 0.001, now 0.01\); "
+                                       r"data.max_length differs \(run has 1024, now 512\) \(.*only train.epochs, "
+                                       r"train.max_steps, .* may change"):
+        finetune(None, overrides=("train.lr=0.01", "data.max_length=512"), resume="r", show_progress=False)
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "stopped"  # a refusal changes nothing
+    resumed = finetune(None, overrides=("train.max_steps=6",), resume="r", show_progress=False)
+    assert (resumed.status, resumed.steps) == ("completed", 6)
+    assert load_config(run_dir / "config.yaml").train.max_steps == 6  # the run describes what it became
+
+
 def test_a_second_process_cannot_train_a_run_until_the_first_is_killed(tiny_model_dir, sums, tmp_path, store_home):
     """Issue 12: two resumes of one run deleted each other's temp checkpoints. The run's lock refuses the second."""
     import os

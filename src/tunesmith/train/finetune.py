@@ -35,6 +35,19 @@ RESUME_KEYS = {  # manifest field -> what it means, for the refusal message
     "method": "the method",
     "method_config": "the method's settings",
 }
+# The config keys a resume may change, and why that is safe. Every other train.* key, data.max_length
+# and model.dtype decide what each step computes: a resume that changes one is refused.
+RESUME_MAY_CHANGE = {
+    "train.epochs": "lengthens (or shortens) the run; the schedule is laid over the new length from the resumed step",
+    "train.max_steps": "as train.epochs",
+    "train.early_stopping_patience": "decides only when to stop",
+    "train.eval_every": "when validation runs; validating never changes the weights",
+    "train.save_every": "when checkpoints are written",
+    "train.keep_checkpoints": "how many checkpoints are kept",
+    "train.threads": "speed on this machine",
+    "train.gradient_checkpointing": "memory against time, for the same losses",
+    "train.log_to": "an extra metrics sink",
+}
 
 
 @dataclass
@@ -69,10 +82,11 @@ def finetune(config: Config | str | Path | None = None, *, overrides: tuple[str,
              show_progress: bool = True) -> Run:
     """Fine-tune `config.model` on `config.data`; returns the Run (its folder holds final/, metrics, checkpoints).
 
-    `resume` continues a stopped run from its latest checkpoint (config: the run's own, unless given).
-    `on_step(state, metrics)` is called after every step; returning True stops there (with a checkpoint).
-    The run's lock (runs/lock.py) is held from phase 1 until this returns: another process training
-    the same run is refused with a RunError.
+    `resume` continues a stopped run from its latest checkpoint (config: the run's own, unless given;
+    only the keys in RESUME_MAY_CHANGE may differ from the run's). `on_step(state, metrics)` is
+    called after every step; returning True stops there (with a checkpoint). The run's lock
+    (runs/lock.py) is held from phase 1 until this returns: another process training the same run
+    is refused with a RunError.
     """
     started = time.time()
     # 1. settle the config and the run folder, and take the run's lock
@@ -191,7 +205,26 @@ def _resume_session(cfg: Config, run, acc) -> _Session:
         latest = checkpoint.latest(paths.checkpoints)
         if latest is None:
             raise RunError(f"run '{run.name}' has no checkpoint to resume from", "train again (it stopped before its first checkpoint)")
+        _check_resume_config(run, cfg)
         return _Session(cfg, paths, acc, dict(run.manifest), resume_from=latest, lock=held.pop_all())
+
+
+def _check_resume_config(run, cfg: Config) -> None:
+    """Refuse to resume with a config that changes what each step computes (a key not in RESUME_MAY_CHANGE)."""
+    if not run.paths.config.is_file():
+        raise RunError(f"run '{run.name}' cannot be resumed: {run.paths.config} is missing", "train again")
+    before, now = _step_keys(load_config(run.paths.config)), _step_keys(cfg)
+    diffs = [f"{key} differs (run has {before[key]!r}, now {now[key]!r})" for key in before if before[key] != now[key]]
+    if diffs:
+        raise RunError(f"cannot resume run '{run.name}': " + "; ".join(diffs),
+                       f"a resumed run trains as it started; only {', '.join(RESUME_MAY_CHANGE)} may change "
+                       "on resume: start a new run to change the others")
+
+
+def _step_keys(cfg: Config) -> dict[str, Any]:
+    """The config keys that decide what a training step computes, by dotted name."""
+    keys = {f"train.{k}": v for k, v in dataclasses.asdict(cfg.train).items() if f"train.{k}" not in RESUME_MAY_CHANGE}
+    return keys | {"data.max_length": cfg.data.max_length, "model.dtype": cfg.model.dtype}
 
 
 def _check_config(cfg: Config) -> None:
@@ -392,6 +425,7 @@ def _start(s: _Session, state: LoopState) -> None:
         layout.truncate_metrics(s.paths, state.step)
         checkpoint.sweep(s.paths.checkpoints)  # half-written checkpoints of the killed process
         checkpoint.sweep(s.paths.dir, prefix=f".{s.paths.final.name}.")  # ...and a half-written final/
+        atomic_write_text(s.paths.config, to_yaml(s.config))  # what may change on resume (e.g. max_steps) did
     s.manifest.update(status="running", steps=state.step)
     layout.write_manifest(s.paths, s.manifest)
     register_run(s.paths.dir, s.manifest)
