@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -108,6 +109,11 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def is_disk_full(error: OSError) -> bool:
+    """Whether `error` means no space is left (the disk, or the user's quota)."""
+    return error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -14,14 +14,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from tunesmith.config import Config, load_config, to_yaml
-from tunesmith.errors import RunError, TrainError
-from tunesmith.io import atomic_dir, atomic_write_text
+from tunesmith.errors import RunError, TrainError, TunesmithError
+from tunesmith.io import atomic_dir, atomic_write_text, is_disk_full
 from tunesmith.runs import layout, lock
 from tunesmith.runs.layout import RunPaths
 from tunesmith.runs.store import find_run, register_run
@@ -125,22 +126,28 @@ def _train(s: _Session, started: float, on_step, show_progress: bool) -> Run:
     args = LoopArgs(total, cfg.train.eval_every, cfg.train.save_every, cfg.train.early_stopping_patience,
                     cfg.train.max_grad_norm)
     collate = _train_collate(tokenizer, cfg, model, acc.device)
-    steps = batching.step_batches(train_set, plan, seed=cfg.train.seed, start_step=state.step, total_steps=total,
-                                  collate=collate, rank=acc.process_index, group_by_length=_group_by_length(cfg))
+    steps = batching.step_batches(train_set, plan, seed=cfg.train.seed, start_step=state.step,
+                                  total_steps=_last_step(total, state), collate=collate, rank=acc.process_index,
+                                  group_by_length=_group_by_length(cfg))
     hooks, bar = _hooks(s, model, optimizer, scheduler, val_set, collate, out, on_step, total, state)
     try:
         with bar:
             state = train_loop(model, optimizer, scheduler, acc, steps, args, state,
                                loss_fn=_loss_fn(), hooks=hooks)
+        # 7. the deliverable, the record, the summary
+        return _finish(s, model, tokenizer, state, started, out)
     except KeyboardInterrupt:
         _finish_manifest(s, state, "stopped")
         out.line(f"stopped at step {state.step}; `tunesmith train --resume {s.paths.name}` continues from the last checkpoint")
         raise
-    except BaseException:
-        _finish_manifest(s, state, "failed")
+    except BaseException as e:  # the run says why; a resume clears it
+        _finish_manifest(s, state, "failed", error=str(e) if isinstance(e, TunesmithError) else f"{type(e).__name__}: {e}")
         raise
-    # 7. the deliverable, the record, the summary
-    return _finish(s, model, tokenizer, state, started, out)
+
+
+def _last_step(total: int, state: LoopState) -> int:
+    """Where the loop ends: `total`, or where it is for a run that stopped early (resumed only to write final/)."""
+    return state.step if state.stop_reason == "early_stopping" else total
 
 
 def _group_by_length(cfg: Config) -> bool:
@@ -413,7 +420,9 @@ def _restore(s: _Session, model, optimizer, scheduler) -> LoopState:
     rng = saved["rng"]
     checkpoint.set_rng_state(rng[min(s.accelerator.process_index, len(rng) - 1)])
     checkpoint.set_python_rng(saved["state"])
-    state = LoopState(**{**saved["state"]["loop"], "stop_reason": None})
+    loop = saved["state"]["loop"]
+    # A run that stopped early is over: resumed, it only writes final/ (a kill or full disk stopped that).
+    state = LoopState(**{**loop, "stop_reason": "early_stopping" if loop["stop_reason"] == "early_stopping" else None})
     state.train_losses = [tuple(x) for x in state.train_losses]
     return state
 
@@ -426,6 +435,7 @@ def _start(s: _Session, state: LoopState) -> None:
         checkpoint.sweep(s.paths.checkpoints)  # half-written checkpoints of the killed process
         checkpoint.sweep(s.paths.dir, prefix=f".{s.paths.final.name}.")  # ...and a half-written final/
         atomic_write_text(s.paths.config, to_yaml(s.config))  # what may change on resume (e.g. max_steps) did
+        s.manifest.pop("error", None)
     s.manifest.update(status="running", steps=state.step)
     layout.write_manifest(s.paths, s.manifest)
     register_run(s.paths.dir, s.manifest)
@@ -553,10 +563,25 @@ def _write_final(s: _Session, model, tokenizer, state: LoopState) -> Path:
         best = s.paths.checkpoint(state.best_step)
         checkpoint.load_weights(unwrapped, checkpoint.load(best)["weights"])
     if acc.is_main_process:
-        with atomic_dir(s.paths.final, overwrite=True) as tmp:
-            methods.save_deliverable(unwrapped, tokenizer, tmp, s.config.method.name)
+        try:
+            with atomic_dir(s.paths.final, overwrite=True) as tmp:
+                methods.save_deliverable(unwrapped, tokenizer, tmp, s.config.method.name)
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            need, free = _deliverable_bytes(unwrapped, s.config.method.name), shutil.disk_usage(s.paths.dir).free
+            raise TrainError(f"disk full while writing {s.paths.final}: it needs about {need / 1e6:,.0f} MB, "
+                             f"{free / 1e6:,.0f} MB are free; the checkpoints are intact",
+                             f"free some space, then `tunesmith train --resume {s.paths.name}` writes final/ "
+                             "from the last checkpoint") from None
     acc.wait_for_everyone()
     return s.paths.final.resolve()
+
+
+def _deliverable_bytes(model, method: str) -> int:
+    """The weights final/ holds: the adapter (lora, qlora) or every weight (full); the tokenizer adds a few MB."""
+    params = [p for p in model.parameters() if p.requires_grad] if method in ("lora", "qlora") else model.parameters()
+    return sum(p.numel() * p.element_size() for p in params)
 
 
 def _finish_manifest(s: _Session, state: LoopState, status: str, **extra: Any) -> None:
