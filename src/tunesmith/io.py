@@ -9,8 +9,9 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 
 def _umask() -> int:
@@ -109,6 +110,37 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@dataclass(frozen=True)
+class Keep:
+    """A path that replacing a folder must never destroy; `what` names it in messages.
+
+    With `inside`, no folder inside it may be replaced either (tunesmith's own store).
+    """
+
+    what: str
+    path: Path
+    inside: bool = False
+
+
+def replace_clash(folder: str | Path, keep: Iterable[Keep]) -> str | None:
+    """Why replacing `folder` and all it holds would destroy a kept path, else None.
+
+    The reason reads after the folder's name: "is the current folder (/w)", "holds the input
+    file (/w/x.jsonl)", "is inside $TUNESMITH_HOME (/h)". Paths are compared resolved (symlinks
+    followed), so another spelling of the same place clashes too.
+    """
+    folder = Path(folder).expanduser().resolve()
+    for k in keep:
+        path = Path(k.path).expanduser().resolve()
+        if folder == path:
+            return f"is {k.what} ({path})"
+        if folder in path.parents:
+            return f"holds {k.what} ({path})"
+        if k.inside and path in folder.parents:
+            return f"is inside {k.what} ({path})"
+    return None
 
 
 def is_disk_full(error: OSError) -> bool:
