@@ -138,7 +138,9 @@ def test_rm_deletes_only_a_folder_that_holds_what_tunesmith_wrote(store_home, tm
 def test_rm_by_path_needs_the_marker_unless_the_run_is_registered(store_home, tmp_path):
     old = _make_run(tmp_path, "old", marked=False)  # registered, made before the marker: tunesmith's
     remove_run("old")
-    assert not old.dir.exists()
+    older = _make_run(tmp_path, "older", marked=False)
+    remove_run(f"{older.dir}/")  # by path too
+    assert not old.dir.exists() and not older.dir.exists() and list_runs() == []
     stray = _make_run(tmp_path, "stray", register=False, marked=False)
     with pytest.raises(RunError, match="is not a run tunesmith made"):
         remove_run(str(stray.dir))

@@ -100,26 +100,26 @@ def is_path_form(spec: str) -> bool:
     return "/" in spec or os.sep in spec or spec.startswith((".", "~"))
 
 
-def removal_target(spec: str) -> RunInfo:
+def removal_target(spec: str | Path) -> RunInfo:
     """The run `runs rm SPEC` would delete, checked; nothing is changed.
 
-    SPEC is a registered name, or a folder in path form (`is_path_form`). The folder must hold a
-    run's layout (config.yaml and manifest.json) and nothing tunesmith did not put there; an
-    unregistered folder must also carry tunesmith's marker in its manifest (registered runs are
-    tunesmith's even when they predate the marker). A registered run whose folder is gone comes
-    back with status 'missing' (removing it just forgets the name). RunError otherwise.
+    SPEC is a registered name, or a folder in path form (`is_path_form`; a `Path` always is). The
+    folder must hold a run's layout (config.yaml and manifest.json) and nothing tunesmith did not
+    put there; a folder no registered run lives in must also carry tunesmith's marker in its
+    manifest (registered runs are tunesmith's even when they predate the marker). A registered run
+    whose folder is gone comes back with status 'missing' (removing it just forgets the name).
+    RunError otherwise.
     """
-    row = registry.get(spec)
+    row = registry.get(spec) if isinstance(spec, str) else None
+    if row is not None and not (Path(row["dir"]) / "manifest.json").is_file():
+        return RunInfo(row["name"], Path(row["dir"]), "missing", row["base_model"], None, row["method"])
     if row is not None:
-        run_dir = Path(row["dir"])
-        if not (run_dir / "manifest.json").is_file():
-            return RunInfo(row["name"], run_dir, "missing", row["base_model"], None, row["method"])
-        run = info_from_dir(run_dir)
+        run = info_from_dir(Path(row["dir"]))
         if run.name != row["name"]:
-            raise RunError(f"run '{spec}' is registered at {run_dir}, but that folder now holds run '{run.name}'",
+            raise RunError(f"run '{spec}' is registered at {run.dir}, but that folder now holds run '{run.name}'",
                            "nothing was removed; check the folder, and delete it by hand if it is no longer needed")
-    elif is_path_form(spec):
-        run = _unregistered_run(Path(spec).expanduser())
+    elif isinstance(spec, Path) or is_path_form(spec):
+        run = _run_in_folder(Path(spec).expanduser())
     elif Path(spec).is_dir():
         raise _unknown(spec, f"to remove the folder ./{spec}, write it as a path: `tunesmith runs rm ./{spec}`")
     else:
@@ -128,14 +128,21 @@ def removal_target(spec: str) -> RunInfo:
     return run
 
 
-def _unregistered_run(folder: Path) -> RunInfo:
+def _run_in_folder(folder: Path) -> RunInfo:
+    """The run in `folder`, given by path: registered there, or carrying tunesmith's marker."""
     if not (folder / "manifest.json").is_file():
         raise RunError(f"{folder} is not a run folder (it has no manifest.json); nothing was removed")
     run = info_from_dir(folder)
-    if not is_marked(run.manifest):
+    if not is_marked(run.manifest) and not _registered_here(run):
         raise RunError(f"{folder} is not a run tunesmith made (its manifest.json has no created_by marker, and no "
                        "registered run lives there); nothing was removed", "delete it by hand if you are sure")
     return run
+
+
+def _registered_here(run: RunInfo) -> bool:
+    """Whether the registry's entry for `run.name` is this very folder (a copy elsewhere has its own)."""
+    row = registry.get(run.name)
+    return row is not None and Path(row["dir"]).resolve() == run.dir.resolve()
 
 
 def _check_removable(run: RunInfo) -> None:
@@ -152,17 +159,19 @@ def _check_removable(run: RunInfo) -> None:
         raise RunError(f"run '{run.name}' is marked running", "stop it first (or, if it crashed, delete its folder by hand)")
 
 
-def remove_run(spec: str) -> RunInfo:
+def remove_run(spec: str | Path) -> RunInfo:
     """Delete the run `removal_target(spec)` finds and forget it, holding the run's lock while deleting.
 
     A run that a process is training (its lock is held) is refused; one marked running whose
     process is gone (killed) is removed.
     """
     run = removal_target(spec)
-    if run.status != "missing":
-        with lock.hold(run.paths):
-            shutil.rmtree(run.dir)
-    row = registry.get(run.name)
-    if row is not None and Path(row["dir"]).resolve() == run.dir.resolve():  # never another run's entry
+    if run.status == "missing":
+        registry.delete(run.name)
+        return run
+    registered = _registered_here(run)
+    with lock.hold(run.paths):
+        shutil.rmtree(run.dir)
+    if registered:  # never another folder's entry of the same name
         registry.delete(run.name)
     return run
