@@ -223,7 +223,7 @@ def test_disk_full_while_writing_final_keeps_the_checkpoints_and_resume_finishes
                                       save_every=100, lr=3e-2, early_stopping_patience=2, batch_size=8)
                       + ["method.name=full"])
     with monkeypatch.context() as patched, pytest.raises(
-            TrainError, match=r"disk full while writing .*overfit/final: it needs about [\d,]+ MB, [\d,]+ MB are free; "
+            TrainError, match=r"disk full while writing .*overfit/final: it needs about [\d,.]+ MB, [\d,.]+ MB are free; "
                               r"the checkpoints are intact \(free some space, then `tunesmith train --resume overfit` "
                               r"writes final/"):
         patched.setattr(methods, "save_deliverable", full_disk)

@@ -570,8 +570,8 @@ def _write_final(s: _Session, model, tokenizer, state: LoopState) -> Path:
             if not is_disk_full(e):
                 raise
             need, free = _deliverable_bytes(unwrapped, s.config.method.name), shutil.disk_usage(s.paths.dir).free
-            raise TrainError(f"disk full while writing {s.paths.final}: it needs about {need / 1e6:,.0f} MB, "
-                             f"{free / 1e6:,.0f} MB are free; the checkpoints are intact",
+            raise TrainError(f"disk full while writing {s.paths.final}: it needs about {need / 1e6:,.1f} MB, "
+                             f"{free / 1e6:,.1f} MB are free; the checkpoints are intact",
                              f"free some space, then `tunesmith train --resume {s.paths.name}` writes final/ "
                              "from the last checkpoint") from None
     acc.wait_for_everyone()
