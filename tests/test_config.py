@@ -124,3 +124,15 @@ def test_config_is_frozen():
     cfg = load_config()
     with pytest.raises(Exception):
         cfg.train.lr = 1.0  # type: ignore[misc]
+
+
+def test_the_saved_config_leaves_the_api_key_out_and_loads_back(tmp_path):
+    from tunesmith.config import to_yaml
+
+    cfg = load_config(None, ["serve.api_key=sk-live-123", "train.lr=1e-4"])
+    text = to_yaml(cfg)
+    assert "sk-live-123" not in text and text.startswith("# not saved here (secret): serve.api_key\n")
+    (tmp_path / "config.yaml").write_text(text)
+    back = load_config(tmp_path / "config.yaml")
+    assert back.serve.api_key is None and back.train == cfg.train and back.data == cfg.data
+    assert not to_yaml(load_config(None)).startswith("#")  # no comment when nothing was left out

@@ -185,7 +185,8 @@ def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_weights(tiny_model
     runs = tmp_path / "runs"
     sets = overrides(tiny_model_dir, train, val, runs, **KEYS)
     env = {**os.environ, "TUNESMITH_HOME": str(store_home), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": str(Path(__file__).parent)}
+           # the training process imports the tunesmith this test imports (a worktree's src/ on PYTHONPATH too)
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
     straight = finetune(load_config(None, sets), name="straight", show_progress=False)
     run_dir = runs / "crash"
     resume = ["train", "--resume", str(run_dir)]

@@ -49,6 +49,15 @@ def test_prepare_and_advise(tmp_path):
     assert json.loads(result.output)["recommendation"] == "fine-tune"
 
 
+def test_prepare_into_the_folder_of_its_input_is_refused(tmp_path):
+    folder = tmp_path / "X"
+    folder.mkdir()
+    (folder / "train.jsonl").write_bytes(FAQ.read_bytes())
+    result = invoke("data", "prepare", folder / "train.jsonl", "--out", folder, "--overwrite")
+    assert result.exit_code == 2 and "holds the input file" in str(result.exception)
+    assert (folder / "train.jsonl").read_bytes() == FAQ.read_bytes() and [p.name for p in folder.iterdir()] == ["train.jsonl"]
+
+
 def test_check_with_model_measures_an_epoch(tiny_model_dir):
     result = invoke("data", "check", FAQ, "--model", tiny_model_dir, "--threads", "1", "--json")
     assert result.exit_code == 0, result.output

@@ -126,3 +126,42 @@ def test_kept_plus_rejected_is_rows_read(tmp_path, rows, seed):
     kept = sum(len(read(tmp_path / f"out{seed}" / f"{n}.jsonl")) for n in ("train", "validation", "test"))
     rejected = len(read(tmp_path / f"out{seed}" / "rejected.jsonl"))
     assert kept == card["kept"] and kept + rejected == card["rows_read"]
+
+
+def test_prepare_never_replaces_its_input_nor_files_it_did_not_write(tmp_path, monkeypatch):
+    """Issue 12: `data prepare X/train.jsonl --out X` overwrote the input; a hand-made test.jsonl was replaced."""
+    from tunesmith.data import prepare as prep
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    src = write_jsonl(mine / "train.jsonl", [{**pair(i), "id": i} for i in range(20)])  # extra fields, own format
+    original = src.read_bytes()
+    for overwrite in (False, True):
+        with pytest.raises(DataError, match=r"--out .*mine holds the input file \(.*mine/train.jsonl\): "
+                                            r"data prepare never replaces it"):
+            prepare(src, mine, overwrite=overwrite)
+    assert src.read_bytes() == original and sorted(p.name for p in mine.iterdir()) == ["train.jsonl"]
+    out = tmp_path / "out"
+    out.mkdir()
+    write_jsonl(out / "test.jsonl", [pair(99)])  # made by hand
+    with pytest.raises(DataError, match=r"did not write \(or that changed since\): test.jsonl .*--overwrite"):
+        prepare(src, out)
+    assert read(out / "test.jsonl") == [pair(99)]
+    prepare(src, out, overwrite=True)  # asked for: the folder is replaced
+    prepare(src, out, seed=3)  # its own earlier output: replaced without asking
+    assert json.loads((out / "data_card.json").read_text())["seed"] == 3
+    write_jsonl(out / "test.jsonl", [pair(98)])  # hand-edited since
+    with pytest.raises(DataError, match=r"changed since\): test.jsonl"):
+        prepare(src, out)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    with pytest.raises(DataError, match=r"--out \. is the current folder"):
+        prepare(src, Path("."), overwrite=True)
+    # the new splits appear in one step: a failure while writing them leaves the earlier output whole
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(prep, "_sums", lambda folder: (_ for _ in ()).throw(OSError("disk gone")))
+    with pytest.raises(OSError, match="disk gone"):
+        prepare(src, out, overwrite=True, seed=4)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "out", "work"]  # no temp folder left beside

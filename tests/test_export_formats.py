@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -99,6 +100,7 @@ def test_refusals_leave_nothing_behind(run_dir, tmp_path, monkeypatch):
     with pytest.raises(ExportError, match="unknown export format 'onnx'"):
         export(str(run_dir), "onnx", tmp_path / "b")
     (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "mine.txt").write_text("mine")
     with pytest.raises(ExportError, match="already exists"):
         export(str(run_dir), "merged", tmp_path / "taken")
     # a reload that answers differently is a failed export, and no folder appears
@@ -121,6 +123,58 @@ def test_cli_export_prints_the_verification(run_dir, tmp_path):
     assert json.loads(ok.stdout[ok.stdout.index("{"):])["verification"]["passed"] is True
     bad = runner.invoke(app, ["export", str(run_dir), "--format", "gguf", "--quant", "q2", "--out", str(tmp_path / "g")])
     assert bad.exit_code != 0 and "unknown GGUF quantization q2" in str(bad.exception)
+
+
+def test_overwrite_replaces_only_a_previous_export_and_never_a_kept_folder(run_dir, tmp_path, monkeypatch):
+    """Issue 12: `export --overwrite` replaced any folder (the working folder, the run, the base model...)."""
+    import os
+    import stat
+
+    from tunesmith.export import export
+
+    def export_to(out, **kw):
+        return export(str(run_dir), "adapter", out, n_prompts=1, max_new_tokens=4, **kw)
+
+    out = tmp_path / "deploy"
+    out.mkdir()  # an empty folder loses nothing: no --overwrite needed
+    result = export_to(out)
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert modes["adapter_model.safetensors"] == 0o666 & ~umask  # safetensors writes 0600: unreadable to a server
+    assert set(modes.values()) == {0o666 & ~umask} and stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
+    assert result.verification["created_by"] == "tunesmith" and set(result.verification["files"]) == set(modes)
+    export_to(out, overwrite=True)  # a previous export: replaced
+    (out / "serve.sh").write_text("my script")
+    with pytest.raises(ExportError, match=r"deploy holds files the export did not write: serve.sh"):
+        export_to(out, overwrite=True)
+    assert (out / "serve.sh").read_text() == "my script"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.md").write_text("mine")
+    with pytest.raises(ExportError, match=r"mine is not a tunesmith export .*replaces only a previous export"):
+        export_to(mine, overwrite=True)
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "verification.json").write_text(json.dumps({"format": "adapter", "checks": []}))
+    with pytest.raises(ExportError, match="an export by an older tunesmith, which did not record its files"):
+        export_to(old, overwrite=True)
+    home, cwd = tmp_path / "home", tmp_path / "work"
+    cwd.mkdir()
+    (cwd / "src.py").write_text("print('mine')")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("TUNESMITH_HOME", str(home / ".tunesmith"))
+    (home / ".tunesmith" / "models").mkdir(parents=True)
+    monkeypatch.chdir(cwd)
+    for target, why in [(cwd, "is the current folder"), (Path("."), "is the current folder"),
+                        (tmp_path, "holds the current folder"), (home, "is your home folder"),
+                        (home / ".tunesmith" / "models", "is inside \\$TUNESMITH_HOME"),
+                        (run_dir, "is run 'run-lora'"), (run_dir.parent / "base", "is the base model"),
+                        (run_dir.parent, "holds the base model")]:
+        with pytest.raises(ExportError, match=f"--out .* {why} .*: an export never replaces it"):
+            export_to(target, overwrite=True)
+    assert (cwd / "src.py").is_file() and (run_dir / "manifest.json").is_file()
+    assert (run_dir.parent / "base" / "config.json").is_file()
 
 
 @pytest.mark.slow

@@ -126,3 +126,25 @@ def test_atomic_writes_get_the_usual_file_modes(tmp_path):
     assert stat.S_IMODE(f.stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
     assert (tmp_path / "d" / "inner").read_text() == "y"
+
+
+def test_files_written_into_an_atomic_folder_get_the_usual_modes(tmp_path):
+    """safetensors writes 0600 files; an export or final/ folder must be readable by the user who serves it."""
+    import os
+    import stat
+
+    import torch
+    from safetensors.torch import save_file
+
+    from tunesmith.io import atomic_dir
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "d") as d:
+            save_file({"w": torch.zeros(2)}, str(d / "model.safetensors"))
+            (d / "sub").mkdir(mode=0o700)
+            save_file({"w": torch.zeros(2)}, str(d / "sub" / "adapter_model.safetensors"))
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*")}
+    assert modes == {"d": 0o755, "d/model.safetensors": 0o644, "d/sub": 0o755, "d/sub/adapter_model.safetensors": 0o644}

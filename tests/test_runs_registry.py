@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
 
 import pytest
@@ -12,13 +14,20 @@ from tunesmith.runs.layout import RunPaths, write_manifest
 from tunesmith.runs.store import find_run, list_runs, register_run, remove_run
 
 
-def _make_run(tmp_path, name, status="completed", created="2025-01-01T00:00:00"):
+def _make_run(tmp_path, name, status="completed", created="2025-01-01T00:00:00", register=True, marked=True):
+    """A run folder as training leaves it (config.yaml, manifest.json, data/, final/), registered unless told."""
     paths = RunPaths(tmp_path / "runs" / name)
-    paths.dir.mkdir(parents=True)
+    (paths.dir / "data").mkdir(parents=True)
+    (paths.dir / "final").mkdir()
+    paths.config.write_text("train:\n  lr: 0.001\n")
     manifest = {"name": name, "status": status, "base_model": "tiny", "base_model_path": "/x", "method": "lora",
                 "best_val_loss": 1.5, "best_step": 4, "steps": 6, "created_at": created}
-    write_manifest(paths, manifest)
-    register_run(paths.dir, manifest)
+    if marked:
+        write_manifest(paths, manifest)
+    else:  # as a tunesmith older than the marker wrote it
+        paths.manifest.write_text(json.dumps(manifest))
+    if register:
+        register_run(paths.dir, manifest)
     return paths
 
 
@@ -79,3 +88,75 @@ def test_load_tuned_without_final_is_a_clear_error(store_home, tmp_path):
     _make_run(tmp_path, "unfinished", status="failed")
     with pytest.raises(RunError, match="has no final model"):
         load_tuned("unfinished")
+
+
+def _web_app(folder):
+    """A folder that is not a run but holds a manifest.json (a web app's)."""
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text('{"name": "web", "start_url": "/"}')
+    (folder / "index.html").write_text("<h1>mine</h1>")
+    return folder
+
+
+def test_rm_takes_a_name_before_a_folder_and_a_folder_only_in_path_form(store_home, tmp_path, monkeypatch):
+    """Issue 12: `runs rm web` deleted ./web, a web app with a manifest.json, instead of the run named web."""
+    run = _make_run(tmp_path, "web")
+    cwd = tmp_path / "cwd"
+    app = _web_app(cwd / "web")
+    _web_app(cwd / "site")
+    monkeypatch.chdir(cwd)
+    assert find_run("web").dir == run.dir.resolve()  # the registered run, not ./web
+    remove_run("web")
+    assert not run.dir.exists() and sorted(p.name for p in app.iterdir()) == ["index.html", "manifest.json"]
+    with pytest.raises(RunError, match="unknown run 'site' .*write it as a path: `tunesmith runs rm ./site`"):
+        remove_run("site")
+    for spec in ("./site", str(cwd / "site"), "web/"):
+        with pytest.raises(RunError, match="is not a run tunesmith made .*nothing was removed"):
+            remove_run(spec)
+    assert (cwd / "site" / "index.html").is_file() and (cwd / "web" / "index.html").is_file()
+
+
+def test_rm_deletes_only_a_folder_that_holds_what_tunesmith_wrote(store_home, tmp_path):
+    run = _make_run(tmp_path, "r")
+    (run.dir / "notes.txt").write_text("my notes")
+    (run.dir / "exports").mkdir()
+    with pytest.raises(RunError, match=r"holds what tunesmith did not put there: exports, notes.txt; nothing was removed"):
+        remove_run("r")
+    assert (run.dir / "notes.txt").read_text() == "my notes" and find_run("r").dir == run.dir.resolve()
+    (run.dir / "notes.txt").unlink()
+    (run.dir / "exports").rmdir()
+    (run.dir / ".final.k9x2.tmp").mkdir()  # what a kill while writing final/ leaves
+    (run.dir / ".manifest.json.a1b2.tmp").write_text("{")
+    remove_run("r")
+    assert not run.dir.exists()
+    no_config = _make_run(tmp_path, "no-config")
+    no_config.config.unlink()
+    with pytest.raises(RunError, match=r"\(config.yaml is missing\); nothing was removed"):
+        remove_run("no-config")
+
+
+def test_rm_by_path_needs_the_marker_unless_the_run_is_registered(store_home, tmp_path):
+    old = _make_run(tmp_path, "old", marked=False)  # registered, made before the marker: tunesmith's
+    remove_run("old")
+    older = _make_run(tmp_path, "older", marked=False)
+    remove_run(f"{older.dir}/")  # by path too
+    assert not old.dir.exists() and not older.dir.exists() and list_runs() == []
+    stray = _make_run(tmp_path, "stray", register=False, marked=False)
+    with pytest.raises(RunError, match="is not a run tunesmith made"):
+        remove_run(str(stray.dir))
+    elsewhere = _make_run(tmp_path / "b", "twin")  # registered under the name the unregistered copy carries
+    copy = _make_run(tmp_path, "twin", register=False)
+    remove_run(str(copy.dir))
+    assert not copy.dir.exists() and find_run("twin").dir == elsewhere.dir.resolve()  # the other entry is kept
+
+
+def test_rm_refuses_a_run_in_training_and_removes_a_crashed_one(store_home, tmp_path):
+    from tunesmith.runs import lock
+
+    run = _make_run(tmp_path, "live", status="running")
+    with lock.hold(run):  # a training process holds it
+        with pytest.raises(RunError, match=rf"run 'live' is in use by pid {os.getpid()} .*train.lock"):
+            remove_run("live")
+        assert run.dir.is_dir()
+    remove_run("live")  # still marked running, but no process holds the lock: it was killed
+    assert not run.dir.exists() and list_runs() == []

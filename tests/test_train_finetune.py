@@ -188,3 +188,91 @@ def test_fused_kernels_required_without_cuda_refuses_before_the_run_folder(tiny_
     with pytest.raises(TrainError, match="train.fused_kernels=true needs a CUDA GPU"):
         _run(tiny_model_dir, *sums, tmp_path / "runs", "train.fused_kernels=true", name="fused")
     assert not (tmp_path / "runs" / "fused").exists()
+
+
+def test_resume_refuses_changed_training_keys_and_may_extend_the_run(tiny_model_dir, sums, tmp_path, store_home):
+    """Issue 12: `--set train.lr=...` on resume silently changed a run; only RESUME_MAY_CHANGE keys may change."""
+    from tunesmith.train.finetune import finetune
+
+    _run(tiny_model_dir, *sums, tmp_path / "runs", "serve.api_key=sk-secret-1", name="r",
+         on_step=lambda st, m: st.step == 2, max_steps=4, save_every=2)
+    run_dir = tmp_path / "runs" / "r"
+    assert "sk-secret-1" not in (run_dir / "config.yaml").read_text()  # the saved config keeps no secret
+    with pytest.raises(RunError, match=r"cannot resume run 'r': train.lr differs \(run has 0.001, now 0.01\); "
+                                       r"data.max_length differs \(run has 1024, now 512\) \(.*only train.epochs, "
+                                       r"train.max_steps, .* may change"):
+        finetune(None, overrides=("train.lr=0.01", "data.max_length=512"), resume="r", show_progress=False)
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "stopped"  # a refusal changes nothing
+    resumed = finetune(None, overrides=("train.max_steps=6",), resume="r", show_progress=False)
+    assert (resumed.status, resumed.steps) == ("completed", 6)
+    assert load_config(run_dir / "config.yaml").train.max_steps == 6  # the run describes what it became
+
+
+def test_disk_full_while_writing_final_keeps_the_checkpoints_and_resume_finishes(tiny_model_dir, tmp_path, store_home,
+                                                                                  monkeypatch):
+    """Issue 12: ENOSPC while saving final/ was a traceback and left the run 'running'. It stopped early, so the
+    resume must write final/ from the best step, not train on past the early stop."""
+    from tunesmith.train import checkpoint, methods
+    from tunesmith.train.finetune import finetune
+
+    def full_disk(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    train, val = noise_dataset(tmp_path / "data")
+    cfg = load_config(None, overrides(tiny_model_dir, train, val, tmp_path / "runs", max_steps=60, eval_every=3,
+                                      save_every=100, lr=3e-2, early_stopping_patience=2, batch_size=8)
+                      + ["method.name=full"])
+    with monkeypatch.context() as patched, pytest.raises(
+            TrainError, match=r"disk full while writing .*overfit/final: it needs about [\d,.]+ MB, [\d,.]+ MB are free; "
+                              r"the checkpoints are intact \(free some space, then `tunesmith train --resume overfit` "
+                              r"writes final/"):
+        patched.setattr(methods, "save_deliverable", full_disk)
+        finetune(cfg, name="overfit", show_progress=False)
+    run_dir = tmp_path / "runs" / "overfit"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["error"].startswith("disk full while writing")
+    assert [p.name for p in checkpoint.complete(run_dir / "checkpoints")] == ["step-9", "step-15"]
+    for folder in checkpoint.complete(run_dir / "checkpoints"):
+        checkpoint.verify(folder)
+    assert not (run_dir / "final").exists() and not [p for p in run_dir.iterdir() if p.name.startswith(".final")]
+    resumed = finetune(None, resume="overfit", show_progress=False)
+    assert (resumed.status, resumed.steps, resumed.best_step, resumed.stop_reason) == ("completed", 15, 9, "early_stopping")
+    assert "error" not in json.loads((run_dir / "manifest.json").read_text())
+    from safetensors.torch import load_file
+
+    final, best = load_file(str(resumed.final / "model.safetensors")), _weights(run_dir / "checkpoints" / "step-9")
+    assert all(float((final[k] - v).abs().max()) == 0 for k, v in best.items() if k in final)
+    assert max(step for step, _ in _metrics(resumed)) == 15
+
+
+def test_a_second_process_cannot_train_a_run_until_the_first_is_killed(tiny_model_dir, sums, tmp_path, store_home):
+    """Issue 12: two resumes of one run deleted each other's temp checkpoints. The run's lock refuses the second."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tunesmith.train.finetune import finetune
+
+    _run(tiny_model_dir, *sums, tmp_path / "runs", name="r", on_step=lambda st, m: st.step == 2, max_steps=4, save_every=2)
+    run_dir = tmp_path / "runs" / "r"
+    writing = run_dir / "checkpoints" / ".step-4.x1y2.tmp"  # the first writer's checkpoint, half-written
+    writing.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from tunesmith.runs import layout, lock; "
+                               "held = lock.hold(layout.RunPaths(Path(sys.argv[1]))); print('held', flush=True); "
+                               "time.sleep(600)", str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(RunError, match=rf"run 'r' is in use by pid {holder.pid} on .*train.lock"):
+            finetune(None, resume="r", show_progress=False)
+        cli = subprocess.run([str(Path(sys.executable).parent / "tunesmith"), "train", "--resume", "r"],
+                             capture_output=True, text=True, timeout=300)
+        assert cli.returncode == 2 and cli.stderr.count("\n") == 1, cli.stderr
+        assert f"error: run 'r' is in use by pid {holder.pid}" in cli.stderr and "Traceback" not in cli.stderr
+        assert writing.is_dir()  # the refused resumes swept nothing
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)  # the kernel releases a killed holder's lock
+        holder.wait()
+    resumed = finetune(None, resume="r", show_progress=False)
+    assert (resumed.status, resumed.steps) == ("completed", 4) and not writing.exists()

@@ -15,11 +15,15 @@ import yaml
 from tunesmith.errors import ConfigError
 
 
-def opt(default: Any, help: str) -> Any:
-    """A config field with its one-line help (shown by `--help` and `tunesmith config keys`)."""
+def opt(default: Any, help: str, *, secret: bool = False) -> Any:
+    """A config field with its one-line help (shown by `--help` and `tunesmith config keys`).
+
+    A `secret` key is never written to disk by `to_yaml` (see there).
+    """
+    meta = {"help": help, "secret": secret}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,7 @@ class EvalConfig:
 class ServeConfig:
     host: str = opt("127.0.0.1", "address to bind; anything but loopback needs an API key to be safe")
     port: int = opt(8000, "port to listen on")
-    api_key: str | None = opt(None, "when set, requests need 'Authorization: Bearer KEY'")
+    api_key: str | None = opt(None, "when set, requests need 'Authorization: Bearer KEY'", secret=True)
     max_tokens_limit: int = opt(2048, "largest max_tokens a request may ask for")
     max_body_bytes: int = opt(1_000_000, "largest request body accepted")
     max_prompt_chars: int = opt(200_000, "largest prompt, in characters, checked before tokenizing")
@@ -182,7 +186,26 @@ def to_dict(config: Config) -> dict[str, Any]:
 
 
 def to_yaml(config: Config) -> str:
-    return yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True)
+    """The config as YAML, as saved beside every run; secret keys (serve.api_key) are written as null.
+
+    A run folder gets copied, shared and attached to bug reports: a key saved in it is a key given
+    away. Loading the YAML back gives the same config with the secrets unset (resume and
+    `runs compare` never read them), and a comment line says which were left out.
+    """
+    data = to_dict(config)
+    left_out = []
+    for section, key in secret_keys():
+        if data[section][key] is not None:
+            data[section][key] = None
+            left_out.append(f"{section}.{key}")
+    head = f"# not saved here (secret): {', '.join(left_out)}\n" if left_out else ""
+    return head + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def secret_keys() -> list[tuple[str, str]]:
+    """(section, key) of every key declared with secret=True."""
+    return [(name, f.name) for name in SECTIONS for f in dataclasses.fields(_section_class(name))
+            if f.metadata.get("secret")]
 
 
 def replace(config: Config, **sections: dict[str, Any]) -> Config:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 
 def _umask() -> int:
@@ -21,6 +23,20 @@ def _umask() -> int:
 def _usual_mode(path: str | Path, *, folder: bool = False) -> None:
     """mkstemp/mkdtemp create 0600/0700; give the result the mode a plain open() or mkdir() would."""
     os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+
+
+def _usual_modes(root: Path) -> None:
+    """The usual modes for `root` and everything in it (symlinks left alone).
+
+    safetensors' save_file creates its files 0600, whoever calls it (peft, transformers, us): a
+    deploy folder would be unreadable to the user that serves it.
+    """
+    _usual_mode(root, folder=True)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            if not path.is_symlink():
+                _usual_mode(path, folder=name in dirs)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -71,13 +87,16 @@ def atomic_dir_file(path: Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temp folder beside `path`; on success it is renamed to `path` in one step."""
+    """Yield a temp folder beside `path`; on success it is renamed to `path` in one step.
+
+    Every file and folder in it gets the mode a plain open() or mkdir() gives (umask applied).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-        _usual_mode(tmp, folder=True)
+        _usual_modes(tmp)
         if path.exists():
             if not overwrite:
                 raise FileExistsError(path)
@@ -91,6 +110,42 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@dataclass(frozen=True)
+class Keep:
+    """A path that replacing a folder must never destroy; `what` names it in messages.
+
+    With `inside`, no folder inside it may be replaced either (tunesmith's own store).
+    """
+
+    what: str
+    path: Path
+    inside: bool = False
+
+
+def replace_clash(folder: str | Path, keep: Iterable[Keep]) -> str | None:
+    """Why replacing `folder` and all it holds would destroy a kept path, else None.
+
+    The reason reads after the folder's name: "is the current folder (/w)", "holds the input
+    file (/w/x.jsonl)", "is inside $TUNESMITH_HOME (/h)". Paths are compared resolved (symlinks
+    followed), so another spelling of the same place clashes too.
+    """
+    folder = Path(folder).expanduser().resolve()
+    for k in keep:
+        path = Path(k.path).expanduser().resolve()
+        if folder == path:
+            return f"is {k.what} ({path})"
+        if folder in path.parents:
+            return f"holds {k.what} ({path})"
+        if k.inside and path in folder.parents:
+            return f"is inside {k.what} ({path})"
+    return None
+
+
+def is_disk_full(error: OSError) -> bool:
+    """Whether `error` means no space is left (the disk, or the user's quota)."""
+    return error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

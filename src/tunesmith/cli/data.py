@@ -149,7 +149,8 @@ def _print_verdict(v: dict) -> None:
 @data_app.command("prepare")
 def prepare_cmd(
     file: Path = typer.Argument(..., help="the data file"),
-    out: Path = typer.Option(..., "--out", "-o", help="folder for train/validation/test/rejected .jsonl and data_card.json"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for train/validation/test/rejected .jsonl and data_card.json "
+                             "(an existing one must be empty or an earlier prepare output, unless --overwrite)"),
     split: str = typer.Option("80/10/10", "--split", help="train/validation/test percentages"),
     seed: int = typer.Option(42, "--seed", help="seed of the split"),
     near_duplicates: str = typer.Option("drop", "--near-duplicates", help="drop | keep near-duplicate rows"),
@@ -158,6 +159,8 @@ def prepare_cmd(
     system: Optional[str] = typer.Option(None, "--system", help="system prompt added to conversations without one"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="add token statistics with this model's tokenizer"),
     max_length: int = typer.Option(1024, "--max-length", help="longest sequence in tokens, for the statistics"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace --out and everything in it even when it holds "
+                                   "other files (never the folder of FILE, the working folder or home)"),
     json_out: bool = typer.Option(False, "--json", help="print the data card as JSON"),
 ) -> None:
     """Normalise, deduplicate and split FILE into canonical train/validation/test files (atomic writes)."""
@@ -168,7 +171,8 @@ def prepare_cmd(
     _existing(file)
     with err_console.status(f"preparing {file}..."):
         card = prepare(file, out, split=split, seed=seed, near_duplicates=near_duplicates, format=format,
-                       mapping=map, system=system, tokenizer=_tokenizer(model), max_length=max_length)
+                       mapping=map, system=system, tokenizer=_tokenizer(model), max_length=max_length,
+                       overwrite=overwrite)
     if json_out:
         return print_json(card)
     sp = card["splits"]

@@ -16,11 +16,11 @@ def register(app: typer.Typer) -> None:
 def export_cmd(
     run: str = typer.Argument(..., help="run name or run folder (a model store name or folder also works)"),
     fmt: str = typer.Option(..., "--format", "-f", help="adapter | merged | gguf"),
-    out: Path = typer.Option(..., "--out", "-o", help="folder to create (refused if it exists, unless --overwrite)"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder to create (an existing one must be empty, or a previous export and --overwrite)"),
     quant: str = typer.Option("f16,q8_0", "--quant", help="GGUF types, comma-separated: f32, f16, q8_0, q4_0"),
     prompts: int = typer.Option(4, "--verify-prompts", help="held-out prompts compared after reloading"),
     tokens: int = typer.Option(32, "--verify-tokens", help="greedy tokens generated per prompt when verifying"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it exists"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace --out when it holds a previous export, and only then"),
     json_out: bool = typer.Option(False, "--json", help="print the verification as JSON"),
 ) -> None:
     """Export a run, reload the export, and check it answers like the tuned model before reporting done."""

@@ -50,18 +50,22 @@ def show_cmd(run: str = typer.Argument(..., help="run name or folder"),
     for key, value in info.to_dict().items():
         console.print(f"{key:>14}: {value}", markup=False)
     m = info.manifest
-    for key in ("base_model_path", "data_fingerprint", "chat_template_hash", "seed", "stop_reason", "summary"):
+    for key in ("base_model_path", "data_fingerprint", "chat_template_hash", "seed", "stop_reason", "error", "summary"):
         if key in m:
             console.print(f"{key:>14}: {m[key]}", markup=False)
 
 
 @runs_app.command("rm")
-def rm_cmd(run: str = typer.Argument(..., help="run name or folder"),
+def rm_cmd(run: str = typer.Argument(..., help="a registered run name, or a run folder written as a path (./NAME, runs/NAME, /abs/NAME)"),
            yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation")) -> None:
-    """Delete a run's folder and forget it."""
-    from tunesmith.runs.store import remove_run
+    """Delete a run's folder and forget it. Only a folder tunesmith made, holding only what it wrote, is deleted."""
+    from tunesmith.runs.store import removal_target, remove_run
 
-    if not yes and not typer.confirm(f"delete run '{run}' and its folder?"):
+    target = removal_target(run)
+    what = (f"forget run '{target.name}' (its folder {target.dir} is gone)" if target.status == "missing"
+            else f"delete run '{target.name}' and its folder {target.dir}")
+    if not yes and not typer.confirm(f"{what}?"):
         raise typer.Exit(1)
     removed = remove_run(run)
-    console.print(f"removed run '{removed.name}' ({removed.dir})", markup=False)
+    done = "forgot" if removed.status == "missing" else "removed"
+    console.print(f"{done} run '{removed.name}' ({removed.dir})", markup=False)

@@ -1,7 +1,8 @@
 """`data prepare`: normalise, drop duplicates, split without leakage, write canonical splits and a data card.
 
 Invariant: every row read is either kept (in exactly one split) or in rejected.jsonl with its
-line and reason. Near-duplicate groups and rows with the same input never cross splits.
+line and reason. Near-duplicate groups and rows with the same input never cross splits. The output
+folder appears in one step, and replaces nothing of the user's (`check_out`).
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from tunesmith.data.dedup import NEAR_THRESHOLD, Fingerprints, input_output
 from tunesmith.data.formats import Reader
 from tunesmith.data.rules import is_error
 from tunesmith.errors import DataError
-from tunesmith.io import atomic_write_json, atomic_write_jsonl, sha256_file
+from tunesmith.io import Keep, atomic_dir, atomic_write_json, atomic_write_jsonl, replace_clash, sha256_file
+from tunesmith.models.store import places_to_keep
 
 SPLITS = ("train", "validation", "test")
+WRITTEN = (*(f"{name}.jsonl" for name in SPLITS), "rejected.jsonl")  # each with its sha256 in the card's "files"
 CHECK_HINT = "run `tunesmith data check {path}` to see every problem"
 
 
@@ -58,10 +61,15 @@ def parse_split(split: str | Sequence[int]) -> tuple[int, int, int]:
 
 def prepare(path: str | Path, out_dir: str | Path, *, split: str | Sequence[int] = (80, 10, 10), seed: int = 42,
             near_duplicates: str = "drop", format: str | None = None, mapping: Any = None, system: str | None = None,
-            tokenizer=None, max_length: int | None = None) -> dict:
-    """Prepare `path` into `out_dir` (train/validation/test/rejected .jsonl + data_card.json); return the card."""
+            tokenizer=None, max_length: int | None = None, overwrite: bool = False) -> dict:
+    """Prepare `path` into `out_dir` (train/validation/test/rejected .jsonl + data_card.json); return the card.
+
+    `out_dir` is written as a temp folder renamed into place; what an existing one may hold is
+    `check_out`'s to decide (`overwrite` lets it replace a folder of other files).
+    """
     if near_duplicates not in ("drop", "keep"):
         raise DataError(f"near_duplicates must be 'drop' or 'keep', not {near_duplicates!r}")
+    check_out(Path(path), Path(out_dir), overwrite)  # before the work: a refusal should come at once
     pct = parse_split(split)
     got = _collect(Path(path), format=format, mapping=mapping, system=system)
     groups = _dedup(got, drop_near=near_duplicates == "drop")
@@ -70,8 +78,44 @@ def prepare(path: str | Path, out_dir: str | Path, *, split: str | Sequence[int]
         raise DataError(f"{path}: no usable rows ({why})", CHECK_HINT.format(path=path))
     parts = assign_splits(groups, pct, seed)
     card = _card(Path(path), got, parts, pct, seed, near_duplicates, system, mapping, tokenizer, max_length)
-    _write(Path(out_dir), parts, got.rejected, card)
+    _write(Path(out_dir), parts, got.rejected, card, lambda: check_out(Path(path), Path(out_dir), overwrite))
     return card
+
+
+def check_out(source: Path, out: Path, overwrite: bool) -> None:
+    """DataError unless writing prepared splits to `out` (replacing it whole) destroys nothing of the user's.
+
+    `out` may be missing, empty, or an earlier output of `prepare` (data_card.json beside only the
+    files it writes, unchanged since: the card keeps their sha256); any other folder needs
+    `overwrite`. Never replaced, even with `overwrite`: a folder holding `source` (it is read to make
+    the splits), nor one of `models.store.places_to_keep` (the working folder, home, $TUNESMITH_HOME).
+    """
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is a file", "give a folder for the splits")
+    if not out.is_dir():
+        return
+    clash = replace_clash(out, places_to_keep() + [Keep("the input file", source)])
+    if clash:
+        raise DataError(f"--out {out} {clash}: data prepare never replaces it", "choose another --out folder")
+    foreign = not_prepared_here(out)
+    if foreign and not overwrite:
+        raise DataError(f"--out {out} holds files data prepare did not write (or that changed since): "
+                        f"{', '.join(foreign[:5])}" + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""),
+                        "choose another --out, or pass --overwrite to replace that folder and everything in it")
+
+
+def not_prepared_here(out: Path) -> list[str]:
+    """Names in folder `out` that are not an earlier `prepare` output, sorted ([] for an empty folder)."""
+    names = sorted(p.name for p in out.iterdir())
+    try:
+        card = json.loads((out / "data_card.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return names
+    if not isinstance(card, dict) or not {"fingerprint", "rows_read", "splits"} <= card.keys():
+        return names
+    sums = card.get("files") if isinstance(card.get("files"), dict) else {}  # none in cards made before them
+    return [n for n in names if n != "data_card.json"
+            and (n not in WRITTEN or (n in sums and sha256_file(out / n) != sums[n]))]
 
 
 def _collect(path: Path, **read_args) -> _Collected:
@@ -218,12 +262,20 @@ def token_card(parts: dict[str, list[dict]], tokenizer, max_length: int | None) 
     return {name: summarise([measure(r, tokenizer, max_length) for r in rows], max_length) for name, rows in parts.items()}
 
 
-def _write(out: Path, parts: dict[str, list[dict]], rejected: list[dict], card: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    for name, rows in parts.items():
-        atomic_write_jsonl(out / f"{name}.jsonl", ({**canonical(r), "source_line": r["line"]} for r in rows))
-    atomic_write_jsonl(out / "rejected.jsonl", sorted(rejected, key=lambda r: r["line"]))
-    atomic_write_json(out / "data_card.json", card)  # last: a card means the splits beside it are complete
+def _write(out: Path, parts: dict[str, list[dict]], rejected: list[dict], card: dict, check) -> None:
+    """Write the splits into a temp folder, then `check()` once more and rename it to `out` in one step."""
+    with atomic_dir(out, overwrite=True) as tmp:
+        for name, rows in parts.items():
+            atomic_write_jsonl(tmp / f"{name}.jsonl", ({**canonical(r), "source_line": r["line"]} for r in rows))
+        atomic_write_jsonl(tmp / "rejected.jsonl", sorted(rejected, key=lambda r: r["line"]))
+        card["files"] = _sums(tmp)
+        atomic_write_json(tmp / "data_card.json", card)
+        check()  # `out` may have changed while a big file was prepared
+
+
+def _sums(folder: Path) -> dict[str, str]:
+    """sha256 of each file in WRITTEN: how a later `prepare` tells its own output from a hand-edited file."""
+    return {name: sha256_file(folder / name) for name in WRITTEN if (folder / name).is_file()}
 
 
 def load_split(path: str | Path) -> list[dict]:
@@ -275,6 +327,7 @@ def splits_for_training(data_cfg, out_dir: str | Path, tokenizer=None, seed: int
     card["fingerprint"] = fingerprint(parts)
     if tokenizer is not None:
         card["tokens"] = token_card(parts, tokenizer, data_cfg.max_length)
+    card["files"] = _sums(out)
     atomic_write_json(out / "data_card.json", card)
     return Splits(parts["train"], parts["validation"], parts["test"], card, out)
 

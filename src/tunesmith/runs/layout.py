@@ -12,6 +12,11 @@ from tunesmith.errors import RunError
 from tunesmith.io import atomic_write_json
 
 STATUSES = ("running", "completed", "failed", "stopped")
+# Stamped into every manifest tunesmith writes: `runs rm PATH` deletes only folders that carry it.
+MARKER = {"created_by": "tunesmith", "layout_version": 1}
+# Everything tunesmith puts at the top of a run folder (report.* come from `tunesmith eval`).
+ENTRIES = frozenset({"config.yaml", "manifest.json", "metrics.jsonl", "data", "checkpoints", "final", "tensorboard",
+                     "report.json", "report.html", "train.lock"})
 
 
 @dataclass(frozen=True)
@@ -52,8 +57,30 @@ class RunPaths:
     def tensorboard(self) -> Path:
         return self.dir / "tensorboard"
 
+    @property
+    def lock(self) -> Path:
+        return self.dir / "train.lock"
+
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"step-{step}"
+
+
+def is_marked(manifest: dict[str, Any]) -> bool:
+    """Whether tunesmith wrote this manifest (runs made before the marker have none)."""
+    return manifest.get("created_by") == MARKER["created_by"]
+
+
+def foreign_entries(paths: RunPaths) -> list[str]:
+    """Names at the top of the run folder that tunesmith did not put there, sorted."""
+    return sorted(p.name for p in paths.dir.iterdir() if not _ours(p.name))
+
+
+def _ours(name: str) -> bool:
+    if name in ENTRIES:
+        return True
+    # the leftovers of an interrupted atomic write: .<entry>.<random>.tmp and .<entry>.old
+    inner = name[1:] if name.startswith(".") else ""
+    return any(inner == f"{e}.old" or (inner.startswith(f"{e}.") and inner.endswith(".tmp")) for e in ENTRIES)
 
 
 def new_run_name(method: str, output_dir: Path) -> str:
@@ -76,8 +103,9 @@ def read_manifest(paths: RunPaths) -> dict[str, Any]:
 
 
 def write_manifest(paths: RunPaths, manifest: dict[str, Any]) -> None:
-    """Rewrite manifest.json atomically; `status` must be one of STATUSES."""
+    """Rewrite manifest.json atomically; `status` must be one of STATUSES. Adds MARKER (to `manifest` too)."""
     assert manifest.get("status") in STATUSES, manifest.get("status")
+    manifest.update(MARKER)
     atomic_write_json(paths.manifest, manifest)
 
 

@@ -14,7 +14,6 @@ full disk never leaves a half-written checkpoint where `latest()` would find it.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import random
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import RunError, TrainError
-from tunesmith.io import atomic_dir, sha256_file
+from tunesmith.io import atomic_dir, is_disk_full, sha256_file
 
 MANIFEST = "checkpoint.json"
 FILES = ("trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json")
@@ -70,7 +69,7 @@ def save(folder: Path, *, weights: dict, optimizer_state: dict, scheduler_state:
             (tmp / MANIFEST).write_text(json.dumps({"step": loop_state["step"], "files": sums,
                                                     "created_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
     except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        if is_disk_full(e):
             raise TrainError(f"disk full while saving checkpoint {folder.name}; nothing half-written was kept",
                              "free some space, then `tunesmith train --resume RUN` continues from the last checkpoint") from None
         raise

@@ -11,17 +11,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from tunesmith.config import Config, load_config, to_yaml
-from tunesmith.errors import RunError, TrainError
-from tunesmith.io import atomic_dir, atomic_write_text
-from tunesmith.runs import layout
+from tunesmith.errors import RunError, TrainError, TunesmithError
+from tunesmith.io import atomic_dir, atomic_write_text, is_disk_full
+from tunesmith.runs import layout, lock
 from tunesmith.runs.layout import RunPaths
 from tunesmith.runs.store import find_run, register_run
 from tunesmith.train import batching, checkpoint, methods, progress
@@ -33,6 +35,19 @@ RESUME_KEYS = {  # manifest field -> what it means, for the refusal message
     "base_model_sha256": "the base model's weights",
     "method": "the method",
     "method_config": "the method's settings",
+}
+# The config keys a resume may change, and why that is safe. Every other train.* key, data.max_length
+# and model.dtype decide what each step computes: a resume that changes one is refused.
+RESUME_MAY_CHANGE = {
+    "train.epochs": "lengthens (or shortens) the run; the schedule is laid over the new length from the resumed step",
+    "train.max_steps": "as train.epochs",
+    "train.early_stopping_patience": "decides only when to stop",
+    "train.eval_every": "when validation runs; validating never changes the weights",
+    "train.save_every": "when checkpoints are written",
+    "train.keep_checkpoints": "how many checkpoints are kept",
+    "train.threads": "speed on this machine",
+    "train.gradient_checkpointing": "memory against time, for the same losses",
+    "train.log_to": "an extra metrics sink",
 }
 
 
@@ -60,6 +75,7 @@ class _Session:
     accelerator: Any
     manifest: dict[str, Any]
     resume_from: Path | None = None
+    lock: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)  # holds the run's lock (main process)
 
 
 def finetune(config: Config | str | Path | None = None, *, overrides: tuple[str, ...] = (), name: str | None = None,
@@ -67,14 +83,23 @@ def finetune(config: Config | str | Path | None = None, *, overrides: tuple[str,
              show_progress: bool = True) -> Run:
     """Fine-tune `config.model` on `config.data`; returns the Run (its folder holds final/, metrics, checkpoints).
 
-    `resume` continues a stopped run from its latest checkpoint (config: the run's own, unless given).
-    `on_step(state, metrics)` is called after every step; returning True stops there (with a checkpoint).
+    `resume` continues a stopped run from its latest checkpoint (config: the run's own, unless given;
+    only the keys in RESUME_MAY_CHANGE may differ from the run's). `on_step(state, metrics)` is
+    called after every step; returning True stops there (with a checkpoint). The run's lock
+    (runs/lock.py) is held from phase 1 until this returns: another process training the same run
+    is refused with a RunError.
     """
+    started = time.time()
+    # 1. settle the config and the run folder, and take the run's lock
+    s = _session(config, overrides, name, resume)
+    with s.lock:
+        return _train(s, started, on_step, show_progress)
+
+
+def _train(s: _Session, started: float, on_step, show_progress: bool) -> Run:
+    """Phases 2-7 of `finetune`, with the run's lock held."""
     from accelerate.utils import set_seed
 
-    started = time.time()
-    # 1. settle the config and the run folder
-    s = _session(config, overrides, name, resume)
     cfg, acc = s.config, s.accelerator
     out = progress.Printer(enabled=acc.is_main_process and show_progress)
     out.line(f"run {s.paths.name}: {s.paths.dir}")
@@ -101,22 +126,28 @@ def finetune(config: Config | str | Path | None = None, *, overrides: tuple[str,
     args = LoopArgs(total, cfg.train.eval_every, cfg.train.save_every, cfg.train.early_stopping_patience,
                     cfg.train.max_grad_norm)
     collate = _train_collate(tokenizer, cfg, model, acc.device)
-    steps = batching.step_batches(train_set, plan, seed=cfg.train.seed, start_step=state.step, total_steps=total,
-                                  collate=collate, rank=acc.process_index, group_by_length=_group_by_length(cfg))
+    steps = batching.step_batches(train_set, plan, seed=cfg.train.seed, start_step=state.step,
+                                  total_steps=_last_step(total, state), collate=collate, rank=acc.process_index,
+                                  group_by_length=_group_by_length(cfg))
     hooks, bar = _hooks(s, model, optimizer, scheduler, val_set, collate, out, on_step, total, state)
     try:
         with bar:
             state = train_loop(model, optimizer, scheduler, acc, steps, args, state,
                                loss_fn=_loss_fn(), hooks=hooks)
+        # 7. the deliverable, the record, the summary
+        return _finish(s, model, tokenizer, state, started, out)
     except KeyboardInterrupt:
         _finish_manifest(s, state, "stopped")
         out.line(f"stopped at step {state.step}; `tunesmith train --resume {s.paths.name}` continues from the last checkpoint")
         raise
-    except BaseException:
-        _finish_manifest(s, state, "failed")
+    except BaseException as e:  # the run says why; a resume clears it
+        _finish_manifest(s, state, "failed", error=str(e) if isinstance(e, TunesmithError) else f"{type(e).__name__}: {e}")
         raise
-    # 7. the deliverable, the record, the summary
-    return _finish(s, model, tokenizer, state, started, out)
+
+
+def _last_step(total: int, state: LoopState) -> int:
+    """Where the loop ends: `total`, or where it is for a run that stopped early (resumed only to write final/)."""
+    return state.step if state.stop_reason == "early_stopping" else total
 
 
 def _group_by_length(cfg: Config) -> bool:
@@ -148,26 +179,59 @@ def _session(config, overrides, name, resume) -> _Session:
     acc = Accelerator(cpu=not _cuda(), mixed_precision=_mixed_precision(cfg.train.mixed_precision))
     if resume_run is not None:
         return _resume_session(cfg, resume_run, acc)
+    return _new_session(cfg, name, acc)
+
+
+def _new_session(cfg: Config, name: str | None, acc) -> _Session:
+    """A new run: its folder made and locked by the main process, its config saved."""
     paths = RunPaths(Path(cfg.output_dir) / _run_name(cfg, name, acc))
-    if acc.is_main_process:
-        if paths.dir.exists():
-            raise RunError(f"run folder {paths.dir} already exists", "pick another --name, or resume it with --resume")
-        paths.dir.mkdir(parents=True)
-        atomic_write_text(paths.config, to_yaml(cfg))
-    acc.wait_for_everyone()
-    manifest = {"name": paths.name, "status": "running", "created_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    return _Session(cfg, paths, acc, manifest)
+    with contextlib.ExitStack() as held:
+        if acc.is_main_process:
+            try:  # mkdir without exist_ok: of two processes given the same --name, one gets the folder
+                paths.dir.mkdir(parents=True)
+            except FileExistsError:
+                raise RunError(f"run folder {paths.dir} already exists",
+                               "pick another --name, or resume it with --resume") from None
+            held.enter_context(lock.hold(paths))
+            atomic_write_text(paths.config, to_yaml(cfg))
+        acc.wait_for_everyone()
+        manifest = {"name": paths.name, "status": "running", "created_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        return _Session(cfg, paths, acc, manifest, lock=held.pop_all())
 
 
 def _resume_session(cfg: Config, run, acc) -> _Session:
+    """The session of a resumed run, its lock taken first: everything after is read under the lock."""
     paths = RunPaths(run.dir)
-    if run.status == "completed":
-        raise RunError(f"run '{run.name}' already completed; there is nothing to resume",
-                       "start a new run, e.g. with more train.epochs")
-    latest = checkpoint.latest(paths.checkpoints)
-    if latest is None:
-        raise RunError(f"run '{run.name}' has no checkpoint to resume from", "train again (it stopped before its first checkpoint)")
-    return _Session(cfg, paths, acc, dict(run.manifest), resume_from=latest)
+    with contextlib.ExitStack() as held:
+        if acc.is_main_process:
+            held.enter_context(lock.hold(paths))
+        run = find_run(run.dir)  # again, under the lock: another process may have just finished it
+        if run.status == "completed":
+            raise RunError(f"run '{run.name}' already completed; there is nothing to resume",
+                           "start a new run, e.g. with more train.epochs")
+        latest = checkpoint.latest(paths.checkpoints)
+        if latest is None:
+            raise RunError(f"run '{run.name}' has no checkpoint to resume from", "train again (it stopped before its first checkpoint)")
+        _check_resume_config(run, cfg)
+        return _Session(cfg, paths, acc, dict(run.manifest), resume_from=latest, lock=held.pop_all())
+
+
+def _check_resume_config(run, cfg: Config) -> None:
+    """Refuse to resume with a config that changes what each step computes (a key not in RESUME_MAY_CHANGE)."""
+    if not run.paths.config.is_file():
+        raise RunError(f"run '{run.name}' cannot be resumed: {run.paths.config} is missing", "train again")
+    before, now = _step_keys(load_config(run.paths.config)), _step_keys(cfg)
+    diffs = [f"{key} differs (run has {before[key]!r}, now {now[key]!r})" for key in before if before[key] != now[key]]
+    if diffs:
+        raise RunError(f"cannot resume run '{run.name}': " + "; ".join(diffs),
+                       f"a resumed run trains as it started; only {', '.join(RESUME_MAY_CHANGE)} may change "
+                       "on resume: start a new run to change the others")
+
+
+def _step_keys(cfg: Config) -> dict[str, Any]:
+    """The config keys that decide what a training step computes, by dotted name."""
+    keys = {f"train.{k}": v for k, v in dataclasses.asdict(cfg.train).items() if f"train.{k}" not in RESUME_MAY_CHANGE}
+    return keys | {"data.max_length": cfg.data.max_length, "model.dtype": cfg.model.dtype}
 
 
 def _check_config(cfg: Config) -> None:
@@ -356,7 +420,9 @@ def _restore(s: _Session, model, optimizer, scheduler) -> LoopState:
     rng = saved["rng"]
     checkpoint.set_rng_state(rng[min(s.accelerator.process_index, len(rng) - 1)])
     checkpoint.set_python_rng(saved["state"])
-    state = LoopState(**{**saved["state"]["loop"], "stop_reason": None})
+    loop = saved["state"]["loop"]
+    # A run that stopped early is over: resumed, it only writes final/ (a kill or full disk stopped that).
+    state = LoopState(**{**loop, "stop_reason": "early_stopping" if loop["stop_reason"] == "early_stopping" else None})
     state.train_losses = [tuple(x) for x in state.train_losses]
     return state
 
@@ -368,6 +434,8 @@ def _start(s: _Session, state: LoopState) -> None:
         layout.truncate_metrics(s.paths, state.step)
         checkpoint.sweep(s.paths.checkpoints)  # half-written checkpoints of the killed process
         checkpoint.sweep(s.paths.dir, prefix=f".{s.paths.final.name}.")  # ...and a half-written final/
+        atomic_write_text(s.paths.config, to_yaml(s.config))  # what may change on resume (e.g. max_steps) did
+        s.manifest.pop("error", None)
     s.manifest.update(status="running", steps=state.step)
     layout.write_manifest(s.paths, s.manifest)
     register_run(s.paths.dir, s.manifest)
@@ -495,10 +563,25 @@ def _write_final(s: _Session, model, tokenizer, state: LoopState) -> Path:
         best = s.paths.checkpoint(state.best_step)
         checkpoint.load_weights(unwrapped, checkpoint.load(best)["weights"])
     if acc.is_main_process:
-        with atomic_dir(s.paths.final, overwrite=True) as tmp:
-            methods.save_deliverable(unwrapped, tokenizer, tmp, s.config.method.name)
+        try:
+            with atomic_dir(s.paths.final, overwrite=True) as tmp:
+                methods.save_deliverable(unwrapped, tokenizer, tmp, s.config.method.name)
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            need, free = _deliverable_bytes(unwrapped, s.config.method.name), shutil.disk_usage(s.paths.dir).free
+            raise TrainError(f"disk full while writing {s.paths.final}: it needs about {need / 1e6:,.1f} MB, "
+                             f"{free / 1e6:,.1f} MB are free; the checkpoints are intact",
+                             f"free some space, then `tunesmith train --resume {s.paths.name}` writes final/ "
+                             "from the last checkpoint") from None
     acc.wait_for_everyone()
     return s.paths.final.resolve()
+
+
+def _deliverable_bytes(model, method: str) -> int:
+    """The weights final/ holds: the adapter (lora, qlora) or every weight (full); the tokenizer adds a few MB."""
+    params = [p for p in model.parameters() if p.requires_grad] if method in ("lora", "qlora") else model.parameters()
+    return sum(p.numel() * p.element_size() for p in params)
 
 
 def _finish_manifest(s: _Session, state: LoopState, status: str, **extra: Any) -> None:
