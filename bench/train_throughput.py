@@ -212,7 +212,7 @@ def run_tunesmith(spec: dict) -> dict:
     import torch
 
     from tunesmith.config import load_config
-    from tunesmith.runs.tuned import load_tuned
+    from tunesmith.runs.deliverable import load_run
     from tunesmith.train.finetune import finetune
 
     torch.set_num_threads(spec["threads"])
@@ -239,7 +239,7 @@ def run_tunesmith(spec: dict) -> dict:
     wall = time.perf_counter() - wall
     peak = _peak_rss_mb()
     state = seen["state"]
-    model, tokenizer = load_tuned(run.dir)
+    model, tokenizer = load_run(run.dir, device="cpu")
     return {"tokens": state.tokens, "slots": state.slots, "loss_tokens": state.loss_tokens,
             "seconds": state.train_seconds, "wall_seconds": wall, "peak_rss_mb": peak, "peak_gpu_mb": _peak_gpu_mb(),
             "last_step_loss": seen["loss"], "final_loss": score(model.eval(), tokenizer, files["ts_train"])}

@@ -82,12 +82,12 @@ def test_running_run_is_not_removed_and_missing_folder_is_forgotten(store_home, 
     assert [r.name for r in list_runs()] == ["busy"]
 
 
-def test_load_tuned_without_final_is_a_clear_error(store_home, tmp_path):
-    from tunesmith.runs.tuned import load_tuned
+def test_load_run_without_final_is_a_clear_error(store_home, tmp_path):
+    from tunesmith.runs.deliverable import load_run
 
     _make_run(tmp_path, "unfinished", status="failed")
     with pytest.raises(RunError, match="has no final model"):
-        load_tuned("unfinished")
+        load_run("unfinished")
 
 
 def _web_app(folder):

@@ -77,7 +77,7 @@ def test_resume_continues_exactly(tiny_model_dir, sums, tmp_path, store_home):
 
 
 def test_early_stopping_keeps_the_best_step(tiny_model_dir, tmp_path, store_home, capsys):
-    from tunesmith.runs.tuned import load_tuned
+    from tunesmith.runs.deliverable import load_run
     from tunesmith.train.finetune import finetune
 
     train, val = noise_dataset(tmp_path / "data")
@@ -92,7 +92,7 @@ def test_early_stopping_keeps_the_best_step(tiny_model_dir, tmp_path, store_home
     assert train_losses[15] < train_losses[9]  # ...while training loss fell
     assert "overfitting: stopped at step 15, kept step 9" in capsys.readouterr().err
     # The deliverable is step 9's weights, not the last step's.
-    model, _ = load_tuned("overfit")
+    model, _ = load_run("overfit")
     best = _weights(run.dir / "checkpoints" / "step-9")
     params = dict(model.named_parameters())
     assert all(float((params[k].detach() - v).abs().max()) == 0 for k, v in best.items())

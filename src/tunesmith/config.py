@@ -32,6 +32,8 @@ class ModelConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt(
         "auto", "weights dtype when loading; auto = float32 on CPU, bfloat16 on a GPU that supports it")
     allow_pickle: bool = opt(False, "allow .bin/.pt pickle weights (they can run code when loaded)")
+    device: str = opt("auto", "where evaluation, chat and serving run: auto = a CUDA GPU when present, else the CPU; "
+                      "cpu, cuda or cuda:N (training is placed by accelerate)")
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,14 @@ def chat_cmd(
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy"),
     top_p: float = typer.Option(1.0, "--top-p", help="nucleus sampling threshold"),
     seed: Optional[int] = typer.Option(None, "--seed", help="seed for sampling"),
+    device: str = typer.Option("auto", "--device", help="auto (a CUDA GPU when present), cpu, cuda or cuda:N"),
 ) -> None:
     """Chat in the terminal; /reset clears the history, /system TEXT sets the system prompt, /exit quits."""
     from tunesmith.serve.chat import HELP, ChatSession, run_loop
     from tunesmith.serve.engine import Engine
 
     check_sampling(max_new_tokens, temperature, top_p)
-    engine = Engine.load([target])
+    engine = Engine.load([target], device=device)
     name = engine.names[0]
     session = ChatSession(engine, name, max_new_tokens, temperature, top_p, seed, system)
     console.print(f"chatting with {name} ({HELP})", markup=False)

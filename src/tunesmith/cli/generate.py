@@ -22,6 +22,7 @@ def generate_cmd(
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy"),
     top_p: float = typer.Option(1.0, "--top-p", help="nucleus sampling threshold"),
     seed: Optional[int] = typer.Option(None, "--seed", help="seed for sampling"),
+    device: str = typer.Option("auto", "--device", help="auto (a CUDA GPU when present), cpu, cuda or cuda:N"),
 ) -> None:
     """Answer one prompt with a model, through its chat template, streaming the tokens."""
     from tunesmith.models.engine import Sampling
@@ -29,7 +30,7 @@ def generate_cmd(
     from tunesmith.models.load import load_model
 
     check_sampling(max_new_tokens, temperature, top_p)
-    m, tok = load_model(model)
+    m, tok = load_model(model, device=device)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     for piece in stream_chat(m, tok, messages, Sampling(max_new_tokens, temperature, top_p, seed)):
         sys.stdout.write(piece)

@@ -77,11 +77,11 @@ def _compare(run, samples: int, max_new_tokens: int, limit: int, probe: str, con
     from tunesmith.evaluate import compare_for_quickstart
     from tunesmith.evaluate.report import differing_examples
     from tunesmith.models.adapters import base_model_of
-    from tunesmith.runs.tuned import load_tuned
+    from tunesmith.runs.deliverable import load_run
     from tunesmith.train.finetune import score
 
     console.print(f"[bold][3/4][/] compare on held-out data: validation loss, then every strategy on {limit} test examples")
-    model, tok = load_tuned(run.dir)
+    model, tok = load_run(run.dir, device="cpu")  # score() below runs on the CPU
     validation = load_split(run.dir / "data" / "validation.jsonl")
     if validation:
         with base_model_of(model):

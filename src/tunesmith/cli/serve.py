@@ -21,6 +21,7 @@ def serve_cmd(
     port: Optional[int] = typer.Option(None, "--port", help="port (default 8000)"),
     api_key: Optional[str] = typer.Option(None, "--api-key", help="require 'Authorization: Bearer KEY'", envvar="TUNESMITH_API_KEY"),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens-limit", help="largest max_tokens a request may ask"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto (a CUDA GPU when present), cpu, cuda or cuda:N"),
 ) -> None:
     """Serve runs (LoRA adapters share one base in memory) at /v1/chat/completions, /v1/completions, /v1/models."""
     from tunesmith.config import load_config, replace
@@ -40,4 +41,4 @@ def serve_cmd(
         err_console.print(f"serving {', '.join(names)} on http://{serve_cfg.host}:{serve_cfg.port}/v1 "
                           "(Ctrl-C stops)", markup=False)
 
-    serve(runs or [], base, serve_cfg, on_ready=ready)
+    serve(runs or [], base, serve_cfg, on_ready=ready, device=device or cfg.model.device)

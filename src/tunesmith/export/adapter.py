@@ -7,12 +7,12 @@ import shutil
 from pathlib import Path
 
 from tunesmith.errors import ExportError
-from tunesmith.export.source import Source
+from tunesmith.runs.deliverable import Deliverable
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
-def write_adapter(source: Source, tokenizer, out: Path) -> list[Path]:
+def write_adapter(source: Deliverable, tokenizer, out: Path) -> list[Path]:
     """Copy the run's adapter and save its tokenizer (with the chat template) into `out`."""
     if source.kind != "lora":
         raise ExportError(f"'{source.name}' is a {'full fine-tune' if source.kind == 'full' else 'plain model'}: "

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tunesmith.export.source import Source
+from tunesmith.runs.deliverable import Deliverable
 
 USAGE = {
     "adapter": """```python
@@ -32,7 +32,7 @@ ollama create my-model -f {out}/Modelfile && ollama run my-model
 }
 
 
-def model_card(source: Source, fmt: str, out: Path, verification: dict[str, Any], files: list[str]) -> str:
+def model_card(source: Deliverable, fmt: str, out: Path, verification: dict[str, Any], files: list[str]) -> str:
     """Markdown for README.md; sections with nothing to say are left out."""
     parts = [f"# {source.name} ({fmt} export)", "",
              f"Exported by tunesmith from {'run' if source.run_dir else 'model'} `{source.name}`.", ""]
@@ -41,7 +41,7 @@ def model_card(source: Source, fmt: str, out: Path, verification: dict[str, Any]
     return "\n".join(parts) + "\n"
 
 
-def _base(source: Source) -> list[str]:
+def _base(source: Deliverable) -> list[str]:
     m = source.manifest
     rows = [f"- base model: `{m.get('base_model') or source.base_spec}`",
             f"- base weights: `{m.get('base_model_path') or source.base_folder}`"]
@@ -52,7 +52,7 @@ def _base(source: Source) -> list[str]:
     return ["## Base model", "", *rows, ""]
 
 
-def _method(source: Source) -> list[str]:
+def _method(source: Deliverable) -> list[str]:
     if not source.run_dir:
         return []
     m = source.manifest
@@ -69,7 +69,7 @@ def _method(source: Source) -> list[str]:
     return ["## Fine-tuning", "", *rows, ""]
 
 
-def _data(source: Source) -> list[str]:
+def _data(source: Deliverable) -> list[str]:
     card = _read_json(source.run_dir / "data" / "data_card.json") if source.run_dir else {}
     if not card:
         return []
@@ -78,7 +78,7 @@ def _data(source: Source) -> list[str]:
     return ["## Data", "", *rows, ""]
 
 
-def _evaluation(source: Source) -> list[str]:
+def _evaluation(source: Deliverable) -> list[str]:
     report = _read_json(source.run_dir / "report.json") if source.run_dir else {}
     if not report:
         return ["## Evaluation", "", "No evaluation report yet: `tunesmith eval RUN` writes report.json.", ""]
@@ -127,7 +127,7 @@ def _files(files: list[str]) -> list[str]:
     return ["## Files", "", *[f"- `{f}`" for f in files], ""]
 
 
-def _usage(fmt: str, source: Source, out: Path, files: list[str]) -> list[str]:
+def _usage(fmt: str, source: Deliverable, out: Path, files: list[str]) -> list[str]:
     from tunesmith.export.ollama import preferred_gguf
 
     ggufs = [f for f in files if f.endswith(".gguf")]

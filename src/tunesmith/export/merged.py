@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunesmith.export.source import Source
+from tunesmith.runs.deliverable import Deliverable
 
 
-def merged_model(model, source: Source):
+def merged_model(model, source: Deliverable):
     """The plain transformers model with the adapter folded in (in place: `model` is consumed)."""
     from tunesmith.models import adapters
 

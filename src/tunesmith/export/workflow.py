@@ -21,7 +21,7 @@ from typing import Any, Callable
 from tunesmith.errors import ExportError
 from tunesmith.models import store
 from tunesmith.export import verify
-from tunesmith.export.source import Source, load, resolve
+from tunesmith.runs.deliverable import Deliverable, resolve
 from tunesmith.io import Keep, atomic_dir, atomic_write_json, atomic_write_text, replace_clash
 
 FORMATS = ("adapter", "merged", "gguf")
@@ -38,7 +38,7 @@ class ExportResult:
     verification: dict[str, Any]
 
 
-def export(spec: str | Path | Source, fmt: str, out: str | Path, *, quants: tuple[str, ...] = ("f16", "q8_0"),
+def export(spec: str | Path | Deliverable, fmt: str, out: str | Path, *, quants: tuple[str, ...] = ("f16", "q8_0"),
            n_prompts: int = 4, max_new_tokens: int = 32, overwrite: bool = False,
            say: Callable[[str], None] = lambda s: None) -> ExportResult:
     """Export `spec` (a run name or folder, or a model) as `fmt` into folder `out`; verified before it appears."""
@@ -51,10 +51,10 @@ def export(spec: str | Path | Source, fmt: str, out: str | Path, *, quants: tupl
         quants = tuple(parse_quants(",".join(quants)))
     started = time.time()
     # 1. the tuned model in memory and its answers: the reference every reload is compared with
-    source = spec if isinstance(spec, Source) else resolve(spec)
+    source = spec if isinstance(spec, Deliverable) else resolve(spec)
     check_out(out, overwrite, source)
     say(f"loading {source.kind} '{source.name}' and recording its answers on {n_prompts} prompts")
-    model, tok = load(source)
+    model, tok = source.load(device="cpu", dtype="float32")  # the float32 reference every reload is held to
     ref = verify.reference(model, tok, verify.prompts_for(source.run_dir, n_prompts), max_new_tokens)
     with atomic_dir(out, overwrite=True) as tmp:  # check_out decided what may be replaced
         # 2-3. write, reload, compare
@@ -73,7 +73,7 @@ def export(spec: str | Path | Source, fmt: str, out: str | Path, *, quants: tupl
     return ExportResult(out, fmt, sorted(p.name for p in out.iterdir()), verification)
 
 
-def check_out(out: Path, overwrite: bool, source: Source) -> None:
+def check_out(out: Path, overwrite: bool, source: Deliverable) -> None:
     """ExportError unless writing the export to `out` destroys nothing that is not an earlier export.
 
     `out` may be missing or empty. An existing folder needs `overwrite` and must be an export
@@ -97,7 +97,7 @@ def check_out(out: Path, overwrite: bool, source: Source) -> None:
     _check_previous_export(out)
 
 
-def _source_places(source: Source) -> list[Keep]:
+def _source_places(source: Deliverable) -> list[Keep]:
     places = [Keep("the base model", source.base_folder)]
     if source.run_dir is not None:
         places.append(Keep(f"run '{source.name}'", source.run_dir))
@@ -125,7 +125,7 @@ def _check_previous_export(out: Path) -> None:
                           "move them out first, or choose another --out")
 
 
-def _verification(source: Source, fmt: str, ref: verify.Reference, checks: list[dict], max_new_tokens: int,
+def _verification(source: Deliverable, fmt: str, ref: verify.Reference, checks: list[dict], max_new_tokens: int,
                   seconds: float) -> dict[str, Any]:
     return {
         "format": fmt, "source": source.name, "kind": source.kind,

@@ -67,10 +67,13 @@ class Engine:
         self.runners = list(runners.values())
 
     @classmethod
-    def load(cls, specs: Sequence[str], base: str | None = None, *, dtype: str = "auto",
+    def load(cls, specs: Sequence[str], base: str | None = None, *, dtype: str = "auto", device: str = "auto",
              max_batch: int = MAX_BATCH) -> "Engine":
-        """Runs (names or folders) and/or a base model; LoRA runs on the same base share its weights."""
-        return cls(load_slots(specs, base, dtype=dtype), max_batch=max_batch)
+        """Runs (names or folders) and/or a base model; LoRA runs on the same base share its weights.
+
+        device 'auto': a CUDA GPU when there is one (bf16), else the CPU (float32).
+        """
+        return cls(load_slots(specs, base, dtype=dtype, device=device), max_batch=max_batch)
 
     @property
     def names(self) -> list[str]:
@@ -117,11 +120,15 @@ class Engine:
 # ------------------------------------------------------------------ loading
 
 
-def load_slots(specs: Sequence[str], base: str | None, *, dtype: str = "auto") -> list[Slot]:
-    """One Slot per run (adapters grouped on a shared base) plus, with `base`, the base model itself."""
-    from tunesmith.export.source import resolve
+def load_slots(specs: Sequence[str], base: str | None, *, dtype: str = "auto", device: str = "auto") -> list[Slot]:
+    """One Slot per run (adapters grouped on a shared base) plus, with `base`, the base model itself.
+
+    Each run is resolved by the one deliverable type; LoRA runs on one base are put on ONE copy of
+    it (the deliverable's own load would give each run a copy), the reason this loads bases itself.
+    """
     from tunesmith.models import adapters
     from tunesmith.models.load import load_model, load_tokenizer, local_folder
+    from tunesmith.runs.deliverable import resolve
     from tunesmith.models.store import ModelStore
 
     if not specs and not base:
@@ -133,12 +140,12 @@ def load_slots(specs: Sequence[str], base: str | None, *, dtype: str = "auto") -
     shared: dict[Path, Any] = {}  # base folder -> the (peft) model holding every adapter on it
     for src in sources:
         if src.kind != "lora":
-            model, tok = load_model(str(src.weights_folder), dtype=dtype)
-            slots.append(Slot(src.name, model, load_tokenizer(src.tokenizer_folder), source=str(src.run_dir or src.base_folder)))
+            model, tok = src.load(device=device, dtype=dtype)
+            slots.append(Slot(src.name, model, tok, source=str(src.run_dir or src.base_folder)))
             continue
         key, adapter = src.base_folder.resolve(), f"adapter-{len(slots)}"  # a run named 'v1.2' is fine
         if key not in shared:
-            model, _ = load_model(str(src.base_folder), dtype=dtype)
+            model, _ = load_model(str(src.base_folder), dtype=dtype, device=device)
             shared[key] = adapters.load_adapter(model, src.final, adapter_name=adapter)
         else:
             adapters.add_adapter(shared[key], src.final, adapter)
@@ -146,7 +153,7 @@ def load_slots(specs: Sequence[str], base: str | None, *, dtype: str = "auto") -
         slots.append(Slot(src.name, shared[key], load_tokenizer(src.final), adapter=adapter, source=str(src.run_dir)))
     if base:
         folder = local_folder(base).resolve()
-        model = shared.get(folder) or load_model(str(folder), dtype=dtype)[0]
+        model = shared.get(folder) or load_model(str(folder), dtype=dtype, device=device)[0]
         adapter = BASE if adapters.is_peft(model) else None  # on the shared model, the base is adapters-off
         slots.append(Slot(base_name, model, load_tokenizer(folder), adapter=adapter, source=str(folder)))
     return slots

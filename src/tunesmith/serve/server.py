@@ -85,12 +85,13 @@ def start_in_thread(app, *, timeout: float = 30.0) -> ServerThread:
     return ServerThread(server, thread, sock.getsockname()[1])
 
 
-def serve(specs: Sequence[str], base: str | None, cfg: ServeConfig, on_ready=lambda names: None) -> None:
+def serve(specs: Sequence[str], base: str | None, cfg: ServeConfig, on_ready=lambda names: None,
+          device: str = "auto") -> None:
     """Load the models, then serve them until interrupted (the CLI's whole job)."""
     from tunesmith.serve.app import create_app
     from tunesmith.serve.engine import Engine
 
     sock = bind(cfg.host, cfg.port)  # fail on a taken port before minutes of loading
-    engine = Engine.load(specs, base, max_batch=cfg.max_batch)
+    engine = Engine.load(specs, base, max_batch=cfg.max_batch, device=device)
     on_ready(engine.names)
     _server(create_app(engine, cfg)).run(sockets=[sock])
