@@ -80,18 +80,14 @@ def _prompt_messages(line: str) -> list[dict] | None:
     return msgs if msgs and msgs[-1]["role"] == "user" else None
 
 
-def hf_generate(model, stop_ids: Sequence[int], max_new_tokens: int, pad_id: int | None) -> Generate:
-    """Greedy answer ids from a transformers (or peft) model, stopping at `stop_ids`."""
+def hf_generate(model, tokenizer, max_new_tokens: int) -> Generate:
+    """Greedy answer ids (the stop token included) from a transformers or peft model, through the one engine."""
+    from tunesmith.models.engine import Engine, Sampling
+
+    engine = Engine(model, tokenizer, max_batch=1)
 
     def generate(prompt_ids: list[int]) -> list[int]:
-        import torch
-
-        ids = torch.tensor([prompt_ids], device=model.device)
-        with torch.inference_mode():
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                 do_sample=False, temperature=None, top_p=None, top_k=None,
-                                 eos_token_id=list(stop_ids), pad_token_id=pad_id)
-        return out[0, len(prompt_ids):].tolist()
+        return list(engine.generate([prompt_ids], Sampling(max_tokens=max_new_tokens))[0].token_ids)
 
     return generate
 
@@ -107,9 +103,9 @@ def hf_logits(model) -> Callable[[list[int]], Any]:
 
 
 def reference(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int) -> Reference:
-    from tunesmith.data.render import render_prompt, stop_token_ids
+    from tunesmith.data.render import render_prompt
 
-    gen = hf_generate(model, stop_token_ids(tokenizer), max_new_tokens, tokenizer.pad_token_id)
+    gen = hf_generate(model, tokenizer, max_new_tokens)
     logits = hf_logits(model)
     ids = [render_prompt(p, tokenizer) for p in prompts]
     answers = [gen(i) for i in ids]

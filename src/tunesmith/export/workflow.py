@@ -218,10 +218,8 @@ def _llama_cpp_check(path: Path, tok, ref, extra: dict) -> dict:
 
 def _hf_candidate(loader: str, model, tok, ref, *, lossless: bool = True, extra: dict | None = None) -> verify.Candidate:
     """Greedy generation with the same stop ids and length as the reference's."""
-    from tunesmith.data.render import stop_token_ids
-
     max_new = max((len(a) for a in ref.answers), default=1)
-    return verify.Candidate(loader, verify.hf_generate(model, stop_token_ids(tok), max_new, tok.pad_token_id),
+    return verify.Candidate(loader, verify.hf_generate(model, tok, max_new),
                             verify.hf_logits(model), lossless, extra or {})
 
 
