@@ -29,7 +29,7 @@ def variants(model, examples, pad_id: int) -> dict:
     import torch
 
     from tunesmith.train import batching, packing
-    from tunesmith.train.loop import default_loss
+    from tunesmith.train.loss import plain_loss as default_loss
     from tunesmith.train.loss import causal_lm_loss
 
     lengths = [len(e.input_ids) for e in examples]

@@ -233,9 +233,8 @@ def run_tunesmith(spec: dict) -> dict:
         seen["state"], seen["loss"] = state, metrics.get("loss")
         return False
 
-    _apply_levers(spec)
     wall = time.perf_counter()
-    run = finetune(cfg, on_step=on_step, show_progress=False)
+    run = finetune(cfg, on_step=on_step, show_progress=False, loss_fn=_loss_lever(spec))
     wall = time.perf_counter() - wall
     peak = _peak_rss_mb()
     state = seen["state"]
@@ -245,13 +244,13 @@ def run_tunesmith(spec: dict) -> dict:
             "last_step_loss": seen["loss"], "final_loss": score(model.eval(), tokenizer, files["ts_train"])}
 
 
-def _apply_levers(spec: dict) -> None:
-    """Bench-only switches to measure one lever at a time (see bench/RESULTS.md)."""
+def _loss_lever(spec: dict):
+    """--ts-loss plain: the full-logits reference loss, to price the default's chunked one (bench/RESULTS.md)."""
     if spec.get("ts_loss") == "plain":
-        from tunesmith.train import finetune as ft
-        from tunesmith.train.loop import default_loss
+        from tunesmith.train.loss import plain_loss
 
-        ft._loss_fn = lambda: default_loss
+        return plain_loss
+    return None
 
 
 def score(model, tokenizer, path: str) -> float:

@@ -19,11 +19,11 @@ def sums(tmp_path):
     return sums_dataset(tmp_path / "data")
 
 
-def _run(model_dir, train, val, out, *extra, name=None, on_step=None, **train_keys):
+def _run(model_dir, train, val, out, *extra, name=None, on_step=None, loss_fn=None, **train_keys):
     from tunesmith.train.finetune import finetune
 
     cfg = load_config(None, overrides(model_dir, train, val, out, **train_keys) + list(extra))
-    return finetune(cfg, name=name, on_step=on_step, show_progress=False)
+    return finetune(cfg, name=name, on_step=on_step, show_progress=False, loss_fn=loss_fn)
 
 
 def _metrics(run, split="train"):
@@ -117,10 +117,9 @@ def test_resume_refuses_changed_data_method_and_corrupt_checkpoint(tiny_model_di
         finetune(None, resume="r", show_progress=False)
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_model_dir, sums, tmp_path, store_home, monkeypatch):
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_model_dir, sums, tmp_path, store_home):
     import torch
 
-    from tunesmith.train import finetune as ft
     from tunesmith.train.loss import causal_lm_loss
 
     calls = []
@@ -130,9 +129,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_model_dir, su
         loss, n = causal_lm_loss(model, batch)
         return (loss * float("nan"), n) if len(calls) == 3 else (loss, n)
 
-    monkeypatch.setattr(ft, "_loss_fn", lambda: poisoned)
     with pytest.raises(TrainError, match="NaN or infinite at step 3.*last good checkpoint: step 2"):
-        _run(tiny_model_dir, *sums, tmp_path / "runs", name="nan", save_every=2)
+        _run(tiny_model_dir, *sums, tmp_path / "runs", name="nan", save_every=2, loss_fn=poisoned)
     run_dir = tmp_path / "runs" / "nan"
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert (manifest["status"], manifest["steps"], manifest["stop_reason"]) == ("failed", 2, "non_finite")

@@ -141,25 +141,17 @@ def response_nll(model, tokenizer, conversations: Sequence[Sequence[dict]], *, b
 
 def rendered_nll(model, rendered: Sequence, *, pad_id: int, batch_size: int = 8,
                  on_batch: Callable[[int], None] | None = None) -> list[tuple[float, int]]:
-    """(summed NLL, count) over the labelled tokens of each `Rendered`; right padding, one forward per batch."""
-    import torch
+    """(summed NLL, count) over the labelled tokens of each `Rendered`; right padding, the one evaluation loss."""
+    from tunesmith.train.loss import per_row_eval
 
     out: list[tuple[float, int]] = [(0.0, 0)] * len(rendered)
     order = sorted(range(len(rendered)), key=lambda i: -len(rendered[i].input_ids))
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        batch = pad_batch([rendered[i] for i in idx], pad_id)
-        ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
-        with torch.inference_mode():
-            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
-        target = labels[:, 1:].to(logits.device)  # (B, T-1): position t predicts token t+1
-        keep = target != -100
-        logp = torch.log_softmax(logits[:, :-1][keep].float(), dim=-1)  # (K, V): only the labelled positions
-        picked = logp.gather(-1, target[keep].unsqueeze(-1)).squeeze(-1)  # (K,)
-        rows = keep.nonzero()[:, 0]  # (K,): which example each labelled position belongs to
-        nll = torch.zeros(len(idx), device=logits.device).index_add_(0, rows, -picked)
+        batch = {k: v.to(model.device) for k, v in pad_batch([rendered[i] for i in idx], pad_id).items()}
+        nll, count, _ = per_row_eval(model, batch)
         for row, i in enumerate(idx):
-            out[i] = (float(nll[row]), int(keep[row].sum()))
+            out[i] = (float(nll[row]), int(count[row]))
         if on_batch:
             on_batch(len(idx))
     return out

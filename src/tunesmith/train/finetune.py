@@ -27,7 +27,7 @@ from tunesmith.runs import layout, lock
 from tunesmith.runs.layout import RunPaths
 from tunesmith.runs.store import find_run, register_run
 from tunesmith.train import batching, checkpoint, methods, progress
-from tunesmith.train.loop import Hooks, LoopArgs, LoopState, evaluate, train_loop
+from tunesmith.train.loop import Hooks, LoopArgs, LossFn, LoopState, evaluate, train_loop
 
 RESUME_KEYS = {  # manifest field -> what it means, for the refusal message
     "data_fingerprint": "the training data",
@@ -80,8 +80,11 @@ class _Session:
 
 def finetune(config: Config | str | Path | None = None, *, overrides: tuple[str, ...] = (), name: str | None = None,
              resume: str | Path | None = None, on_step: Callable[[LoopState, dict], bool] | None = None,
-             show_progress: bool = True) -> Run:
+             show_progress: bool = True, loss_fn: LossFn | None = None) -> Run:
     """Fine-tune `config.model` on `config.data`; returns the Run (its folder holds final/, metrics, checkpoints).
+
+    `loss_fn(model, batch) -> (loss_sum, n_loss_tokens)` is the loop's loss (default: causal_lm_loss,
+    logits only where a label is trained; `train.loss.plain_loss` is the full-logits reference).
 
     `resume` continues a stopped run from its latest checkpoint (config: the run's own, unless given;
     only the keys in RESUME_MAY_CHANGE may differ from the run's). `on_step(state, metrics)` is
@@ -93,10 +96,10 @@ def finetune(config: Config | str | Path | None = None, *, overrides: tuple[str,
     # 1. settle the config and the run folder, and take the run's lock
     s = _session(config, overrides, name, resume)
     with s.lock:
-        return _train(s, started, on_step, show_progress)
+        return _train(s, started, on_step, show_progress, loss_fn)
 
 
-def _train(s: _Session, started: float, on_step, show_progress: bool) -> Run:
+def _train(s: _Session, started: float, on_step, show_progress: bool, loss_fn: LossFn | None) -> Run:
     """Phases 2-7 of `finetune`, with the run's lock held."""
     from accelerate.utils import set_seed
 
@@ -133,7 +136,7 @@ def _train(s: _Session, started: float, on_step, show_progress: bool) -> Run:
     try:
         with bar:
             state = train_loop(model, optimizer, scheduler, acc, steps, args, state,
-                               loss_fn=_loss_fn(), hooks=hooks)
+                               loss_fn=loss_fn, hooks=hooks)
         # 7. the deliverable, the record, the summary
         return _finish(s, model, tokenizer, state, started, out)
     except KeyboardInterrupt:
@@ -460,12 +463,6 @@ def _train_collate(tokenizer, cfg: Config, model, device):
     costs = packing.device_costs(device)
     return lambda examples: packing.packed_micro_batches(examples, max_length=cfg.data.max_length, pad_id=pad,
                                                           dtype=dtype, **costs)
-
-
-def _loss_fn():
-    from tunesmith.train.loss import causal_lm_loss  # logits only where a label is trained
-
-    return causal_lm_loss
 
 
 def _eval_fn():

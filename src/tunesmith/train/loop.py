@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 if TYPE_CHECKING:
     import torch
 
-IGNORE = -100
 LossFn = Callable[[Any, dict], "tuple[torch.Tensor, torch.Tensor]"]
 EvalFn = Callable[[Any, dict], "tuple[torch.Tensor, torch.Tensor, torch.Tensor]"]
 
@@ -65,20 +64,14 @@ class Hooks:
     on_step: Callable[[LoopState, dict], bool] | None = None  # progress; True = stop here
 
 
-def default_loss(model, batch: dict) -> tuple["torch.Tensor", "torch.Tensor"]:
-    """Summed next-token cross-entropy over trained labels, and their count (full logits)."""
-    import torch.nn.functional as F
-
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-    logits = model(**inputs, use_cache=False).logits[:, :-1]  # (B, T-1, V)
-    targets = batch["labels"][:, 1:]  # (B, T-1)
-    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum")
-    return loss, (targets != IGNORE).sum()
-
-
 def train_loop(model, optimizer, scheduler, accelerator, steps: Iterable, args: LoopArgs, state: LoopState,
-               *, loss_fn: LossFn = default_loss, hooks: Hooks = Hooks()) -> LoopState:
-    """Run optimizer steps from `steps` (StepBatch items) until they end or the loop stops early."""
+               *, loss_fn: LossFn | None = None, hooks: Hooks = Hooks()) -> LoopState:
+    """Run optimizer steps from `steps` (StepBatch items) until they end or the loop stops early.
+
+    `loss_fn(model, micro_batch) -> (loss_sum, n_loss_tokens)`; default: train/loss.py's causal_lm_loss.
+    """
+    if loss_fn is None:
+        from tunesmith.train.loss import causal_lm_loss as loss_fn
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     for batch in steps:
@@ -172,11 +165,12 @@ def _validate(state: LoopState, args: LoopArgs, hooks: Hooks) -> bool:
 def evaluate(model, batches: Iterator[dict], accelerator, eval_fn: EvalFn | None = None) -> dict:
     """Mean loss and next-token accuracy over trained labels, summed over every process.
 
-    `eval_fn(model, batch) -> (loss_sum, n_tokens, n_correct)`; default: the model's full logits.
+    `eval_fn(model, batch) -> (loss_sum, n_tokens, n_correct)`; default: train/loss.py's causal_lm_eval.
     """
     import torch
 
-    eval_fn = eval_fn or full_logits_eval
+    if eval_fn is None:
+        from tunesmith.train.loss import causal_lm_eval as eval_fn
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss, tokens, correct
@@ -191,18 +185,6 @@ def evaluate(model, batches: Iterator[dict], accelerator, eval_fn: EvalFn | None
     tokens = max(float(sums[1]), 1.0)
     return {"loss": round(float(sums[0]) / tokens, 6), "token_accuracy": round(float(sums[2]) / tokens, 6),
             "tokens": int(sums[1])}
-
-
-def full_logits_eval(model, batch: dict) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
-    """(summed loss, trained tokens, correctly predicted tokens) from the model's full (B, T, V) logits."""
-    import torch.nn.functional as F
-
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-    logits = model(**inputs, use_cache=False).logits[:, :-1].float()  # (B, T-1, V)
-    targets = batch["labels"][:, 1:]
-    trained = targets != IGNORE
-    loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum")
-    return loss, trained.sum(), ((logits.argmax(-1) == targets) & trained).sum()
 
 
 def _log(hooks: Hooks, rows: list[dict]) -> None:

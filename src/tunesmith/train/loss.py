@@ -43,21 +43,32 @@ def causal_lm_loss(model, batch: dict, *, chunk_size: int = CHUNK) -> tuple[torc
 @torch.no_grad()
 def causal_lm_eval(model, batch: dict, *, chunk_size: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(summed loss, trained positions, correctly predicted positions) for validation, logits a chunk at a time."""
+    loss, count, correct = per_row_eval(model, batch, chunk_size=chunk_size)
+    return loss.sum(), count.sum(), correct.sum()
+
+
+@torch.no_grad()
+def per_row_eval(model, batch: dict, *, chunk_size: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row of the batch: (summed NLL (B,) float32, trained positions (B,), correct predictions (B,)).
+
+    The one evaluation loss: validation sums it, evaluation and the forgetting probe read it per example.
+    """
     labels = batch["labels"]
     keep = _trained_positions(labels)
     targets = labels[:, 1:][keep[:, :-1]]  # (N,)
+    rows = keep.nonzero()[:, 0]  # (N,): the row each trained position belongs to
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
     lm = _causal_lm(model.module if _is_ddp(model) else model)
     selected = lm.get_decoder()(**inputs, use_cache=False).last_hidden_state[keep]  # (N, H)
     head = lm.get_output_embeddings()
-    loss = torch.zeros((), dtype=torch.float32, device=labels.device)
-    correct = torch.zeros((), dtype=torch.long, device=labels.device)
+    loss = torch.zeros(len(labels), dtype=torch.float32, device=labels.device)
+    correct = torch.zeros(len(labels), dtype=torch.long, device=labels.device)
     for start in range(0, len(targets), chunk_size):
         logits = head(selected[start : start + chunk_size]).float()  # (n, V)
-        y = targets[start : start + chunk_size]
-        loss += F.cross_entropy(logits, y, reduction="sum")
-        correct += (logits.argmax(-1) == y).sum()
-    return loss, keep.sum(), correct
+        y, r = targets[start : start + chunk_size], rows[start : start + chunk_size]
+        loss.index_add_(0, r, F.cross_entropy(logits, y, reduction="none"))
+        correct.index_add_(0, r, (logits.argmax(-1) == y).long())
+    return loss, keep.sum(dim=1), correct
 
 
 def plain_loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
