@@ -26,6 +26,7 @@ ALIASES = {"chat": "messages", "openai": "messages", "conversations": "sharegpt"
 DETECT_ROWS = 50  # detection looks at this many readable rows
 
 
+
 @dataclass
 class Row:
     """One source row after normalisation: `example` is None when the row has errors.
@@ -130,6 +131,7 @@ class Reader:
         obj = {self.mapping.get(k, k): v for k, v in r.obj.items()} if self.mapping else r.obj
         row = normalise(obj, self.format, r.line, system=self.system)
         row.raw = r.obj
+        row.findings += r.notes
         return row
 
     def _detect(self, head: list[RawRow]) -> str | None:
