@@ -10,6 +10,7 @@ import pytest
 
 from tunesmith.data.check import check
 from tunesmith.data.formats import read_examples
+from tunesmith.data.prepare import prepare
 from tunesmith.data.sources import MAX_ROW_BYTES
 
 GOOD = {"input": "How long does a permit take?", "output": "About ten weeks for a simple case."}
@@ -17,6 +18,13 @@ GOOD = {"input": "How long does a permit take?", "output": "About ten weeks for 
 
 def issues(path: Path) -> list[tuple[int, str]]:
     return [(f.line, f.rule) for f in check(path).issues]
+
+
+def strict_loads(text: str):
+    """json.loads that refuses NaN and Infinity, as every other JSON parser does."""
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+    return json.loads(text, parse_constant=refuse)
 
 
 def test_a_csv_field_over_the_limit_is_one_error_and_the_next_rows_read_correctly(tmp_path):
@@ -116,7 +124,7 @@ def test_a_huge_json_array_element_is_skipped_and_the_rest_is_checked(tmp_path):
     assert [e["line"] for e in result.examples] == [2]
 
 
-def test_nan_in_a_row_is_a_finding(tmp_path):
+def test_nan_in_a_row_is_a_finding_and_never_written_into_a_file(tmp_path):
     src = tmp_path / "d.jsonl"
     src.write_text('{"input": "q", "output": NaN}\n'
                    '{"input": "q2", "output": "a2", "score": Infinity}\n'
@@ -127,6 +135,31 @@ def test_nan_in_a_row_is_a_finding(tmp_path):
         (1, "output", "field.type"), (1, "output", "json.non_finite"),
         (2, "score", "json.non_finite"), (3, "meta.w[1]", "json.non_finite")]
     assert report.summary["usable_rows"] == 3  # a number nobody trains on is no reason to drop the row
+    card = prepare(src, tmp_path / "out", split="100/0/0")
+    assert card["rejected"] == 1
+    rejected = [strict_loads(line) for line in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()]
+    assert rejected[0]["source"] == {"input": "q", "output": "NaN"}  # kept, as text: nothing lost
+
+
+def test_every_json_writer_writes_strict_json(tmp_path):
+    from tunesmith.io import atomic_write_json, atomic_write_jsonl
+
+    row = {"loss": float("nan"), "best": [float("inf"), -float("inf"), 1.5], "ok": None}
+    atomic_write_json(tmp_path / "a.json", row)
+    atomic_write_jsonl(tmp_path / "a.jsonl", [row, {"x": 1}])
+    expected = {"loss": "NaN", "best": ["Infinity", "-Infinity", 1.5], "ok": None}
+    assert strict_loads((tmp_path / "a.json").read_text()) == expected
+    assert [strict_loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()] == [expected, {"x": 1}]
+
+
+def test_half_a_surrogate_pair_is_an_error_for_its_field_and_prepare_keeps_it_in_rejected(tmp_path):
+    src = tmp_path / "d.jsonl"
+    src.write_text('{"input": "broken \\ud800 escape", "output": "a"}\n'
+                   '{"input": "an emoji \\ud83d\\ude00 is a whole pair", "output": "b"}\n', encoding="utf-8")
+    assert [(f.line, f.field, f.rule) for f in check(src).issues] == [(1, "input", "text.invalid")]
+    prepare(src, tmp_path / "out", split="100/0/0")  # used to crash writing the fingerprint
+    rejected = strict_loads((tmp_path / "out" / "rejected.jsonl").read_text().strip())
+    assert rejected["source"]["input"] == "broken \ud800 escape"  # written as the same JSON escape
 
 
 def test_every_rule_is_in_the_documented_table():

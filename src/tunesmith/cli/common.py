@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
@@ -14,7 +13,9 @@ err_console = Console(stderr=True, highlight=False)
 
 def print_json(obj: Any) -> None:
     """Machine-readable output: plain JSON on stdout, nothing else."""
-    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    from tunesmith.io import json_text
+
+    sys.stdout.write(json_text(obj, indent=2, default=str) + "\n")
 
 
 def check_sampling(max_new_tokens: int, temperature: float, top_p: float) -> None:

@@ -22,6 +22,7 @@ RULES: dict[str, tuple[str, str]] = {
     "json.non_finite": (WARNING, "write null or a number; tunesmith reads it, and writes it as the text \"NaN\""),
     "line.too_long": (ERROR, "a row this large cannot be trained on; split it or remove it"),
     "utf8.invalid": (ERROR, "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 FILE`)"),
+    "text.invalid": (ERROR, "a character above U+FFFF is escaped as a pair, e.g. \\ud83d\\ude00; fix or remove the broken escape"),
     "csv.ragged": (ERROR, "quote fields that contain the delimiter or line breaks; every row needs the header's column count"),
     "csv.header": (ERROR, "the first row must name the columns, e.g. input,output"),
     "field.missing": (ERROR, "add the field, or map your column to it with --map"),

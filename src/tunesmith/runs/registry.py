@@ -8,13 +8,13 @@ in order, and recorded in the `_migrations` table.
 from __future__ import annotations
 
 import contextlib
-import json
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from tunesmith.errors import RunError
+from tunesmith.io import json_text
 from tunesmith.models.store import home
 
 COLUMNS = ("name", "dir", "status", "base_model", "method", "best_val_loss", "best_step", "steps",
@@ -94,7 +94,7 @@ def record(name: str, run_dir: Path, manifest: dict[str, Any]) -> None:
     """Insert or update a run's row from its manifest."""
     row = (name, str(run_dir), manifest.get("status"), manifest.get("base_model"), manifest.get("method"),
            manifest.get("best_val_loss"), manifest.get("best_step"), manifest.get("steps"),
-           manifest.get("created_at"), _now(), json.dumps(manifest, default=str))
+           manifest.get("created_at"), _now(), json_text(manifest, default=str))
     with connect() as db, db:
         db.execute(f"INSERT OR REPLACE INTO runs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", row)
 
