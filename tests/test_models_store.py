@@ -126,3 +126,18 @@ def test_atomic_writes_get_the_usual_file_modes(tmp_path):
     assert stat.S_IMODE(f.stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
     assert (tmp_path / "d" / "inner").read_text() == "y"
+
+
+@pytest.mark.slow
+def test_a_gguf_models_tokenizer_loads_without_its_weights(store_home):
+    """`data check` measures lengths with the default model's tokenizer: converting the weights is not needed for that."""
+    from tunesmith.models.load import load_tokenizer_only
+
+    store = ModelStore()
+    entry = store.get(BUILTIN_NAME)
+    first = load_tokenizer_only(BUILTIN_NAME)
+    assert not store.cache_dir(entry).exists()  # no weights were dequantized
+    assert (store.tokenizer_cache_dir(entry) / "tokenizer_config.json").is_file()
+    again = load_tokenizer_only(BUILTIN_NAME)  # now from the small cache
+    text = "Hur lång tid tar ett bygglov?"
+    assert again(text)["input_ids"] == first(text)["input_ids"] and again.chat_template == first.chat_template

@@ -180,6 +180,10 @@ class ModelStore:
         digest = entry.sha256 or sha256_file(entry.path)
         return self.cache_root / f"{validate_name(entry.name)}-{digest[:12]}"
 
+    def tokenizer_cache_dir(self, entry: ModelEntry) -> Path:
+        """Where a GGUF model's tokenizer alone is cached (for token counts without the weights)."""
+        return self.cache_dir(entry).with_name(self.cache_dir(entry).name + ".tokenizer")
+
 
 def weights_digest(folder: Path) -> str:
     files = sorted(folder.glob("*.safetensors")) or [p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
