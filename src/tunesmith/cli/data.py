@@ -8,7 +8,7 @@ from typing import Callable, Iterator, Optional
 
 import typer
 
-from tunesmith.cli.common import console, err_console, print_json
+from tunesmith.cli.common import console, err_console, print_json, print_table
 
 data_app = typer.Typer(help="Check, prepare and preview training data.", no_args_is_help=True)
 TABLE_ROWS = 50
@@ -131,7 +131,7 @@ def _print_report(report) -> None:
         for f in report.issues[:TABLE_ROWS]:
             style = "red" if f.severity == "error" else "yellow"
             table.add_row(str(f.line) if f.line else "-", f.field or "-", f.rule, f"[{style}]{f.severity}[/]", f.message)
-        console.print(table)
+        print_table(table)
         if len(report.issues) > TABLE_ROWS:
             console.print(f"[dim]first {TABLE_ROWS} of {len(report.issues)} findings shown; --json lists them all[/]")
         counts = ", ".join(f"{rule} {v['count']}" for rule, v in s["by_rule"].items())
