@@ -73,6 +73,12 @@ def test_pickle_weights_refused_unless_allowed(store_home, tiny_model_dir, tmp_p
     assert entry.parameters == 3_219_776
 
 
+def test_a_missing_model_path_says_so(store_home, tmp_path):
+    for spec in (str(tmp_path / "nope"), "./nope", "nope.gguf"):
+        with pytest.raises(ModelError, match="no such model folder or GGUF file"):
+            ModelStore().resolve(spec)
+
+
 def test_not_a_model_folder(store_home, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match="config.json is missing"):
