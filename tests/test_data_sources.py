@@ -167,3 +167,25 @@ def test_every_rule_is_in_the_documented_table():
 
     docs = (Path(__file__).resolve().parents[1] / "docs" / "data-formats.md").read_text(encoding="utf-8")
     assert [rule for rule in RULES if f"`{rule}`" not in docs] == []
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7])
+def test_a_json_arrays_rows_do_not_depend_on_where_reading_chunks_end(tmp_path, monkeypatch, chunk):
+    from tunesmith.data import sources
+
+    pieces = ['{"input": "q", "output": "a"}', '{"input": "q" "output": "x"}', '{"input": "cut", "output": ',
+              "[1, 2]", '{"a": "b\\\\", "c": "\\"q\\""}', '{"a": 1, "a": 2}', '{"n": NaN}', "",
+              '{\n  "input": "pretty",\n  "output": "printed"\n}', "}", '{"x": [}', '{"e": "\\u00e9t\u00e9 \U0001F600"}']
+    texts = ["[" + sep.join(pieces[i:] + pieces[:i]) + end
+             for i, (sep, end) in enumerate([(",\n  ", "\n]"), (",", "]"), ("\n,", ""), (",\n", ",]")] * 3)]
+
+    def rows(path):
+        return [(r.line, r.obj, r.problem and r.problem.rule, [n.field for n in r.notes]) for r in sources.iter_raw(path)]
+
+    for i, text in enumerate(texts):
+        path = tmp_path / f"{i}.json"
+        path.write_text(text, encoding="utf-8")
+        expected = rows(path)
+        monkeypatch.setattr(sources._ArrayReader, "CHUNK", chunk)
+        assert rows(path) == expected, text
+        monkeypatch.undo()

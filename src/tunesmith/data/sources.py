@@ -342,15 +342,14 @@ _STRUCTURE = re.compile(r'["\\{}\[\],\n]')
 
 @dataclass
 class _Scan:
-    """A resumable scan of the element starting at absolute position `start`, to find where it ends.
+    """A resumable scan of a bad element's structure, to find where it ends.
 
     Positions are absolute (characters since the start of the file) because the buffer drops what
-    is consumed. `end`: the ',' or ']' after the element at depth 0. `cut`: the first later line
-    whose first character is the element's opening bracket at its column, where a new element
-    begins when this one was cut short (never closed).
+    is consumed; `at` is how far the scan got. `end`: the ',' or ']' after the element at depth 0.
+    `cut`: the first later line whose first character is the element's opening bracket (`opener`)
+    at its `column`, where a new element begins when this one was cut short (never closed).
     """
 
-    start: int
     column: int
     opener: str
     at: int
@@ -454,7 +453,7 @@ class _ArrayReader:
 
     def _new_scan(self) -> _Scan:
         start = self.dropped + self.pos
-        return _Scan(start, start - self.line_start, self.buf[self.pos], start)
+        return _Scan(start - self.line_start, self.buf[self.pos], start)
 
     def _scan(self, s: _Scan) -> None:
         """Go on scanning the element to the end of the buffer, or until its end is found."""
