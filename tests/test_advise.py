@@ -41,3 +41,37 @@ def test_advise_on_a_file(tmp_path):
     assert advice.next_commands[0].startswith(f"tunesmith data check {path}")
     with pytest.raises(DataError, match="unknown goal"):
         advise(goal="speed")
+
+
+def _parse_only():
+    """The real CLI with every command's body replaced by a no-op: running it parses the arguments only."""
+    import typer
+
+    from tunesmith.cli.main import app
+
+    root = typer.main.get_command(app)
+    groups = [root]
+    while groups:
+        for command in groups.pop().commands.values():
+            if hasattr(command, "commands"):
+                groups.append(command)
+            else:
+                command.callback = lambda **params: None
+    return root
+
+
+@pytest.mark.parametrize("choice", ["prompt", "rag", "fine-tune", "fine-tune+rag"])
+@pytest.mark.parametrize("data", [None, "my data/faq.jsonl"])
+def test_every_suggested_command_exists_and_its_arguments_parse(choice, data):
+    import shlex
+
+    from tunesmith.advise import next_commands
+
+    cli = _parse_only()
+    commands = next_commands(choice, data)
+    assert commands
+    for command in commands:
+        argv = shlex.split(command)
+        assert argv[0] == "tunesmith", command
+        cli.main(argv[1:], prog_name="tunesmith", standalone_mode=False)  # raises on an unknown command or option
+    assert not any("CONFIG.yaml" in c for c in commands)  # no file the user does not have

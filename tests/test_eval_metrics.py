@@ -37,6 +37,29 @@ def test_rouge_l_hand_computed():
     assert M.rouge_l("mat the", "the mat") == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("prediction, reference, expected", [
+    # Swedish: 'färdigt' and 'om' differ; LCS 'bygglovet är ... tio veckor' = 4 of 6 / 4 of 6 words
+    ("bygglovet är färdigt om tio veckor", "bygglovet är klart efter tio veckor", 4 / 6),
+    # Russian: LCS 'разрешение займёт недель' = 3 of 4 / 3 of 5 words -> F = 2 * 3/4 * 3/5 / (3/4 + 3/5)
+    ("разрешение займёт десять недель", "разрешение займёт около десяти недель", 2 * (3 / 4) * (3 / 5) / (3 / 4 + 3 / 5)),
+    # Chinese, one token per character: LCS '许可需要十周' = 6 of 8 / 6 of 6 characters
+    ("许可需要大约十周。", "许可需要十周", 2 * (6 / 8) * 1 / (6 / 8 + 1)),
+])
+def test_rouge_l_counts_words_of_every_language(prediction, reference, expected):
+    assert M.rouge_l(prediction, reference) == pytest.approx(expected)
+    assert M.rouge_l(reference, reference) == 1.0 and M.rouge_l("помощь", reference) == 0.0
+
+
+def test_rouge_l_on_english_is_unchanged_from_rouge_score():
+    from rouge_score import rouge_scorer
+
+    plain = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    pairs = [("The permits were approved in 10 weeks!", "permit approval takes ten weeks"),
+             ("don't_stop running, it's 2024", "Dont stop: runs in 2024."), ("", "x"), ("a b", "")]
+    for pred, ref in pairs:
+        assert M.rouge_l(pred, ref) == pytest.approx(plain.score(ref, pred)["rougeL"].fmeasure)
+
+
 def test_corpus_bleu_from_stats_matches_sacrebleu():
     import sacrebleu
 

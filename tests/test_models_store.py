@@ -73,6 +73,12 @@ def test_pickle_weights_refused_unless_allowed(store_home, tiny_model_dir, tmp_p
     assert entry.parameters == 3_219_776
 
 
+def test_a_missing_model_path_says_so(store_home, tmp_path):
+    for spec in (str(tmp_path / "nope"), "./nope", "nope.gguf"):
+        with pytest.raises(ModelError, match="no such model folder or GGUF file"):
+            ModelStore().resolve(spec)
+
+
 def test_not_a_model_folder(store_home, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match="config.json is missing"):
@@ -148,3 +154,18 @@ def test_files_written_into_an_atomic_folder_get_the_usual_modes(tmp_path):
         os.umask(old)
     modes = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*")}
     assert modes == {"d": 0o755, "d/model.safetensors": 0o644, "d/sub": 0o755, "d/sub/adapter_model.safetensors": 0o644}
+
+
+@pytest.mark.slow
+def test_a_gguf_models_tokenizer_loads_without_its_weights(store_home):
+    """`data check` measures lengths with the default model's tokenizer: converting the weights is not needed for that."""
+    from tunesmith.models.load import load_tokenizer_only
+
+    store = ModelStore()
+    entry = store.get(BUILTIN_NAME)
+    first = load_tokenizer_only(BUILTIN_NAME)
+    assert not store.cache_dir(entry).exists()  # no weights were dequantized
+    assert (store.tokenizer_cache_dir(entry) / "tokenizer_config.json").is_file()
+    again = load_tokenizer_only(BUILTIN_NAME)  # now from the small cache
+    text = "Hur lång tid tar ett bygglov?"
+    assert again(text)["input_ids"] == first(text)["input_ids"] and again.chat_template == first.chat_template

@@ -51,6 +51,62 @@ def test_migrations_continue_from_an_older_schema(tmp_path):
     assert db.execute("SELECT name, best_step FROM runs").fetchall() == [("old", None)]
 
 
+def test_a_migration_that_fails_half_way_leaves_nothing_and_is_retried(tmp_path, monkeypatch):
+    def m004_two_columns(db):
+        db.execute("ALTER TABLE runs ADD COLUMN tags TEXT")
+        raise sqlite3.OperationalError("disk I/O error")  # as if the process died between the two steps
+
+    def m004_two_columns_fixed(db):
+        db.execute("ALTER TABLE runs ADD COLUMN tags TEXT")
+        db.execute("ALTER TABLE runs ADD COLUMN notes TEXT")
+
+    m004_two_columns_fixed.__name__ = "m004_two_columns"
+    path = tmp_path / "runs.db"
+    monkeypatch.setattr(registry, "MIGRATIONS", [*registry.MIGRATIONS, m004_two_columns])
+    db = sqlite3.connect(str(path))
+    with pytest.raises(sqlite3.OperationalError):
+        registry.migrate(db)
+    db.close()
+    db = sqlite3.connect(str(path))  # a new process finds the schema as it was before m004
+    assert "tags" not in [r[1] for r in db.execute("PRAGMA table_info(runs)")]
+    assert "m004_two_columns" not in {r[0] for r in db.execute("SELECT name FROM _migrations")}
+    monkeypatch.setattr(registry, "MIGRATIONS", [*registry.MIGRATIONS[:-1], m004_two_columns_fixed])
+    assert registry.migrate(db) == ["m004_two_columns"]
+    assert {"tags", "notes"} <= {r[1] for r in db.execute("PRAGMA table_info(runs)")}
+
+
+def test_two_processes_migrating_at_once_apply_each_migration_once(tmp_path, monkeypatch):
+    import threading
+
+    started, release, calls = threading.Event(), threading.Event(), []
+
+    def m004_add_tags(db):
+        calls.append(threading.current_thread().name)
+        if len(calls) == 1:  # the first one holds the write lock until the second is waiting
+            started.set()
+            release.wait(10)
+        db.execute("ALTER TABLE runs ADD COLUMN tags TEXT")
+
+    path = tmp_path / "runs.db"
+    registry.migrate(sqlite3.connect(str(path)))
+    monkeypatch.setattr(registry, "MIGRATIONS", [*registry.MIGRATIONS, m004_add_tags])
+    results = {}
+
+    def run(name):
+        db = sqlite3.connect(str(path), timeout=10, check_same_thread=False)
+        results[name] = registry.migrate(db)
+
+    first = threading.Thread(target=run, args=("first",), name="first")
+    first.start()
+    assert started.wait(10)
+    second = threading.Thread(target=run, args=("second",), name="second")
+    second.start()
+    second.join(0.5)  # it is now waiting for the write lock
+    release.set()
+    first.join(10), second.join(10)
+    assert results == {"first": ["m004_add_tags"], "second": []} and calls == ["first"]
+
+
 def test_find_list_remove(store_home, tmp_path):
     a = _make_run(tmp_path, "run-a", created="2025-01-01T00:00:00")
     _make_run(tmp_path, "run-b", created="2025-01-02T00:00:00")

@@ -40,6 +40,27 @@ def test_train_then_runs_list_show_rm(tiny_model_dir, tmp_path, store_home):
     assert not (tmp_path / "runs" / "cli-run").exists()
 
 
+def test_a_config_file_with_relative_paths_trains_from_any_folder(tiny_model_dir, tmp_path, store_home, monkeypatch):
+    """`tunesmith train some/where/config.yaml` used to find its data only from the folder the paths were relative to."""
+    import yaml
+
+    project = tmp_path / "project"
+    sums_dataset(project / "data")
+    (project / "config.yaml").write_text("data:\n  train: data/train.jsonl\n  validation: data/val.jsonl\n"
+                                         "output_dir: runs\n")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    sets = [a for kv in overrides(tiny_model_dir, Path("unused"), None, Path("unused"), max_steps=2, eval_every=2)
+            if not kv.startswith(("data.train=", "output_dir=")) for a in ("--set", kv)]
+    result = _invoke("train", "../project/config.yaml", *sets, "--name", "from-elsewhere", "--json")
+    assert result.exit_code == 0, result.output
+    run_dir = project / "runs" / "from-elsewhere"  # output_dir in the file: beside the file
+    assert json.loads(result.stdout[result.stdout.index("{"):])["dir"] == str(run_dir)
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["data"]["train"] == str(project / "data" / "train.jsonl")  # absolute: resume works from anywhere
+    assert saved["output_dir"] == str(project / "runs")
+
+
 def test_user_mistakes_are_one_line_and_exit_2(store_home):
     for args, message in [
         (["train", "--resume", "nope"], "error: unknown run 'nope' (no runs yet"),

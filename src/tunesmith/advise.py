@@ -12,11 +12,14 @@ The rules (from the project seed), applied in order:
 
 from __future__ import annotations
 
+import re
+import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 GOALS = ("style", "format", "knowledge", "behaviour")
 BUDGETS = ("low", "medium", "high")
+PREPARED = "data/prepared"  # where the suggested `data prepare` writes the splits
 
 
 @dataclass
@@ -63,9 +66,11 @@ def decide(facts: dict | None, *, changes_often: bool, goal: str | None, budget:
     reasons: list[str] = []
     needs_rag = changes_often or goal == "knowledge"
     if changes_often:
-        reasons.append("the information changes often: keep it in documents RAG retrieves, not in weights")
+        reasons.append("the information changes often: keep it in documents RAG retrieves, not in weights "
+                       "(RAG retrieves from your examples; add --docs FOLDER of .txt/.md files for documents)")
     elif goal == "knowledge":
-        reasons.append("the goal is knowledge: retrieval grounds answers in your documents and can be updated")
+        reasons.append("the goal is knowledge: retrieval grounds answers in your documents and can be updated "
+                       "(add --docs FOLDER of .txt/.md files to compare or eval)")
     data_ok, why = _data_ok(facts)
     reasons.append(why)
     if not data_ok:
@@ -99,15 +104,26 @@ def _data_ok(facts: dict | None) -> tuple[bool, str]:
 
 
 def next_commands(choice: str, data: str | Path | None) -> list[str]:
-    """What to run next for each recommendation."""
+    """What to run next for each recommendation: real commands whose arguments parse (a test runs
+    each through the CLI's parser), shell-quoted; FILE stands for the data when none was given."""
+    from tunesmith.models.store import BUILTIN_NAME
+
     file = str(data) if data else "FILE"
-    check = f"tunesmith data check {file} --model smollm2-135m-instruct"
-    if choice == "prompt":
-        return [check, f"tunesmith generate --system \"...\" \"...\"  # try a prompt with a few examples from {file}"]
-    if choice == "rag":
-        return [check, "tunesmith compare CONFIG.yaml --set eval.strategies=base,prompt,rag --set eval.docs=DOCS_FOLDER"]
-    commands = [check, f"tunesmith data prepare {file} --out data/prepared",
-                f"tunesmith train CONFIG.yaml --set data.train={file}"]
-    if choice == "fine-tune+rag":
-        commands.append("tunesmith compare CONFIG.yaml --set eval.strategies=base,rag,tuned,tuned+rag")
-    return commands
+    check = ["tunesmith", "data", "check", file, "--model", BUILTIN_NAME]
+    if choice in ("prompt", "rag"):  # held-out examples to measure the prompt (and retrieval) on
+        strategies = "base,prompt" if choice == "prompt" else "base,prompt,rag"
+        commands = [check, ["tunesmith", "data", "prepare", file, "--out", PREPARED],
+                    ["tunesmith", "compare", "--data", f"{PREPARED}/test.jsonl", "--train", f"{PREPARED}/train.jsonl",
+                     "--strategies", strategies, "--out", f"reports/{choice}"]]
+    else:
+        run = _run_name(file)
+        strategies = "base,prompt,tuned" if choice == "fine-tune" else "base,rag,tuned,tuned+rag"
+        commands = [check, ["tunesmith", "train", "--set", f"data.train={file}", "--name", run],
+                    ["tunesmith", "eval", run, "--strategies", strategies]]
+    return [shlex.join(c) for c in commands]
+
+
+def _run_name(file: str) -> str:
+    """A valid run name from the data file's name: 'support faq.jsonl' -> 'support-faq-lora'."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(file).name.split(".")[0]).strip("-._")
+    return f"{stem[:80] or 'my'}-lora"

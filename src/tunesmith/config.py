@@ -1,9 +1,16 @@
-"""Typed, frozen config per concern; defaults < YAML file < `--set key=value`; every error at once."""
+"""Typed, frozen config per concern; defaults < YAML file < `--set key=value`; every error at once.
+
+Paths (PATH_KEYS) come out of load_config absolute: a relative path written in a YAML file is
+relative to that file's folder, so `tunesmith train some/where/config.yaml` works from any
+folder; one given with `--set`, and the default `output_dir`, are relative to the current
+folder. The run folder's saved config.yaml therefore means the same from anywhere (resume).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,7 +35,7 @@ def opt(default: Any, help: str, *, secret: bool = False) -> Any:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = opt("smollm2-135m-instruct", "a model store name, a local model folder, or a GGUF file")
+    name: str = opt("smollm2-135m-instruct", "a model store name, a local model folder (./folder), or a GGUF file")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt(
         "auto", "weights dtype when loading; auto = float32 on CPU, bfloat16 on a GPU that supports it")
     allow_pickle: bool = opt(False, "allow .bin/.pt pickle weights (they can run code when loaded)")
@@ -125,10 +132,12 @@ class Config:
     train: TrainConfig = opt(TrainConfig(), "training loop")
     eval: EvalConfig = opt(EvalConfig(), "evaluation")
     serve: ServeConfig = opt(ServeConfig(), "serving")
-    output_dir: str = opt("runs", "folder that holds the run folders")
+    output_dir: str = opt("runs", "folder that holds the run folders (in a config file: relative to that file)")
 
 
 SECTIONS = ("model", "data", "method", "train", "eval", "serve")
+# Keys that hold a file or folder path (model.name only when it looks like one, see _is_path).
+PATH_KEYS = ("model.name", "data.train", "data.validation", "data.test", "eval.docs", "output_dir")
 
 
 @dataclass
@@ -162,7 +171,16 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     return resolve_config(path, overrides).config
 
 
-def resolve_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Resolved:
+def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """The config.yaml saved in a run folder. Its paths are absolute; a run saved before paths were
+    resolved has relative ones, which meant the current folder, so they still do here."""
+    return resolve_config(path, overrides, file_folder=Path.cwd()).config
+
+
+def resolve_config(path: str | Path | None = None, overrides: Sequence[str] = (), *,
+                   file_folder: Path | None = None) -> Resolved:
+    """As load_config, with the source of every key; relative paths in the file are relative to
+    `file_folder` (default: the file's own folder)."""
     raw, lines = ({}, {}) if path is None else _read_yaml(Path(path))
     sources = {key: f"{path}:{line}" for key, line in lines.items()}
     problems: list[str] = []
@@ -180,7 +198,39 @@ def resolve_config(path: str | Path | None = None, overrides: Sequence[str] = ()
     if problems:
         head = f"{len(problems)} config error(s)" + (f" in {path}" if path else "")
         raise ConfigError(head + ":\n  " + "\n  ".join(problems), problems=problems)
+    in_file = {key for key, src in sources.items() if not src.startswith("--set ")}
+    folder = file_folder or (Path(os.path.abspath(path)).parent if path is not None else None)
+    config = absolute_paths(config, lambda key: folder if key in in_file else Path.cwd())
     return Resolved(config, {k: v for k, v in sources.items() if _is_leaf_key(k)})
+
+
+def absolute_paths(config: Config, base_of=None) -> Config:
+    """`config` with every relative path in PATH_KEYS made absolute (`~` expanded).
+
+    `base_of(key)` is the folder a key's relative path is relative to; by default the current
+    folder (for a Config built in Python, before it is saved with a run).
+    """
+    changes: dict[str, Any] = {}  # replace() arguments: {section: {leaf: value}} or {top-level key: value}
+    for key in PATH_KEYS:
+        section, _, leaf = key.rpartition(".")
+        value = getattr(getattr(config, section), leaf) if section else getattr(config, leaf)
+        base = base_of(key) if base_of else Path.cwd()
+        if not isinstance(value, str) or not value or (key == "model.name" and not _is_path(value, base)):
+            continue
+        absolute = os.path.normpath(base / Path(value).expanduser())  # an absolute value stays as it is
+        if section:
+            changes.setdefault(section, {})[leaf] = absolute
+        else:
+            changes[leaf] = absolute
+    return replace(config, **changes)
+
+
+def _is_path(name: str, base: Path) -> bool:
+    """Is a model.name a path? A store name ('smollm2-135m-instruct') or a hub id ('org/model')
+    is not, unless that folder exists; './x', '../x', '~/x', '/x' and 'x.gguf' are."""
+    if name.startswith(("./", "../", "~", "/", ".\\", "..\\")) or name.lower().endswith(".gguf"):
+        return True
+    return ("/" in name or "\\" in name) and (base / name).exists()
 
 
 def to_dict(config: Config) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Atomic file writes and content hashes: nothing on disk is ever half-written."""
+"""Atomic file writes, strict JSON and content hashes: nothing on disk is ever half-written or unreadable."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -53,18 +54,47 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def json_text(obj: Any, **options: Any) -> str:
+    """`obj` as strict JSON (RFC 8259), which every parser reads; `options` go to json.dumps.
+
+    json.dumps would write NaN, Infinity and -Infinity as bare words that are not JSON; they are
+    written as the strings "NaN", "Infinity" and "-Infinity" instead, so nothing is lost.
+    """
+    try:
+        return json.dumps(obj, ensure_ascii=False, allow_nan=False, **options)
+    except ValueError:  # a non-finite float somewhere: rare, so only then is the whole object walked
+        return json.dumps(_finite(obj), ensure_ascii=False, allow_nan=False, **options)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _json_bytes(text: str) -> bytes:
+    # A lone surrogate (half of a "\ud83d\ude00" pair, read from a JSON escape) cannot be UTF-8; it
+    # only occurs inside JSON strings, where backslashreplace writes it as the same JSON escape.
+    return text.encode("utf-8", "backslashreplace")
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    """`obj` as strict, indented JSON (see json_text); values JSON has no type for are written as str()."""
+    return atomic_write_bytes(path, _json_bytes(json_text(obj, indent=2, default=str) + "\n"))
 
 
 def atomic_write_jsonl(path: str | Path, rows: Any) -> Path:
-    """Stream rows into a temp file, then rename: a crash leaves the old file, never half a new one."""
+    """Stream rows as strict JSON lines into a temp file, then rename: a crash leaves the old file, never half a new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir_file(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
+        with open(tmp, "wb") as f:
             for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                f.write(_json_bytes(json_text(row) + "\n"))
     return path
 
 

@@ -34,7 +34,7 @@ def advise_cmd(
              "fine-tune": "fine-tuning", "fine-tune+rag": "fine-tuning + RAG"}[advice.recommendation]
     console.print(f"[bold]recommendation: {label}[/]")
     for reason in advice.reasons:
-        console.print(f"  - {reason}")
+        console.print(f"  - {reason}", markup=False)
     console.print("next:")
-    for command in advice.next_commands:
-        console.print(f"  $ {command}")
+    for command in advice.next_commands:  # file names may hold [ ], which rich would take for markup
+        console.print(f"  $ {command}", markup=False, soft_wrap=True)

@@ -2,19 +2,40 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
 from rich.console import Console
 
-console = Console(highlight=False)
+# Piped output is not wrapped at COLUMNS: a long path or name stays on one line for grep and cut.
+console = Console(highlight=False, soft_wrap=not (sys.stdout and sys.stdout.isatty()))
 err_console = Console(stderr=True, highlight=False)
+
+
+def print_table(table: Any, out: Console | None = None) -> None:
+    """Print a rich Table without ever cutting a cell (rich ends a cell too wide with '...').
+
+    Piped (not a terminal), the table is printed at its full width, each row on one line, so
+    `tunesmith models list | grep NAME` finds whole names whatever COLUMNS says; on a
+    terminal, a cell too wide for the screen folds onto the next lines instead.
+    """
+    from rich.measure import Measurement
+
+    out = out or console
+    for column in table.columns:
+        column.overflow = "fold"
+    if out.is_terminal:
+        out.print(table)
+        return
+    width = Measurement.get(out, out.options.update_width(1 << 16), table).maximum
+    Console(file=out.file, width=width, highlight=False, color_system=out.color_system).print(table)
 
 
 def print_json(obj: Any) -> None:
     """Machine-readable output: plain JSON on stdout, nothing else."""
-    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    from tunesmith.io import json_text
+
+    sys.stdout.write(json_text(obj, indent=2, default=str) + "\n")
 
 
 def check_sampling(max_new_tokens: int, temperature: float, top_p: float) -> None:

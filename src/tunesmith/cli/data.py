@@ -8,7 +8,7 @@ from typing import Callable, Iterator, Optional
 
 import typer
 
-from tunesmith.cli.common import console, err_console, print_json
+from tunesmith.cli.common import console, err_console, print_json, print_table
 
 data_app = typer.Typer(help="Check, prepare and preview training data.", no_args_is_help=True)
 TABLE_ROWS = 50
@@ -30,11 +30,27 @@ def _existing(path: Path) -> Path:
 
 
 def _tokenizer(model: str | None):
+    """`model`'s tokenizer (its weights are not loaded), or None without a model."""
     if model is None:
         return None
-    from tunesmith.models.load import load_tokenizer, local_folder
+    from tunesmith.models.load import load_tokenizer_only
 
-    return load_tokenizer(local_folder(model))
+    return load_tokenizer_only(model)
+
+
+def _check_tokenizer(model: str | None) -> tuple[object, str | None, list[str]]:
+    """(tokenizer, which one, notes) for `data check`: --model's, else the default model's, so a
+    6,000-token row is reported without --model; when that is not installed, none and a note."""
+    from tunesmith.errors import ModelError
+    from tunesmith.models.store import BUILTIN_NAME
+
+    if model is not None:
+        return _tokenizer(model), model, []
+    try:
+        return _tokenizer(BUILTIN_NAME), f"{BUILTIN_NAME} (the default model; --model NAME for yours)", []
+    except ModelError as e:
+        return None, None, [f"length checks skipped: no --model given and the default model's tokenizer "
+                            f"is not available: {e}"]
 
 
 def count_lines(path: Path, limit_bytes: int = 2 << 30) -> int | None:
@@ -87,8 +103,9 @@ def check_cmd(
     _existing(file)
     if against is not None:
         _existing(against)
-    opts = CheckOptions(format=format, mapping=map, system=system, tokenizer=_tokenizer(model),
-                        max_length=max_length, against=against)
+    tokenizer, tokenizer_name, notes = _check_tokenizer(model)
+    opts = CheckOptions(format=format, mapping=map, system=system, tokenizer=tokenizer, tokenizer_name=tokenizer_name,
+                        notes=notes, max_length=max_length, against=against)
     with row_progress(file, "checking", quiet=json_out) as advance:
         opts.progress = advance
         report = check(file, opts)
@@ -114,7 +131,7 @@ def _print_report(report) -> None:
         for f in report.issues[:TABLE_ROWS]:
             style = "red" if f.severity == "error" else "yellow"
             table.add_row(str(f.line) if f.line else "-", f.field or "-", f.rule, f"[{style}]{f.severity}[/]", f.message)
-        console.print(table)
+        print_table(table)
         if len(report.issues) > TABLE_ROWS:
             console.print(f"[dim]first {TABLE_ROWS} of {len(report.issues)} findings shown; --json lists them all[/]")
         counts = ", ".join(f"{rule} {v['count']}" for rule, v in s["by_rule"].items())
@@ -124,13 +141,16 @@ def _print_report(report) -> None:
                   f"[red]{s['errors']} error(s)[/], [yellow]{s['warnings']} warning(s)[/]")
     if s.get("tokens"):
         t = s["tokens"]
-        console.print(f"tokens per row: min {t['min']}, median {t['median']}, p95 {t['p95']}, max {t['max']}; "
-                      f"{t['trainable_tokens']:,} trainable tokens; {t['rows_truncated']} row(s) over max_length "
-                      f"{t['max_length']} ({t['tokens_cut']:,} tokens cut)")
-    _print_verdict(s["verdict"])
+        console.print(f"tokens per row (tokenizer: {s['tokenizer']}): min {t['min']}, median {t['median']}, "
+                      f"p95 {t['p95']}, max {t['max']}; {t['trainable_tokens']:,} trainable tokens; "
+                      f"{t['rows_truncated']} row(s) over max_length {t['max_length']} ({t['tokens_cut']:,} tokens cut)",
+                      markup=False)
+    for note in s.get("notes", []):
+        console.print(f"note: {note}", markup=False, style="yellow")
+    _print_verdict(s["verdict"], measured=bool(s.get("tokens")))
 
 
-def _print_verdict(v: dict) -> None:
+def _print_verdict(v: dict, *, measured: bool) -> None:
     colour = {"ready": "green", "enough-to-start": "green", "too-little": "yellow", "fix-data": "red"}[v["level"]]
     console.print(f"[bold {colour}]verdict: {v['message']}[/] ({'; '.join(v['reasons'])})")
     e = v.get("estimate")
@@ -143,7 +163,8 @@ def _print_verdict(v: dict) -> None:
             console.print(f"[yellow]the machine was busy (load {e['load_average']} on {e['cpu_cores']} cores): "
                           "the estimate is pessimistic; try --threads 1, or measure again when it is idle[/]")
     elif v["level"] != "fix-data":
-        console.print("[dim]add --model NAME for token statistics and a measured time per epoch[/]")
+        more = "a measured time per epoch" if measured else "token statistics and a measured time per epoch"
+        console.print(f"[dim]add --model NAME for {more}[/]")
 
 
 @data_app.command("prepare")

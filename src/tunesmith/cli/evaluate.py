@@ -89,7 +89,7 @@ def _show(result, json_out: bool) -> None:
     """The strategies table, the warnings and the report's path (or JSON without the per-example rows)."""
     from rich.table import Table
 
-    from tunesmith.cli.common import console, print_json
+    from tunesmith.cli.common import console, print_json, print_table
 
     r = result.report
     if json_out:
@@ -102,7 +102,7 @@ def _show(result, json_out: bool) -> None:
         vs = f"{ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]" if ci else "-"
         table.add_row(name, *(_num(row.get(m)) for m in ("exact_match", "token_f1", "rouge_l", "bleu", "loss")), vs,
                       _num(row["seconds_per_example"], ".2f"), str(row["tokens_generated"]))
-    console.print(table)
+    print_table(table)
     for task, t in (r["forgetting"].get("tasks") or {}).items():
         console.print(f"probe {task}: {t['base']:.1f}% -> {t['tuned']:.1f}% ({t['change']:+.1f} points)")
     for note in r["notes"]:

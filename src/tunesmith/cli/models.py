@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from tunesmith.cli.common import console, print_json
+from tunesmith.cli.common import console, print_json, print_table
 
 models_app = typer.Typer(help="The model store: named base models on this machine.", no_args_is_help=True)
 
@@ -35,7 +35,7 @@ def list_cmd(json_out: bool = typer.Option(False, "--json", help="print JSON")) 
     for e in entries:
         table.add_row(e.name + (" (built in)" if e.builtin else ""), e.kind, e.architecture or "-",
                       _fmt_params(e.parameters), e.path)
-    console.print(table)
+    print_table(table)
 
 
 @models_app.command("info")

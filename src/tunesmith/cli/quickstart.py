@@ -105,11 +105,13 @@ def _compare(run, samples: int, max_new_tokens: int, limit: int, probe: str, con
 def _print_strategies(report: dict, console) -> None:
     from rich.table import Table
 
+    from tunesmith.cli.common import print_table
+
     table = Table("strategy", "exact match", "token F1", "ROUGE-L", "BLEU", "s / example")
     for name, m in report.get("strategies", {}).items():
         cells = [m.get(k) for k in ("exact_match", "token_f1", "rouge_l", "bleu", "seconds_per_example")]
         table.add_row(name, *("-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v) for v in cells))
-    console.print(table)
+    print_table(table, console)
     tasks = (report.get("forgetting") or {}).get("tasks") or {}
     for task, t in tasks.items():
         console.print(f"forgetting probe {task}: base {t['base']:.1f} -> tuned {t['tuned']:.1f} "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from tunesmith.cli.common import console, print_json
+from tunesmith.cli.common import console, print_json, print_table
 
 runs_app = typer.Typer(help="Training runs: list, inspect, remove.", no_args_is_help=True)
 
@@ -34,7 +34,7 @@ def list_cmd(json_out: bool = typer.Option(False, "--json", help="print JSON")) 
         d = r.to_dict()
         table.add_row(r.name, r.status, r.base_model or "-", r.method or "-", str(d["steps"] or "-"),
                       _loss(d["best_val_loss"]), str(r.dir))
-    console.print(table)
+    print_table(table)
 
 
 @runs_app.command("show")

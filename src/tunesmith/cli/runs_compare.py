@@ -20,7 +20,7 @@ def runs_compare_cmd(
     """Put runs side by side: method, steps, best validation loss, and the tuned metrics from each run's report."""
     from rich.table import Table
 
-    from tunesmith.cli.common import console, print_json
+    from tunesmith.cli.common import console, print_json, print_table
     from tunesmith.evaluate.side_by_side import COLUMNS, side_by_side
 
     rows = side_by_side(runs)
@@ -31,11 +31,14 @@ def runs_compare_cmd(
         metrics = [_num(r[c]) for c in COLUMNS] if r["evaluated"] else ["-"] * len(COLUMNS)
         table.add_row(r["run"], r["method"] or "-", str(r["steps"] or "-"), _num(r["best_val_loss"]), *metrics,
                       _num(r["forgetting_change"], "+.1f"))
-    console.print(table)
+    print_table(table)
     missing = [r["run"] for r in rows if not r["evaluated"]]
     if missing:
         console.print(f"not evaluated yet: {', '.join(missing)} (run `tunesmith eval RUN`)")
 
 
 def _num(v, fmt: str = ".3f") -> str:
-    return "-" if v is None else format(v, fmt)
+    """A number for the table; anything else as it is (a report may say "NaN", as strict JSON writes it)."""
+    if v is None:
+        return "-"
+    return format(v, fmt) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)

@@ -28,6 +28,8 @@ class CheckOptions:
     mapping: Any = None
     system: str | None = None
     tokenizer: Any = None  # token statistics and length rules when given
+    tokenizer_name: str | None = None  # which model's tokenizer that is, for the summary
+    notes: list[str] = field(default_factory=list)  # said in the summary (e.g. why there are no length checks)
     max_length: int = 1024
     against: str | Path | None = None  # another file to check for overlap (leakage)
     near: bool = True  # near-duplicate detection
@@ -186,7 +188,8 @@ def summarise(path: Path, reader: Reader, state: _Pass, issues: list[Finding], o
         "by_rule": {rule: {"severity": RULES[rule][0], "count": n} for rule, n in sorted(by_rule.items())},
         "exact_duplicates": by_rule.get("dup.exact", 0), "near_duplicates": by_rule.get("dup.near", 0),
         "conflicts": by_rule.get("dup.conflict", 0), "near_threshold": NEAR_THRESHOLD,
-        "tokens": None, "against": leaks,
+        "tokens": None, "tokenizer": opts.tokenizer_name if opts.tokenizer is not None else None,
+        "notes": list(opts.notes), "against": leaks,
     }
     summary["rows_with_errors"] = min(summary["rows_with_errors"], reader.rows_read)
     if state.tokens:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,6 +25,9 @@ FORMATS = ("messages", "sharegpt", "alpaca", "prompt-completion", "input-output"
 ALIASES = {"chat": "messages", "openai": "messages", "conversations": "sharegpt", "completion": "prompt-completion",
            "pairs": "input-output", "question-answer": "input-output", "prompt-response": "input-output"}
 DETECT_ROWS = 50  # detection looks at this many readable rows
+# Half of a UTF-16 surrogate pair, from a JSON escape such as "\ud800": not a character, so
+# neither a tokenizer nor a UTF-8 file can hold it.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass
@@ -130,6 +134,7 @@ class Reader:
         obj = {self.mapping.get(k, k): v for k, v in r.obj.items()} if self.mapping else r.obj
         row = normalise(obj, self.format, r.line, system=self.system)
         row.raw = r.obj
+        row.findings += r.notes
         return row
 
     def _detect(self, head: list[RawRow]) -> str | None:
@@ -208,6 +213,9 @@ def _string(obj: dict, key: str, line: int, *, label: str | None = None, optiona
         return "", None if optional else finding(line, label, "field.empty", f"'{label}' is empty")
     if not isinstance(value, str):
         return "", finding(line, label, "field.type", f"'{label}' is a {_type(value)}, not a string")
+    if bad := _LONE_SURROGATE.search(value):
+        what = f"'{label}' holds \\u{ord(bad.group()):04x}, half of a surrogate pair, which is not a character"
+        return "", finding(line, label, "text.invalid", what)
     return value.strip(), None
 
 

@@ -23,24 +23,30 @@ TRAIN_SHARE = 0.8  # the default 80/10/10 split: what one epoch goes over
 
 
 def verdict(summary: dict) -> dict:
-    """{'level', 'message', 'reasons'} from a check summary; level is fix-data | too-little | enough-to-start | ready."""
+    """{'level', 'message', 'reasons', 'problems'} from a check summary.
+
+    `problems` lists every verdict that applies ({'level', 'message'}, most pressing first): a
+    small file with many errors is both "fix the data first" and "too little data". `level` is
+    the first of them (fix-data | too-little | enough-to-start | ready); `message` joins them all.
+    """
     rows, usable = summary["rows_read"], summary["usable_rows"]
     error_share = summary["rows_with_errors"] / rows if rows else 1.0
     dup_share = (summary["exact_duplicates"] + summary["near_duplicates"]) / rows if rows else 0.0
     reasons = [f"{usable} usable examples (of {rows} rows read)"]
+    problems = []
     if not rows:
-        return {"level": "fix-data", "message": "fix the data first: no rows could be read", "reasons": reasons}
-    if error_share > MAX_ERROR_SHARE or dup_share > MAX_DUP_SHARE:
+        problems.append(("fix-data", "fix the data first: no rows could be read"))
+    elif error_share > MAX_ERROR_SHARE or dup_share > MAX_DUP_SHARE:
         reasons.append(f"{error_share:.0%} of rows have errors, {dup_share:.0%} are duplicates")
-        return {"level": "fix-data", "message": "fix the data first: too many errors or duplicates to train on",
-                "reasons": reasons}
-    if usable < TOO_LITTLE:
-        return {"level": "too-little", "reasons": reasons,
-                "message": "too little data: start with prompt engineering, or collect more (aim for 100+ examples)"}
-    if usable < ENOUGH:
-        return {"level": "enough-to-start", "reasons": reasons,
-                "message": "enough to start: expect a style/format effect; more examples will help"}
-    return {"level": "ready", "reasons": reasons, "message": "ready to fine-tune"}
+        problems.append(("fix-data", "fix the data first: too many errors or duplicates to train on"))
+    if rows and usable < TOO_LITTLE:
+        problems.append(("too-little", "too little data: start with prompt engineering, or collect more "
+                                       "(aim for 100+ examples)"))
+    elif rows and usable < ENOUGH and not problems:
+        problems.append(("enough-to-start", "enough to start: expect a style/format effect; more examples will help"))
+    problems = problems or [("ready", "ready to fine-tune")]
+    return {"level": problems[0][0], "message": "; ".join(m for _, m in problems), "reasons": reasons,
+            "problems": [{"level": level, "message": m} for level, m in problems]}
 
 
 def epoch_tokens(summary: dict) -> dict | None:

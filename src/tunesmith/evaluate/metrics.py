@@ -16,6 +16,7 @@ import math
 import re
 import string
 import sys
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from tunesmith.errors import EvalError
 METRICS = {
     "exact_match": (True, "answer equals the reference after normalisation (lowercase, no punctuation/articles)"),
     "token_f1": (True, "F1 of normalised word overlap with the reference"),
-    "rouge_l": (True, "ROUGE-L F-measure (rouge-score, stemmed)"),
+    "rouge_l": (True, "ROUGE-L F-measure (rouge-score; words of any script, CJK per character, English stemmed)"),
     "bleu": (True, "corpus BLEU (sacrebleu, 0-100)"),
     "loss": (False, "mean cross-entropy of the reference answer's tokens (incl. end-of-turn), nats"),
     "perplexity": (False, "exp(loss)"),
@@ -75,7 +76,50 @@ def _rouge_scorer():
     """The scorer holds a stemmer: build it once per process."""
     from rouge_score import rouge_scorer
 
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return rouge_scorer.RougeScorer(["rougeL"], tokenizer=WordTokenizer())
+
+
+# Scripts written without spaces between words: each character is a token (as ROUGE on Chinese
+# and Japanese is usually computed). Han (with extensions and compatibility), kana, Thai, Lao,
+# Myanmar, Khmer.
+_UNSPACED = ((0x2E80, 0x2FDF), (0x3040, 0x30FF), (0x31F0, 0x31FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF),
+             (0xF900, 0xFAFF), (0x20000, 0x3134F), (0x0E00, 0x0EFF), (0x1000, 0x109F), (0x1780, 0x17FF))
+
+
+class WordTokenizer:
+    """ROUGE's tokens for text in any language (rouge-score calls `tokenize(text)`).
+
+    rouge-score's own tokenizer keeps only [a-z0-9], so 'färdigt' loses its 'ä' and a Russian or
+    Chinese answer has no tokens at all (ROUGE-L ~0, and the report ranks examples on it). Here a
+    token is a run of letters, marks and digits after NFKC and casefolding, or one character of an
+    unspaced script; ASCII tokens over 3 characters are Porter-stemmed as rouge-score does, so
+    English scores are exactly rouge-score's.
+    """
+
+    def __init__(self):
+        from nltk.stem import porter
+
+        self.stemmer = porter.PorterStemmer()
+
+    def tokenize(self, text: str) -> list[str]:
+        tokens: list[str] = []
+        word: list[str] = []
+        for ch in unicodedata.normalize("NFKC", text).casefold():
+            unspaced = any(lo <= ord(ch) <= hi for lo, hi in _UNSPACED)
+            if unicodedata.category(ch)[0] in "LMN" and not unspaced:
+                word.append(ch)
+                continue
+            if word:
+                tokens.append(self._stem("".join(word)))
+                word = []
+            if unspaced and unicodedata.category(ch)[0] in "LMN":
+                tokens.append(ch)
+        if word:
+            tokens.append(self._stem("".join(word)))
+        return tokens
+
+    def _stem(self, token: str) -> str:
+        return self.stemmer.stem(token) if len(token) > 3 and token.isascii() else token
 
 
 def bleu_stats(prediction: str, reference: str) -> np.ndarray:

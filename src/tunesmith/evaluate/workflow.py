@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from tunesmith.config import Config, load_config
+from tunesmith.config import Config, load_config, load_run_config
 from tunesmith.errors import EvalError
 from tunesmith.evaluate import metrics as M
 from tunesmith.evaluate import strategies as S
@@ -143,7 +143,7 @@ def _config(config, info) -> Config:
     if config is not None:
         return load_config(config)
     if info is not None and (info.dir / "config.yaml").is_file():
-        return load_config(info.dir / "config.yaml")
+        return load_run_config(info.dir / "config.yaml")
     return load_config(None)
 
 

@@ -87,6 +87,36 @@ def local_folder(spec: str | ModelEntry, *, store: ModelStore | None = None, all
     return folder
 
 
+def load_tokenizer_only(spec: str | ModelEntry, *, store: ModelStore | None = None) -> "PreTrainedTokenizerBase":
+    """A model's tokenizer (with its chat template) without loading or converting its weights.
+
+    From the model folder; for a GGUF model, from its converted folder when there is one, else
+    from a tokenizer-only cache that the first call fills from the GGUF's own metadata (that
+    first read takes seconds; later loads well under one).
+    """
+    store = store or ModelStore()
+    entry = spec if isinstance(spec, ModelEntry) else store.resolve(spec)
+    if entry.kind != "gguf":
+        return load_tokenizer(entry.path)
+    _hash_once(entry, store)
+    for folder in (store.cache_dir(entry), store.tokenizer_cache_dir(entry)):
+        if (folder / "tokenizer_config.json").is_file():
+            return load_tokenizer(folder)
+    gguf_path = Path(entry.path)
+    read_gguf(gguf_path)  # a clear error for truncated files before transformers sees them
+    _say(f"Reading the tokenizer of {entry.name} from its GGUF file (first use only; later from "
+         f"{store.tokenizer_cache_dir(entry)})")
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    except Exception as e:  # transformers raises many types here
+        raise ModelError(f"{gguf_path}: transformers cannot read this GGUF model's tokenizer ({_short(e)})") from None
+    with atomic_dir(store.tokenizer_cache_dir(entry), overwrite=True) as tmp:
+        tok.save_pretrained(tmp)
+    return load_tokenizer(store.tokenizer_cache_dir(entry))
+
+
 def load_tokenizer(folder: str | Path) -> "PreTrainedTokenizerBase":
     from transformers import AutoTokenizer
 
@@ -158,10 +188,7 @@ def read_gguf(path: Path) -> dict[str, Any]:
 
 def ensure_converted(entry: ModelEntry, store: ModelStore) -> Path:
     """Dequantize a GGUF model once into a safetensors folder (with tokenizer and chat template)."""
-    if entry.sha256 is None:
-        entry.sha256 = sha256_file(entry.path)
-        if entry.builtin:  # hash the wheel's file once, not on every load
-            store.remember(entry)
+    _hash_once(entry, store)
     target = store.cache_dir(entry)
     if (target / "config.json").is_file():
         return target
@@ -186,6 +213,14 @@ def ensure_converted(entry: ModelEntry, store: ModelStore) -> Path:
         tok.save_pretrained(tmp)
         (tmp / "tunesmith_source.json").write_text(json.dumps({"gguf": str(gguf_path), "sha256": entry.sha256}))
     return target
+
+
+def _hash_once(entry: ModelEntry, store: ModelStore) -> None:
+    """Fill in a GGUF entry's sha256 (its caches are keyed by it); the built-in's is remembered."""
+    if entry.sha256 is None:
+        entry.sha256 = sha256_file(entry.path)
+        if entry.builtin:  # hash the wheel's file once, not on every load
+            store.remember(entry)
 
 
 def inspect(

@@ -175,7 +175,10 @@ class ModelStore:
             if path.suffix.lower() != ".gguf":
                 raise ModelError(f"{path} is a file but not a GGUF model", "give a model folder (config.json + safetensors) or a .gguf file")
             return ModelEntry(name=path.stem, path=str(path.resolve()), kind="gguf")
-        if "/" in spec and not spec.startswith((".", "/", "~")):
+        if spec.startswith((".", "/", "~")) or spec.lower().endswith(".gguf"):
+            raise ModelError(f"no such model folder or GGUF file: {path}",
+                             "check model.name in the config (relative to the config file's folder) or --model")
+        if "/" in spec:
             raise ModelError(f"not found locally: '{spec}'", OFFLINE_HINT)
         names = self.names()
         close = difflib.get_close_matches(spec, names, n=1)
@@ -186,6 +189,10 @@ class ModelStore:
         """Where a GGUF model's converted safetensors folder lives, keyed by the file's content."""
         digest = entry.sha256 or sha256_file(entry.path)
         return self.cache_root / f"{validate_name(entry.name)}-{digest[:12]}"
+
+    def tokenizer_cache_dir(self, entry: ModelEntry) -> Path:
+        """Where a GGUF model's tokenizer alone is cached (for token counts without the weights)."""
+        return self.cache_dir(entry).with_name(self.cache_dir(entry).name + ".tokenizer")
 
 
 def weights_digest(folder: Path) -> str:

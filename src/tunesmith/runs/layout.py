@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import RunError
-from tunesmith.io import atomic_write_json
+from tunesmith.io import atomic_write_json, json_text
 
 STATUSES = ("running", "completed", "failed", "stopped")
 # Stamped into every manifest tunesmith writes: `runs rm PATH` deletes only folders that carry it.
@@ -119,7 +119,7 @@ def append_metrics(paths: RunPaths, rows: list[dict[str, Any]]) -> None:
     """Append JSON lines; each line is one write, so a crash loses at most the last line."""
     with open(paths.metrics, "a", encoding="utf-8") as f:
         for row in rows:
-            f.write(json.dumps(row) + "\n")
+            f.write(json_text(row) + "\n")
         f.flush()
 
 

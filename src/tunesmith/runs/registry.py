@@ -2,19 +2,19 @@
 
 The run folders are the truth; the registry is an index over them, so `runs list` is fast and a run
 can be found by name from any working directory. Each migration is a named function applied once,
-in order, and recorded in the `_migrations` table.
+in order, and recorded in the `_migrations` table in the same transaction.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from tunesmith.errors import RunError
+from tunesmith.io import json_text
 from tunesmith.models.store import home
 
 COLUMNS = ("name", "dir", "status", "base_model", "method", "best_val_loss", "best_step", "steps",
@@ -56,18 +56,55 @@ def db_path() -> Path:
 
 
 def migrate(db: sqlite3.Connection) -> list[str]:
-    """Apply the migrations not yet recorded, in order; return the names applied now."""
-    db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
-    done = {row[0] for row in db.execute("SELECT name FROM _migrations")}
-    applied = []
-    for migration in MIGRATIONS:
-        if migration.__name__ in done:
-            continue
-        with db:  # one transaction per migration: it is applied and recorded together, or not at all
-            migration(db)
-            db.execute("INSERT INTO _migrations VALUES (?, ?)", (migration.__name__, _now()))
-        applied.append(migration.__name__)
+    """Apply the migrations not yet recorded, in order; return the names applied now.
+
+    Each migration and its record in `_migrations` are one transaction: a migration that fails
+    half-way (an error, a killed process) leaves the schema as it was, and is tried again next
+    time. BEGIN IMMEDIATE takes the write lock first, so of two processes migrating at once the
+    second waits, then finds the migration recorded and skips it.
+    """
+    with _explicit_transactions(db):
+        db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+        applied = []
+        for migration in MIGRATIONS:
+            if _apply_once(db, migration):
+                applied.append(migration.__name__)
     return applied
+
+
+def _apply_once(db: sqlite3.Connection, migration: Callable[[sqlite3.Connection], None]) -> bool:
+    """Apply `migration` and record it in one transaction, unless it is recorded already."""
+    name = migration.__name__
+    if db.execute("SELECT 1 FROM _migrations WHERE name = ?", (name,)).fetchone():
+        return False
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if db.execute("SELECT 1 FROM _migrations WHERE name = ?", (name,)).fetchone():
+            db.execute("COMMIT")  # another process applied it while this one waited for the lock
+            return False
+        migration(db)
+        db.execute("INSERT INTO _migrations VALUES (?, ?)", (name, _now()))
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return True
+
+
+@contextlib.contextmanager
+def _explicit_transactions(db: sqlite3.Connection) -> Iterator[None]:
+    """Turn off the sqlite3 module's implicit transactions for a while (and commit what is pending).
+
+    Python 3.11's sqlite3 opens a transaction only before INSERT/UPDATE/DELETE, so DDL such as
+    ALTER TABLE runs in autocommit mode even inside `with db:`; with isolation_level None, the
+    BEGIN and COMMIT written out above are the only transaction boundaries.
+    """
+    previous = db.isolation_level
+    db.isolation_level = None
+    try:
+        yield
+    finally:
+        db.isolation_level = previous
 
 
 @contextlib.contextmanager
@@ -94,7 +131,7 @@ def record(name: str, run_dir: Path, manifest: dict[str, Any]) -> None:
     """Insert or update a run's row from its manifest."""
     row = (name, str(run_dir), manifest.get("status"), manifest.get("base_model"), manifest.get("method"),
            manifest.get("best_val_loss"), manifest.get("best_step"), manifest.get("steps"),
-           manifest.get("created_at"), _now(), json.dumps(manifest, default=str))
+           manifest.get("created_at"), _now(), json_text(manifest, default=str))
     with connect() as db, db:
         db.execute(f"INSERT OR REPLACE INTO runs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", row)
 

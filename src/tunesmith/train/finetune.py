@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from tunesmith.config import Config, load_config, to_yaml
+from tunesmith.config import Config, absolute_paths, load_config, load_run_config, to_yaml
 from tunesmith.errors import RunError, TrainError, TunesmithError
 from tunesmith.io import atomic_dir, atomic_write_text, is_disk_full
 from tunesmith.runs import layout, lock
@@ -167,9 +167,9 @@ def _session(config, overrides, name, resume) -> _Session:
     resume_run = find_run(resume) if resume else None
     if isinstance(config, Config):
         assert not overrides, "pass overrides with a config path"
-        cfg = config
+        cfg = absolute_paths(config)  # its relative paths mean the current folder; the saved copy must say so
     elif config is None and resume_run is not None:
-        cfg = load_config(resume_run.dir / "config.yaml", overrides)
+        cfg = load_run_config(resume_run.dir / "config.yaml", overrides)
     else:
         cfg = load_config(config, overrides)
     _check_config(cfg)
