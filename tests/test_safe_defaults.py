@@ -42,7 +42,7 @@ def test_serve_binds_loopback_by_default_and_warns_when_exposed_without_a_key(mo
 
     assert load_config(None).serve.host == "127.0.0.1"
     bound, real_serve = [], server.serve
-    monkeypatch.setattr(server, "serve", lambda specs, base, cfg, on_ready=None: bound.append((cfg.host, cfg.api_key)))
+    monkeypatch.setattr(server, "serve", lambda specs, base, cfg, on_ready=None, device="auto": bound.append((cfg.host, cfg.api_key)))
     monkeypatch.delenv("TUNESMITH_API_KEY", raising=False)
     runs = {
         (): ("127.0.0.1", None),
