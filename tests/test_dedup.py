@@ -134,3 +134,7 @@ def test_a_row_linked_only_through_a_later_row_cites_its_group_first():
     assert g.near.tolist() == [0, 0, 0] and [g.kind_of(i) for i in range(3)] == ["", "near", "near"]
     assert g.partner.tolist() == [-1, 0, 1]  # B's best earlier match is C (0.81), C's only link is the later B
     assert g.input_similarity[1] == pytest.approx(19 / 31) and g.input_similarity[2] == pytest.approx(25 / 31)
+
+
+def test_check_says_how_many_rows_share_context():
+    assert check(SCHEMAS).summary["shared_context_rows"] == 40  # every row holds its database's column list

@@ -122,6 +122,12 @@ def _print_report(report) -> None:
     console.print(f"{s['file']}: format {s['format'] or 'unknown'}, {s['rows_read']} rows read, "
                   f"{s['rows_with_errors']} with errors, {s['usable_rows']} usable; "
                   f"[red]{s['errors']} error(s)[/], [yellow]{s['warnings']} warning(s)[/]")
+    if s.get("shared_context_rows"):
+        from tunesmith.data.context import CONTEXT_ROWS, CONTEXT_WORDS
+
+        console.print(f"{s['shared_context_rows']} rows share a passage of {CONTEXT_WORDS}+ words with "
+                      f"{CONTEXT_ROWS - 1}+ other rows (a schema, instructions, a template): it is left out when rows "
+                      "are compared for near duplicates (docs/data-quality.md)")
     if s.get("tokens"):
         t = s["tokens"]
         console.print(f"tokens per row: min {t['min']}, median {t['median']}, p95 {t['p95']}, max {t['max']}; "

@@ -72,13 +72,15 @@ def check(path: str | Path, options: CheckOptions | None = None) -> Report:
     # with another file, its rows count towards the shared context too (a test split alone may have
     # too few rows per database to tell its schema from copied text)
     table = combined(fp.shared(), other.fp.shared()) if other and opts.near and len(fp) and len(other.fp) else None
-    state.findings += duplicate_findings(fp, state.lines, table)
+    groups = fp.groups(table)
+    state.findings += duplicate_findings(groups, state.lines)
     leaks = None
     if other is not None:
         leak_findings, leaks = leak_check(fp, state.lines, other)
         state.findings += leak_findings
     issues = sorted(reader.file_findings + state.findings, key=lambda f: (f.line, f.rule, f.field))
     summary = summarise(Path(path), reader, state, issues, opts, leaks)
+    summary["shared_context_rows"] = groups.context_rows
     return Report(summary, issues, state.sample)
 
 
@@ -136,12 +138,8 @@ def length_findings(counts, line: int, max_length: int | None, chat: bool) -> li
     return out
 
 
-def duplicate_findings(fp: Fingerprints, lines: list[int], table=None) -> list[Finding]:
-    """dup.exact, dup.conflict, dup.near and dup.near_input, each citing the earlier row it matches.
-
-    `table`: the shared context to leave out (`Fingerprints.groups`); default the file's own.
-    """
-    g = fp.groups(table)
+def duplicate_findings(g: Groups, lines: list[int]) -> list[Finding]:
+    """dup.exact, dup.conflict, dup.near and dup.near_input, each citing the earlier row it matches."""
     return [finding(lines[i], "", f"dup.{g.kind_of(i)}", duplicate_message(g, i, lines[g.partner[i]]))
             for i in map(int, g.kind.nonzero()[0])]
 

@@ -229,6 +229,7 @@ class Groups:
     duplicate, a near input; 0 = none.
     partner: the row cited (its most alike earlier match, else the first of its group), or -1.
     input_similarity / output_similarity: Jaccard with `partner` (inputs beyond the context).
+    context_rows: how many rows had shared context left out of their input.
     """
 
     exact: np.ndarray
@@ -239,6 +240,7 @@ class Groups:
     partner: np.ndarray
     input_similarity: np.ndarray
     output_similarity: np.ndarray
+    context_rows: int = 0
     explain: Callable[[int, int, tuple[float, float]], Why] | None = None
 
     def kind_of(self, i: int) -> str:
@@ -299,15 +301,18 @@ class Fingerprints:
                 C.count(self._table, words, lengths, distinct[first:first + len(lengths)])
         return self._table
 
-    def input_signatures(self, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(band keys (n, BANDS) uint32, MinHash signatures (n, NUM_PERM) uint8) of the inputs beyond their context."""
+    def input_signatures(self, table: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """(band keys (n, BANDS) uint32, MinHash signatures (n, NUM_PERM) uint8, rows with context left out)."""
         self._flush()
         bands, sigs = np.empty((len(self), BANDS), np.uint32), np.empty((len(self), NUM_PERM), np.uint8)
+        with_context = 0
         for first, words, lengths in self._inputs.batches():
-            sig = signatures(*shingles(*C.content(words, lengths, table)))
+            words, kept = C.content(words, lengths, table)
+            sig = signatures(*shingles(words, kept))
             bands[first:first + len(sig)] = band_keys(sig)
             sigs[first:first + len(sig)] = sig  # the low 8 bits of each value are enough to rank candidates
-        return bands, sigs
+            with_context += int((kept < lengths).sum())
+        return bands, sigs, with_context
 
     def groups(self, table: np.ndarray | None = None) -> Groups:
         """Exact, same-input, near and near-input groups of every row, and what each row's finding cites.
@@ -322,7 +327,8 @@ class Fingerprints:
         table = self.shared() if table is None else table
         inputs, outputs = _Sets(self._inputs, table), _Sets(self._outputs)
         distinct = np.nonzero(same == np.arange(n))[0]  # a repeated input is compared through its first row
-        pairs, in_sim = _alike_inputs(*self.input_signatures(table), distinct, inputs)
+        bands, sigs, with_context = self.input_signatures(table)
+        pairs, in_sim = _alike_inputs(bands, sigs, distinct, inputs)
         member = np.nonzero(same != np.arange(n))[0]
         pairs = np.concatenate([pairs, np.stack([same[member], member], axis=1)])
         in_sim = np.concatenate([in_sim, np.ones(len(member))])
@@ -332,7 +338,7 @@ class Fingerprints:
         copies = np.nonzero(exact != np.arange(n))[0]
         near_pairs = np.concatenate([pairs[out_sim >= NEAR_THRESHOLD], np.stack([exact[copies], copies], axis=1)])
         g = Groups(exact, same, components(n, near_pairs), components(n, pairs), np.zeros(n, np.int8),
-                   np.full(n, -1), np.zeros(n), np.zeros(n),
+                   np.full(n, -1), np.zeros(n), np.zeros(n), with_context,
                    lambda i, j, sims: explain(inputs, i, inputs, j, sims))
 
         def similar(rows: np.ndarray, others: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -442,8 +448,8 @@ def cross_matches(a: Fingerprints, b: Fingerprints) -> CrossMatches:
     if not (a.near and b.near and len(a) and len(b)):
         return CrossMatches(exact, same_input, near, in_sim, out_sim)
     table = C.combined(a.shared(), b.shared())
-    bands_a, sigs_a = a.input_signatures(table)
-    bands_b, sigs_b = b.input_signatures(table)
+    bands_a, sigs_a, _ = a.input_signatures(table)
+    bands_b, sigs_b, _ = b.input_signatures(table)
     pairs = candidate_pairs(np.concatenate([bands_b, bands_a]))  # b first: a pair's earlier row is in b
     pairs = pairs[(pairs[:, 0] < len(b)) & (pairs[:, 1] >= len(b))]
     pairs = np.stack([pairs[:, 1] - len(b), pairs[:, 0]], axis=1)  # (row of a, row of b)
