@@ -11,9 +11,9 @@ What counts (docs/data-quality.md shows each with an example):
   outputs are not. Usually two distinct examples (the same question about two databases),
   sometimes two answers to one question.
 
-Word bigrams are strict on short texts: one changed word in a seven-word question leaves about
-0.55 of its bigrams shared, so it counts as another question. That is the safe side: "how many
-cars are heavier than 3000" and "... lighter than 3000" must not be one example.
+Word bigrams are strict on short texts: a word changed in the middle of a seven-word question
+leaves 4 of its 6 bigrams (Jaccard 4/8 = 0.5), so it counts as another question. That is the safe
+side: "how many cars are heavier than 3000" and "... lighter than 3000" must not be one example.
 
 How: rows are fingerprinted as they stream past, with two 8-byte keys in memory; the normalised
 input and the word hashes of input and output go to temporary files (in memory up to
