@@ -64,7 +64,7 @@ def test_a_near_input_with_another_answer_is_a_possible_conflict_and_kept(tmp_pa
     path = jsonl(tmp_path / "d.jsonl", ROWS + [OTHER_ANSWER])
     assert dup_findings(path) == [(41, "dup.near_input")]
     [finding] = [f for f in check(path).issues if f.rule == "dup.near_input"]
-    assert "near copy of line 1's, the answer is not: inputs 0.83 alike" in finding.message and "outputs 0.42" in finding.message
+    assert "near copy of line 1's, the answer is not: inputs 0.83 alike" in finding.message and "outputs 0.38" in finding.message
     card = prepare(path, tmp_path / "out", near_duplicates="drop", split=(50, 25, 25))
     assert card["kept"] == 41 and card["kept_with_warnings"] == {"dup.near_input": 1}
     splits = [(tmp_path / "out" / f"{name}.jsonl").read_text().lower() for name in ("train", "validation", "test")]
@@ -138,3 +138,15 @@ def test_a_row_linked_only_through_a_later_row_cites_its_group_first():
 
 def test_check_says_how_many_rows_share_context():
     assert check(SCHEMAS).summary["shared_context_rows"] == 40  # every row holds its database's column list
+
+
+def test_symbols_that_change_the_meaning_keep_rows_apart(tmp_path):
+    """'x > 5' and 'x < 5' normalised to the same text, so prepare dropped the second as an exact copy."""
+    rows = [{"input": "Count the rows where x > 5", "output": "SELECT count(*) FROM t WHERE x > 5"},
+            {"input": "Count the rows where x < 5", "output": "SELECT count(*) FROM t WHERE x < 5"},
+            {"input": "What is 2+3?", "output": "5"}, {"input": "What is 2*3?", "output": "6"},
+            {"input": "how long does a PERMIT take", "output": "About ten weeks."},
+            {"input": "How long does a permit take?", "output": "About ten weeks"}]
+    card = prepare(jsonl(tmp_path / "d.jsonl", rows), tmp_path / "out", split=(100, 0, 0))
+    assert card["kept"] == 5 and card["rejected_by_reason"] == {"dup.exact": 1}  # case and '?' still do not count
+

@@ -27,6 +27,7 @@ never a comparison of every pair.
 from __future__ import annotations
 
 import hashlib
+import re
 import string
 import tempfile
 import unicodedata
@@ -47,21 +48,25 @@ SPOOL_MEMORY = 2 << 20  # bytes per temporary file kept in memory; past that it 
 BATCH = 2048
 SNIPPET_WORDS = 12
 KINDS = ("", "exact", "conflict", "near", "near_input")  # what a row is to the row it cites (Groups.kind)
-_PUNCT = str.maketrans({c: " " for c in string.punctuation})
-_PUNCT_BYTES = bytes.maketrans(string.punctuation.encode(), b" " * len(string.punctuation))
+SYMBOLS = "<>=!+-*/%^&|~"  # punctuation that changes meaning ("x > 5" is not "x < 5"): kept, as words of their own
+_QUIET = "".join(c for c in string.punctuation if c not in SYMBOLS)
+_PUNCT = str.maketrans({c: " " for c in _QUIET})
+_PUNCT_BYTES = bytes.maketrans(_QUIET.encode(), b" " * len(_QUIET))
+_SYMBOL = re.compile("([" + re.escape(SYMBOLS) + "])")
+_SYMBOL_BYTES = re.compile(b"([" + re.escape(SYMBOLS).encode() + b"])")
 
 
 def normalise_text(text: str) -> str:
-    """Lower case, NFKC, punctuation to spaces, whitespace collapsed: what 'the same text' means here."""
+    """Lower case, NFKC, punctuation to spaces (but SYMBOLS as words), whitespace collapsed: 'the same text' here."""
     return normal_bytes(text).decode("utf-8", "surrogatepass")
 
 
 def normal_bytes(text: str) -> bytes:
     """normalise_text as UTF-8 bytes (ASCII text takes the fast bytes.translate path)."""
     if text.isascii():
-        return b" ".join(text.lower().encode().translate(_PUNCT_BYTES).split())
+        return b" ".join(_SYMBOL_BYTES.sub(rb" \1 ", text.lower().encode().translate(_PUNCT_BYTES)).split())
     text = unicodedata.normalize("NFKC", text)
-    return " ".join(text.lower().translate(_PUNCT).split()).encode("utf-8", "surrogatepass")
+    return " ".join(_SYMBOL.sub(r" \1 ", text.lower().translate(_PUNCT)).split()).encode("utf-8", "surrogatepass")
 
 
 def input_output(example: dict) -> tuple[str, str]:
