@@ -150,3 +150,16 @@ def test_symbols_that_change_the_meaning_keep_rows_apart(tmp_path):
     card = prepare(jsonl(tmp_path / "d.jsonl", rows), tmp_path / "out", split=(100, 0, 0))
     assert card["kept"] == 5 and card["rejected_by_reason"] == {"dup.exact": 1}  # case and '?' still do not count
 
+
+def test_rows_with_a_repeated_input_are_compared_with_each_other():
+    """A second answer to a question (a conflict) can have its own near copies; they cite it, not the first answer."""
+    question = "how do i apply for a building permit in the city of helsingborg"
+    first, second = "fill in form a and wait ten weeks", "call the planning office and book a meeting with a planner soon"
+    fp = Fingerprints()
+    for text, answer in ((question, first), (question, second), (question, second + " please"),
+                         (question + " today", second + " again")):
+        fp.add(text, answer)
+    g = fp.groups()
+    assert [g.kind_of(i) for i in range(4)] == ["", "conflict", "near", "near"]
+    assert g.partner.tolist() == [-1, 0, 1, 1]  # rows 2 and 3 cite the second answer (row 1), not the first
+    assert g.output_similarity[3] == pytest.approx(11 / 12)  # closer to row 1 than to row 2 (11 / 13)

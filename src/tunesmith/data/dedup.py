@@ -331,9 +331,9 @@ class Fingerprints:
             return _plain_groups(exact, same)
         table = self.shared() if table is None else table
         inputs, outputs = _Sets(self._inputs, table), _Sets(self._outputs)
-        distinct = np.nonzero(same == np.arange(n))[0]  # a repeated input is compared through its first row
+        originals = np.nonzero(exact == np.arange(n))[0]  # an exact copy follows its original
         bands, sigs, with_context = self.input_signatures(table)
-        pairs, in_sim = _alike_inputs(bands, sigs, distinct, inputs)
+        pairs, in_sim = _alike_inputs(bands, sigs, originals, inputs)
         member = np.nonzero(same != np.arange(n))[0]
         pairs = np.concatenate([pairs, np.stack([same[member], member], axis=1)])
         in_sim = np.concatenate([in_sim, np.ones(len(member))])
@@ -367,7 +367,7 @@ def _plain_groups(exact: np.ndarray, same: np.ndarray) -> Groups:
 def _alike_inputs(bands: np.ndarray, sigs: np.ndarray, rows: np.ndarray, inputs: _Sets) -> tuple[np.ndarray, np.ndarray]:
     """(pairs (earlier, later) among `rows` whose inputs are near copies beyond the context, their Jaccard)."""
     pairs = rows[candidate_pairs(bands[rows])]
-    pairs = pairs[agreement(sigs[pairs[:, 0]], sigs[pairs[:, 1]]) >= PREFILTER]
+    pairs = pairs[agreement(sigs, sigs, pairs[:, 0], pairs[:, 1]) >= PREFILTER]
     sim = jaccard(inputs, inputs, pairs)
     ok = sim >= NEAR_THRESHOLD
     return pairs[ok], sim[ok]
@@ -378,23 +378,26 @@ def _cite(g: Groups, pairs: np.ndarray, in_sim: np.ndarray, out_sim: np.ndarray,
     """Fill kind, partner and similarities from the alike pairs (earlier, later).
 
     Each step overwrites the ones before, so a row ends as the most telling thing it is:
-    near input < near duplicate < same input (conflict or near duplicate) < exact copy.
+    near input < near duplicate < same input (conflict, or near duplicate of a row with that
+    input) < exact copy.
     """
     n, at = len(g.exact), np.arange(len(g.exact))
-    lsh = g.same_input[pairs[:, 1]] != pairs[:, 0]  # found by LSH; the others pair a row with the first of its input
+    one_input = g.same_input[pairs[:, 0]] == g.same_input[pairs[:, 1]]
     alike = out_sim >= NEAR_THRESHOLD
     new_input = g.same_input == at  # rows whose input did not occur before (the others are set below)
-    for kind, first, ok, rows in (("near_input", g.near_input, lsh & ~alike, new_input & (g.near == at)),
-                                  ("near", g.near, lsh & alike, new_input)):
+    for kind, first, ok, rows in (("near_input", g.near_input, ~one_input & ~alike, new_input & (g.near == at)),
+                                  ("near", g.near, ~one_input & alike, new_input)):
         best = np.nonzero(ok)[0][_best_earlier(pairs[ok], in_sim[ok] + out_sim[ok])]  # each row's best earlier match,
         led = rows & (first != at)  # else, when only later rows link it to its group, the group's first
         led[pairs[best, 1]] = False
         led = np.nonzero(led)[0]
         _set(g, led, kind, first[led], *similar(led, first[led]))
         _set(g, pairs[best, 1], kind, pairs[best, 0], in_sim[best], out_sim[best])
-    same = np.nonzero(~lsh)[0]
-    kinds = np.where(alike[same], KINDS.index("near"), KINDS.index("conflict"))
-    _set(g, pairs[same, 1], kinds, pairs[same, 0], 1.0, out_sim[same])
+    with_first = np.nonzero(one_input & (pairs[:, 0] == g.same_input[pairs[:, 1]]))[0]  # (first of its input, row)
+    _set(g, pairs[with_first, 1], "conflict", pairs[with_first, 0], 1.0, out_sim[with_first])
+    ok = one_input & alike
+    best = np.nonzero(ok)[0][_best_earlier(pairs[ok], out_sim[ok])]
+    _set(g, pairs[best, 1], "near", pairs[best, 0], 1.0, out_sim[best])
     copies = np.nonzero(g.exact != np.arange(n))[0]
     _set(g, copies, "exact", g.exact[copies], 1.0, 1.0)
 
@@ -458,7 +461,7 @@ def cross_matches(a: Fingerprints, b: Fingerprints) -> CrossMatches:
     pairs = candidate_pairs(np.concatenate([bands_b, bands_a]))  # b first: a pair's earlier row is in b
     pairs = pairs[(pairs[:, 0] < len(b)) & (pairs[:, 1] >= len(b))]
     pairs = np.stack([pairs[:, 1] - len(b), pairs[:, 0]], axis=1)  # (row of a, row of b)
-    pairs = pairs[agreement(sigs_a[pairs[:, 0]], sigs_b[pairs[:, 1]]) >= PREFILTER]
+    pairs = pairs[agreement(sigs_a, sigs_b, pairs[:, 0], pairs[:, 1]) >= PREFILTER]
     inputs_a, inputs_b = _Sets(a._inputs, table), _Sets(b._inputs, table)
     sim = jaccard(inputs_a, inputs_b, pairs)
     pairs, sim = pairs[sim >= NEAR_THRESHOLD], sim[sim >= NEAR_THRESHOLD]

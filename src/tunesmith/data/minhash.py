@@ -23,7 +23,7 @@ import numpy as np
 NUM_PERM = 64
 BANDS = 16
 ROWS_PER_BAND = NUM_PERM // BANDS
-WINDOW = 8  # in a crowded bucket, each row is paired with this many neighbours and first members
+WINDOW = 32  # buckets up to this size are compared pair by pair; larger ones by neighbours and first members
 _MASK64 = (1 << 64) - 1
 
 
@@ -91,11 +91,16 @@ def band_keys(sigs: np.ndarray) -> np.ndarray:
     return (keys ^ (keys >> np.uint64(32))).astype(np.uint32)
 
 
-def agreement(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Estimated Jaccard similarity of paired signatures: the share of positions that agree, per row."""
-    if not len(a):
-        return np.zeros(0)
-    return (a == b).mean(axis=1)
+def agreement(sigs_a: np.ndarray, sigs_b: np.ndarray, rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
+    """Estimated Jaccard similarity of rows_a[k] of sigs_a and rows_b[k] of sigs_b: the share of positions that agree.
+
+    In chunks of 32,768 pairs: the gathered signatures take 2 * 64 bytes a pair (4 MB a chunk), however many pairs.
+    """
+    out = np.empty(len(rows_a))
+    for start in range(0, len(rows_a), 1 << 15):
+        part = slice(start, start + (1 << 15))
+        out[part] = (sigs_a[rows_a[part]] == sigs_b[rows_b[part]]).mean(axis=1)
+    return out
 
 
 def first_of_equal(keys: np.ndarray) -> np.ndarray:
@@ -111,11 +116,11 @@ def first_of_equal(keys: np.ndarray) -> np.ndarray:
 
 
 def bucket_pairs(keys: np.ndarray, window: int = WINDOW) -> np.ndarray:
-    """(m, 2) pairs (earlier, later) of positions with the same key: at most 2 * n * window of them.
+    """Unique pairs (earlier, later) of positions with the same key, as codes earlier * n + later (int64).
 
     Each row is paired with the `window` - 1 rows before it in its bucket and with the bucket's
-    first `window` - 1 rows: all pairs of a bucket of up to `window` rows, and in a crowded bucket
-    enough of them to chain its near copies together without comparing every pair. May repeat a pair.
+    first `window` - 1 rows: every pair of a bucket of up to `window` rows, and in a crowded bucket
+    enough of them to chain its near copies together without comparing every pair.
     """
     order = np.argsort(keys, kind="stable")  # within a bucket, positions keep their order
     sorted_keys = keys[order]
@@ -124,22 +129,25 @@ def bucket_pairs(keys: np.ndarray, window: int = WINDOW) -> np.ndarray:
     starts[1:] = sorted_keys[1:] != sorted_keys[:-1]
     start = np.maximum.accumulate(np.where(starts, np.arange(n), 0))  # where each row's bucket starts
     rank = np.arange(n) - start  # place in its bucket
-    out = [np.zeros((0, 2), np.int64)]
+    codes = [np.zeros(0, np.int64)]
     for d in range(1, window):
         later = np.nonzero(rank >= d)[0]
         if not len(later):
             break  # no bucket holds more than d rows
-        out.append(np.stack([order[later - d], order[later]], axis=1))  # the row d places before
-        out.append(np.stack([order[start[later] + d - 1], order[later]], axis=1))  # the bucket's d-th row
-    return np.concatenate(out)
+        codes.append(order[later - d] * n + order[later])  # the row d places before
+        codes.append(order[start[later] + d - 1] * n + order[later])  # the bucket's d-th row
+    return np.unique(np.concatenate(codes))
 
 
 def candidate_pairs(bands: np.ndarray) -> np.ndarray:
-    """(m, 2) unique pairs (earlier, later) that share a bucket in at least one band."""
-    pairs = [bucket_pairs(bands[:, b]) for b in range(bands.shape[1])]
-    if not pairs:
+    """(m, 2) unique pairs (earlier, later) that share a bucket in at least one band, sorted."""
+    n = len(bands)
+    if not n or not bands.shape[1]:
         return np.zeros((0, 2), np.int64)
-    return np.unique(np.concatenate(pairs), axis=0)
+    codes = np.zeros(0, np.int64)
+    for b in range(bands.shape[1]):  # a running union: a pair found in many bands is held once
+        codes = np.union1d(codes, bucket_pairs(bands[:, b]))
+    return np.stack([codes // n, codes % n], axis=1)
 
 
 def components(n: int, pairs: np.ndarray) -> np.ndarray:
