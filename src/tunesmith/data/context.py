@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tunesmith.data.minhash import unique
+
 CONTEXT_ROWS = 5  # distinct inputs that must contain a passage before it is context
 CONTEXT_WORDS = 8  # words in a passage
 SHARED_BUCKETS = 1 << 24
@@ -66,8 +68,8 @@ def count(table: np.ndarray, words: np.ndarray, lengths: np.ndarray, rows: np.nd
     hashes, start = passages(words, lengths)
     row = np.repeat(np.arange(len(lengths)), lengths)[start]
     keep = rows[row]
-    per_row = np.unique((row[keep].astype(np.int64) << 24) | _bucket(hashes[keep]))
-    bucket, n = np.unique(per_row & (SHARED_BUCKETS - 1), return_counts=True)
+    per_row = unique((row[keep].astype(np.int64) << 24) | _bucket(hashes[keep]))
+    bucket, n = unique(per_row & (SHARED_BUCKETS - 1), counts=True)
     table[bucket] = np.minimum(table[bucket] + n, 255)
 
 

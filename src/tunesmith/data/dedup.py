@@ -40,7 +40,7 @@ import numpy as np
 
 from tunesmith.data import context as C  # noqa: N812
 from tunesmith.data.minhash import (BANDS, NUM_PERM, agreement, band_keys, candidate_pairs, components, first_of_equal,
-                                    shingles, signatures, stack_words, word_hashes)
+                                    shingles, signatures, stack_words, unique, word_hashes)
 
 NEAR_THRESHOLD = 0.7
 PREFILTER = 0.5  # candidates estimated at least this alike are compared exactly (a pair at 0.7 passes 99.9%)
@@ -150,7 +150,7 @@ class _Sets:
         self._context: dict[int, np.ndarray] = {}  # per word: inside shared context (inputs only)
 
     def load(self, rows: np.ndarray) -> None:
-        todo = [int(i) for i in np.unique(rows) if int(i) not in self._sets]
+        todo = [int(i) for i in unique(np.asarray(rows)) if int(i) not in self._sets]
         for start in range(0, len(todo), BATCH):
             part = todo[start:start + BATCH]
             per_row = [self.spool.words(i) for i in part]
@@ -161,7 +161,7 @@ class _Sets:
             sh, counts = shingles(words[~mask], kept)
             for i, row_mask, row_sh in zip(part, np.split(mask, np.cumsum(lengths)[:-1]),
                                            np.split(sh, np.cumsum(counts)[:-1])):
-                self._sets[i], self._context[i] = np.unique(row_sh), row_mask
+                self._sets[i], self._context[i] = unique(row_sh), row_mask
 
     def __call__(self, i: int) -> np.ndarray:
         if i not in self._sets:
@@ -366,8 +366,9 @@ def _plain_groups(exact: np.ndarray, same: np.ndarray) -> Groups:
 
 def _alike_inputs(bands: np.ndarray, sigs: np.ndarray, rows: np.ndarray, inputs: _Sets) -> tuple[np.ndarray, np.ndarray]:
     """(pairs (earlier, later) among `rows` whose inputs are near copies beyond the context, their Jaccard)."""
-    pairs = rows[candidate_pairs(bands[rows])]
-    pairs = pairs[agreement(sigs, sigs, pairs[:, 0], pairs[:, 1]) >= PREFILTER]
+    taking_part = np.zeros(len(bands), dtype=bool)
+    taking_part[rows] = True
+    pairs = candidate_pairs(bands, taking_part, lambda p: agreement(sigs, sigs, p[:, 0], p[:, 1]) >= PREFILTER)
     sim = jaccard(inputs, inputs, pairs)
     ok = sim >= NEAR_THRESHOLD
     return pairs[ok], sim[ok]
@@ -458,10 +459,15 @@ def cross_matches(a: Fingerprints, b: Fingerprints) -> CrossMatches:
     table = C.combined(a.shared(), b.shared())
     bands_a, sigs_a, _ = a.input_signatures(table)
     bands_b, sigs_b, _ = b.input_signatures(table)
-    pairs = candidate_pairs(np.concatenate([bands_b, bands_a]))  # b first: a pair's earlier row is in b
-    pairs = pairs[(pairs[:, 0] < len(b)) & (pairs[:, 1] >= len(b))]
-    pairs = np.stack([pairs[:, 1] - len(b), pairs[:, 0]], axis=1)  # (row of a, row of b)
-    pairs = pairs[agreement(sigs_a, sigs_b, pairs[:, 0], pairs[:, 1]) >= PREFILTER]
+    nb = len(b)
+
+    def promising(p: np.ndarray) -> np.ndarray:  # a pair (row of b, row of a) estimated alike enough to compare
+        across = (p[:, 0] < nb) & (p[:, 1] >= nb)
+        across[across] = agreement(sigs_b, sigs_a, p[across, 0], p[across, 1] - nb) >= PREFILTER
+        return across
+
+    pairs = candidate_pairs(np.concatenate([bands_b, bands_a]), keep=promising)  # b first: a pair's earlier row is in b
+    pairs = np.stack([pairs[:, 1] - nb, pairs[:, 0]], axis=1)  # (row of a, row of b)
     inputs_a, inputs_b = _Sets(a._inputs, table), _Sets(b._inputs, table)
     sim = jaccard(inputs_a, inputs_b, pairs)
     pairs, sim = pairs[sim >= NEAR_THRESHOLD], sim[sim >= NEAR_THRESHOLD]
