@@ -53,6 +53,7 @@ JSONL_CASES = {
     "dup.exact": ([GOOD, {"input": "how long does a PERMIT take", "output": GOOD["output"]}], [GOOD, row(1)]),
     "dup.near": ([row(1), {**row(1), "output": row(1)["output"] + " exactly"}, row(2)], [row(1), row(2), row(3)]),
     "dup.conflict": ([GOOD, {**GOOD, "output": "It depends on the municipality."}], [GOOD, row(1)]),
+    "dup.near_input": ([row(1), {"input": row(1)["input"] + " please", "output": "ask the office"}], [row(1), row(2)]),
     "pii.email": ([{"input": "q", "output": "write to jane.doe@example.com"}], [{"input": "q", "output": "write to us at the office"}]),
     "pii.phone": ([{"input": "q", "output": "call 0771-567 567"}], [{"input": "q", "output": "it costs 25,000-50,000 SEK"}]),
     "pii.card": ([{"input": "q", "output": "card 4111 1111 1111 1111"}], [{"input": "q", "output": "id 4111 1111 1111 1112"}]),

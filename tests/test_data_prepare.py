@@ -37,7 +37,7 @@ def test_prepare_counts_and_reasons(tmp_path):
     rows += ["{broken json", {"input": "no answer"}, {"input": "q", "output": "   "}]
     rows += [pair(0, a=pair(0)["output"] + " indeed")]  # a near duplicate of row 1
     src = write_jsonl(tmp_path / "d.jsonl", rows)
-    card = prepare(src, tmp_path / "out", seed=1)
+    card = prepare(src, tmp_path / "out", seed=1, near_duplicates="drop")
     assert card["rows_read"] == 46
     assert card["rejected_by_reason"] == {"dup.exact": 2, "dup.near": 1, "field.empty": 1,
                                           "field.missing": 1, "json.invalid": 1}
@@ -47,6 +47,9 @@ def test_prepare_counts_and_reasons(tmp_path):
     assert rejected[0]["message"] == "exact duplicate of line 4"
     assert len(load_split(tmp_path / "out" / "train.jsonl")) == 32
     assert (tmp_path / "out" / "data_card.json").is_file()
+    kept = prepare(src, tmp_path / "kept", seed=1)  # the default keeps the near copy, and says so
+    assert kept["kept"] == 41 and kept["kept_with_warnings"] == {"dup.near": 1}
+    assert kept["rejected_by_reason"] == {"dup.exact": 2, "field.empty": 1, "field.missing": 1, "json.invalid": 1}
 
 
 def test_prepare_is_seeded_and_fingerprinted(tmp_path):

@@ -160,6 +160,42 @@ def test_overlap_with_training_data_is_refused_then_allowed(run_dir, tmp_path):
         compare(test, **kwargs)
     r = compare(test, allow_overlap=True, **kwargs).report
     assert r["overlap"]["exact"] == 1 and r["overlap"]["lines"] == [3]
+    assert (r["clean"]["n_examples"], r["clean"]["left_out"]) == (2, 1)  # scored without the seen example too
+
+
+def test_near_overlap_warns_and_reports_the_metrics_without_it(run_dir, tmp_path):
+    """A reworded training question in the test file: not refused; every metric also on the other test rows."""
+    from rich.console import Console
+
+    from tunesmith.cli import common
+    from tunesmith.cli.evaluate import _show
+    from tunesmith.evaluate import compare
+    from tunesmith.evaluate import metrics as M
+
+    test = _write(tmp_path / "test.jsonl", _chat(QA[:3] + [("Name the capital of Italy, please.", "Rome.")]))
+    result = compare(test, run=str(run_dir), out=tmp_path / "o", strategies="base,prompt", probe="none",
+                     max_new_tokens=2, quiet=True)
+    r = result.report
+    assert (r["overlap"]["exact"], r["overlap"]["same_input"], r["overlap"]["near"]) == (0, 0, 1)
+    [match] = r["overlap"]["near_matches"]
+    assert (match["line"], match["train_line"], match["shared"]) == (4, 1, "user name the capital of italy")
+    assert match["input_similarity"] == pytest.approx(5 / 6)  # 5 of 6 word pairs shared ("... italy please")
+    assert any("1 of 4 test examples have a near copy of their input" in n for n in r["notes"])
+    clean = r["clean"]
+    assert (clean["n_examples"], clean["left_out"]) == (3, 1) and set(clean["intervals"]) == {"prompt"}
+    kept = [e for e in r["examples"] if e["line"] != 4]
+    for name in ("base", "prompt"):  # the same aggregation as on all rows, over the clean rows only
+        assert clean["strategies"][name]["exact_match"] == M.aggregate("exact_match", [e["scores"][name]["exact_match"] for e in kept])
+    assert clean["strategies"]["base"]["loss"] != r["strategies"]["base"]["loss"]
+    html = result.html.read_text()
+    assert "<table id='clean'>" in html and "<table id='near-matches'>" in html and "user name the capital of italy" in html
+    console, common.console = common.console, Console(record=True, width=200)
+    try:
+        _show(result, json_out=False)
+        printed = common.console.export_text()
+    finally:
+        common.console = console
+    assert "on the 3 of 4 test examples with no match in the training data (1 left out)" in printed
 
 
 def test_run_without_final_model_and_empty_test_file(peaked_model, run_dir, tmp_path):

@@ -52,7 +52,8 @@ class DataConfig:
     format: str | None = opt(None, "input format; null = detect from the keys (see docs/data-formats.md)")
     map: str | None = opt(None, "rename fields before detection, e.g. 'input=question,output=answer'")
     split: str = opt("80/10/10", "train/validation/test percentages used when splitting a raw file")
-    near_duplicates: Literal["drop", "keep"] = opt("drop", "drop or keep near-duplicate rows")
+    near_duplicates: Literal["keep", "drop"] = opt(
+        "keep", "keep or drop near duplicates: input and answer near copies (docs/data-quality.md); exact copies always go")
     max_length: int = opt(1024, "longest sequence in tokens; longer rows are truncated (and reported)")
 
 

@@ -139,6 +139,12 @@ def _print_report(report) -> None:
     console.print(f"{s['file']}: format {s['format'] or 'unknown'}, {s['rows_read']} rows read, "
                   f"{s['rows_with_errors']} with errors, {s['usable_rows']} usable; "
                   f"[red]{s['errors']} error(s)[/], [yellow]{s['warnings']} warning(s)[/]")
+    if s.get("shared_context_rows"):
+        from tunesmith.data.context import CONTEXT_ROWS, CONTEXT_WORDS
+
+        console.print(f"{s['shared_context_rows']} rows share a passage of {CONTEXT_WORDS}+ words with "
+                      f"{CONTEXT_ROWS - 1}+ other rows (a schema, instructions, a template): it is left out when rows "
+                      "are compared for near duplicates (docs/data-quality.md)")
     if s.get("tokens"):
         t = s["tokens"]
         console.print(f"tokens per row (tokenizer: {s['tokenizer']}): min {t['min']}, median {t['median']}, "
@@ -174,7 +180,8 @@ def prepare_cmd(
                              "(an existing one must be empty or an earlier prepare output, unless --overwrite)"),
     split: str = typer.Option("80/10/10", "--split", help="train/validation/test percentages"),
     seed: int = typer.Option(42, "--seed", help="seed of the split"),
-    near_duplicates: str = typer.Option("drop", "--near-duplicates", help="drop | keep near-duplicate rows"),
+    near_duplicates: str = typer.Option("keep", "--near-duplicates",
+                                        help="keep | drop near duplicates (input and answer near copies; see docs/data-quality.md)"),
     format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
     map: Optional[str] = typer.Option(None, "--map", help=MAP_HELP),
     system: Optional[str] = typer.Option(None, "--system", help="system prompt added to conversations without one"),
@@ -188,7 +195,7 @@ def prepare_cmd(
     from tunesmith.data.prepare import prepare
 
     if near_duplicates not in ("drop", "keep"):
-        raise typer.BadParameter("expected drop or keep", param_hint="--near-duplicates")
+        raise typer.BadParameter("expected keep or drop", param_hint="--near-duplicates")
     _existing(file)
     with err_console.status(f"preparing {file}..."):
         card = prepare(file, out, split=split, seed=seed, near_duplicates=near_duplicates, format=format,
@@ -200,6 +207,8 @@ def prepare_cmd(
     console.print(f"{card['rows_read']} rows read: {card['kept']} kept (train {sp['train']}, validation "
                   f"{sp['validation']}, test {sp['test']}), {card['rejected']} rejected "
                   f"{card['rejected_by_reason'] or ''}")
+    if card.get("kept_with_warnings"):
+        console.print(f"kept with warnings: {card['kept_with_warnings']} (`tunesmith data check {file}` shows each)")
     console.print(f"wrote {out}/train.jsonl, validation.jsonl, test.jsonl, rejected.jsonl, data_card.json "
                   f"(fingerprint {card['fingerprint'][:12]})")
 

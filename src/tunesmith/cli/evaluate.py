@@ -22,7 +22,8 @@ def eval_cmd(
     limit: Optional[int] = typer.Option(None, "--limit", help="evaluate only the first N examples"),
     docs: Optional[Path] = typer.Option(None, "--docs", help="folder of .txt/.md files for the rag strategies"),
     system: Optional[str] = typer.Option(None, "--system", help="system prompt for the prompt strategy"),
-    allow_overlap: bool = typer.Option(False, "--allow-overlap", help="go on when test examples are also in the training data"),
+    allow_overlap: bool = typer.Option(False, "--allow-overlap",
+                                       help="go on when test examples (or their inputs) are also in the training data"),
     probe: Optional[str] = typer.Option(None, "--probe", help="forgetting probe: fast (default), full or none"),
     no_probe: bool = typer.Option(False, "--no-probe", help="skip the forgetting probe"),
     metric: List[str] = typer.Option([], "--metric", help="user metric module:function or file.py:function (repeatable)"),
@@ -53,7 +54,8 @@ def compare_cmd(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML config for the eval and data settings"),
     docs: Optional[Path] = typer.Option(None, "--docs", help="folder of .txt/.md files for the rag strategies"),
     system: Optional[str] = typer.Option(None, "--system", help="system prompt for the prompt strategy"),
-    allow_overlap: bool = typer.Option(False, "--allow-overlap", help="go on when test examples are also in the training data"),
+    allow_overlap: bool = typer.Option(False, "--allow-overlap",
+                                       help="go on when test examples (or their inputs) are also in the training data"),
     probe: Optional[str] = typer.Option(None, "--probe", help="forgetting probe with --run: fast, full or none (default: none)"),
     no_probe: bool = typer.Option(False, "--no-probe", help="skip the forgetting probe"),
     metric: List[str] = typer.Option([], "--metric", help="user metric module:function or file.py:function (repeatable)"),
@@ -86,28 +88,38 @@ def _probe(probe: Optional[str], no_probe: bool) -> Optional[str]:
 
 
 def _show(result, json_out: bool) -> None:
-    """The strategies table, the warnings and the report's path (or JSON without the per-example rows)."""
-    from rich.table import Table
-
+    """The strategies table (and the one without test rows seen in training), the warnings, the report's path."""
     from tunesmith.cli.common import console, print_json, print_table
 
     r = result.report
     if json_out:
         return print_json({**{k: v for k, v in r.items() if k != "examples"}, "report_html": str(result.html),
                            "report_json": str(result.json)})
-    table = Table("strategy", "exact match", "token F1", "ROUGE-L", "BLEU", "loss", "vs base (ROUGE-L, 95% CI)",
-                  "s / example", "tokens")
-    for name, row in r["strategies"].items():
-        ci = (r["intervals"].get(name) or {}).get("rouge_l")
-        vs = f"{ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]" if ci else "-"
-        table.add_row(name, *(_num(row.get(m)) for m in ("exact_match", "token_f1", "rouge_l", "bleu", "loss")), vs,
-                      _num(row["seconds_per_example"], ".2f"), str(row["tokens_generated"]))
-    print_table(table)
+    print_table(_table(r["strategies"], r["intervals"]))
+    clean = r.get("clean")
+    if clean and clean["strategies"]:
+        title = (f"on the {clean['n_examples']} of {r['n_examples']} test examples with no match in the training data "
+                 f"({clean['left_out']} left out)")
+        print_table(_table(clean["strategies"], clean["intervals"], title))
     for task, t in (r["forgetting"].get("tasks") or {}).items():
         console.print(f"probe {task}: {t['base']:.1f}% -> {t['tuned']:.1f}% ({t['change']:+.1f} points)")
     for note in r["notes"]:
         console.print(f"[yellow]warning:[/] {note}", markup=True)
     console.print(f"{r['n_examples']} examples in {r['seconds']:.1f} s; report: {result.html}")
+
+
+def _table(rows: dict, intervals: dict, title: str | None = None):
+    """A rich table of metrics per strategy and ROUGE-L against base with its interval (timing where the rows have it)."""
+    from rich.table import Table
+
+    table = Table("strategy", "exact match", "token F1", "ROUGE-L", "BLEU", "loss", "vs base (ROUGE-L, 95% CI)",
+                  "s / example", "tokens", title=title)
+    for name, row in rows.items():
+        ci = (intervals.get(name) or {}).get("rouge_l")
+        vs = f"{ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]" if ci else "-"
+        table.add_row(name, *(_num(row.get(m)) for m in ("exact_match", "token_f1", "rouge_l", "bleu", "loss")), vs,
+                      _num(row.get("seconds_per_example"), ".2f"), str(row.get("tokens_generated", "-")))
+    return table
 
 
 def _num(v, fmt: str = ".3f") -> str:

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from tunesmith.data.dedup import NEAR_THRESHOLD, Fingerprints, cross_matches, input_output
+from tunesmith.data.context import combined
+from tunesmith.data.dedup import NEAR_THRESHOLD, Fingerprints, Groups, cross_matches, input_output
 from tunesmith.data.formats import Reader
 from tunesmith.data.pii import find_pii
 from tunesmith.data.rules import ERROR, RULES, Finding, finding, is_error
@@ -69,13 +70,19 @@ def check(path: str | Path, options: CheckOptions | None = None) -> Report:
     reader = Reader(path, format=opts.format, mapping=opts.mapping, system=opts.system)
     fp = Fingerprints(near=opts.near)
     state = _stream(reader, fp, opts)
-    state.findings += duplicate_findings(fp, state.lines)
+    other = _Other.read(opts) if opts.against is not None else None
+    # with another file, its rows count towards the shared context too (a test split alone may have
+    # too few rows per database to tell its schema from copied text)
+    table = combined(fp.shared(), other.fp.shared()) if other and opts.near and len(fp) and len(other.fp) else None
+    groups = fp.groups(table)
+    state.findings += duplicate_findings(groups, state.lines)
     leaks = None
-    if opts.against is not None:
-        leak_findings, leaks = leak_check(fp, state.lines, opts)
+    if other is not None:
+        leak_findings, leaks = leak_check(fp, state.lines, other)
         state.findings += leak_findings
     issues = sorted(reader.file_findings + state.findings, key=lambda f: (f.line, f.rule, f.field))
     summary = summarise(Path(path), reader, state, issues, opts, leaks)
+    summary["shared_context_rows"] = groups.context_rows
     return Report(summary, issues, state.sample)
 
 
@@ -133,40 +140,57 @@ def length_findings(counts, line: int, max_length: int | None, chat: bool) -> li
     return out
 
 
-def duplicate_findings(fp: Fingerprints, lines: list[int]) -> list[Finding]:
-    """dup.exact, dup.near and dup.conflict, each pointing at the first row of its group."""
-    g = fp.groups()
-    out = []
-    for i, line in enumerate(lines):
-        if g.exact[i] != i:
-            out.append(finding(line, "", "dup.exact", f"exact duplicate of line {lines[g.exact[i]]}"))
-        elif g.same_input[i] != i and g.near[i] != g.near[g.same_input[i]]:
-            out.append(finding(line, "", "dup.conflict", f"same input as line {lines[g.same_input[i]]}, different answer"))
-        elif g.near[i] != i:
-            out.append(finding(line, "", "dup.near", f"near duplicate of line {lines[g.near[i]]} "
-                                                      f"(similarity ~{g.similarity[i]:.2f})"))
-    return out
+def duplicate_findings(g: Groups, lines: list[int]) -> list[Finding]:
+    """dup.exact, dup.conflict, dup.near and dup.near_input, each citing the earlier row it matches."""
+    return [finding(lines[i], "", f"dup.{g.kind_of(i)}", duplicate_message(g, i, lines[g.partner[i]]))
+            for i in map(int, g.kind.nonzero()[0])]
 
 
-def leak_check(fp: Fingerprints, lines: list[int], opts: CheckOptions) -> tuple[list[Finding], dict]:
-    """leak.exact / leak.near for rows that also occur in `opts.against`."""
-    other = Reader(opts.against, format=None, mapping=opts.mapping, system=opts.system)
-    other_fp, other_lines = Fingerprints(near=opts.near), []
-    for row in other:
-        if row.example is not None:
-            other_fp.add(*input_output(row.example))
-            other_lines.append(row.line)
-    m = cross_matches(fp, other_fp)
-    name, out = Path(opts.against).name, []
+def duplicate_message(g: Groups, i: int, line: int) -> str:
+    """What row i is to the row at `line`, and for near matches what made them alike."""
+    kind = g.kind_of(i)
+    if kind == "exact":
+        return f"exact duplicate of line {line}"
+    if kind == "conflict":
+        return f"same input as line {line}, different answer (answers {g.output_similarity[i]:.2f} alike)"
+    if kind == "near":
+        return f"near duplicate of line {line}: {g.why(i).describe()}"
+    return f"input is a near copy of line {line}'s, the answer is not: {g.why(i).describe()}"
+
+
+@dataclass
+class _Other:
+    """The file given with --against: its fingerprints, the line of each usable row, the rows read."""
+
+    path: Path
+    fp: Fingerprints
+    lines: list[int]
+    rows_read: int
+
+    @classmethod
+    def read(cls, opts: CheckOptions) -> "_Other":
+        reader = Reader(opts.against, format=None, mapping=opts.mapping, system=opts.system)
+        fp, lines = Fingerprints(near=opts.near), []
+        for row in reader:
+            if row.example is not None:
+                fp.add(*input_output(row.example))
+                lines.append(row.line)
+        return cls(Path(opts.against), fp, lines, reader.rows_read)
+
+
+def leak_check(fp: Fingerprints, lines: list[int], other: _Other) -> tuple[list[Finding], dict]:
+    """leak.exact / leak.near for rows that also occur in the other file (near: the input beyond the context)."""
+    m = cross_matches(fp, other.fp)
+    name, at, out = other.path.name, other.lines, []
     for i, line in enumerate(lines):
         if m.exact[i] >= 0:
-            out.append(finding(line, "", "leak.exact", f"also in {name} line {other_lines[m.exact[i]]}"))
+            out.append(finding(line, "", "leak.exact", f"also in {name} line {at[m.exact[i]]}"))
         elif m.same_input[i] >= 0:
-            out.append(finding(line, "", "leak.exact", f"same input as {name} line {other_lines[m.same_input[i]]}"))
+            out.append(finding(line, "", "leak.exact", f"same input as {name} line {at[m.same_input[i]]}"))
         elif m.near[i] >= 0:
-            out.append(finding(line, "", "leak.near", f"near duplicate of {name} line {other_lines[m.near[i]]} "
-                                                      f"(similarity ~{m.similarity[i]:.2f})"))
-    counts = {"file": str(opts.against), "rows": other.rows_read,
+            out.append(finding(line, "", "leak.near", f"input is a near copy of {name} line {at[m.near[i]]}'s: "
+                                                      f"{m.why(i).describe()}"))
+    counts = {"file": str(other.path), "rows": other.rows_read,
               "exact": sum(1 for f in out if f.rule == "leak.exact"), "near": sum(1 for f in out if f.rule == "leak.near")}
     return out, counts
 
@@ -187,7 +211,8 @@ def summarise(path: Path, reader: Reader, state: _Pass, issues: list[Finding], o
         "warnings": sum(1 for f in issues if f.severity != ERROR),
         "by_rule": {rule: {"severity": RULES[rule][0], "count": n} for rule, n in sorted(by_rule.items())},
         "exact_duplicates": by_rule.get("dup.exact", 0), "near_duplicates": by_rule.get("dup.near", 0),
-        "conflicts": by_rule.get("dup.conflict", 0), "near_threshold": NEAR_THRESHOLD,
+        "conflicts": by_rule.get("dup.conflict", 0), "near_inputs": by_rule.get("dup.near_input", 0),
+        "near_threshold": NEAR_THRESHOLD,
         "tokens": None, "tokenizer": opts.tokenizer_name if opts.tokenizer is not None else None,
         "notes": list(opts.notes), "against": leaks,
     }

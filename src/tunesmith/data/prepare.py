@@ -1,8 +1,9 @@
 """`data prepare`: normalise, drop duplicates, split without leakage, write canonical splits and a data card.
 
 Invariant: every row read is either kept (in exactly one split) or in rejected.jsonl with its
-line and reason. Near-duplicate groups and rows with the same input never cross splits. The output
-folder appears in one step, and replaces nothing of the user's (`check_out`).
+line and reason. Rows with the same input, near duplicates and rows whose inputs are near copies
+beyond the shared context (`dedup`) never cross splits. The output folder appears in one step, and
+replaces nothing of the user's (`check_out`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class _Collected:
     rows_read: int = 0
     format: str | None = None
     file_problems: list[str] = field(default_factory=list)
+    flagged: dict[str, int] = field(default_factory=dict)  # duplicate findings on rows that were kept
 
 
 def parse_split(split: str | Sequence[int]) -> tuple[int, int, int]:
@@ -60,10 +62,12 @@ def parse_split(split: str | Sequence[int]) -> tuple[int, int, int]:
 
 
 def prepare(path: str | Path, out_dir: str | Path, *, split: str | Sequence[int] = (80, 10, 10), seed: int = 42,
-            near_duplicates: str = "drop", format: str | None = None, mapping: Any = None, system: str | None = None,
+            near_duplicates: str = "keep", format: str | None = None, mapping: Any = None, system: str | None = None,
             tokenizer=None, max_length: int | None = None, overwrite: bool = False) -> dict:
     """Prepare `path` into `out_dir` (train/validation/test/rejected .jsonl + data_card.json); return the card.
 
+    `near_duplicates`: "keep" (the default: a near copy is still a valid example, and dropping one
+    would rest on a similarity threshold) or "drop" (every near duplicate but the first of its group).
     `out_dir` is written as a temp folder renamed into place; what an existing one may hold is
     `check_out`'s to decide (`overwrite` lets it replace a folder of other files).
     """
@@ -137,46 +141,31 @@ def _collect(path: Path, **read_args) -> _Collected:
 
 
 def _dedup(got: _Collected, *, drop_near: bool) -> list[list[dict]]:
-    """Drop exact (and, when asked, near) duplicates into `rejected`; return the leak-proof groups kept."""
+    """Drop exact (and, when asked, near) duplicates into `rejected`; return the kept rows in leak-proof groups.
+
+    A group is a near-input group (`dedup.Groups`): rows with the same input, near duplicates and
+    rows whose inputs are near copies beyond the shared context all land in one split.
+    """
     fp = Fingerprints()
     for ex in got.kept:
         fp.add(*input_output(ex))
     g = fp.groups()
-    kept, links = [], []
+    kept = []
     for i, ex in enumerate(got.kept):
-        original = got.kept[int(g.exact[i])]
-        near = got.kept[int(g.near[i])]
-        if g.exact[i] != i:
-            got.rejected.append(_dropped(ex, "dup.exact", f"exact duplicate of line {original['line']}"))
-        elif drop_near and g.near[i] != i:
-            got.rejected.append(_dropped(ex, "dup.near", f"near duplicate of line {near['line']} "
-                                         f"(similarity ~{g.similarity[i]:.2f} >= {NEAR_THRESHOLD})"))
+        kind, partner = g.kind_of(i), got.kept[int(g.partner[i])] if g.partner[i] >= 0 else None
+        if kind == "exact":
+            got.rejected.append(_dropped(ex, "dup.exact", f"exact duplicate of line {partner['line']}"))
+        elif kind == "near" and drop_near:
+            got.rejected.append(_dropped(ex, "dup.near", f"near duplicate of line {partner['line']}: "
+                                                          f"{g.why(i).describe()} (>= {NEAR_THRESHOLD} each)"))
         else:
             kept.append(i)
-            links.append((i, int(g.near[i])))
-            links.append((i, int(g.same_input[i])))  # the same question never sits in two splits
-    groups = _components(kept, links, got.kept)
-    got.kept = [got.kept[i] for i in kept]
-    return groups
-
-
-def _components(kept: list[int], links: list[tuple[int, int]], examples: list[dict]) -> list[list[dict]]:
-    """Connected components of the kept rows under `links` (union-find), as lists of examples."""
-    parent = {i: i for i in kept}
-
-    def find(i: int) -> int:
-        while parent.setdefault(i, i) != i:
-            parent[i] = parent.setdefault(parent[i], parent[i])
-            i = parent[i]
-        return i
-
-    for a, b in links:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
+            if kind:
+                got.flagged[f"dup.{kind}"] = got.flagged.get(f"dup.{kind}", 0) + 1
     groups: dict[int, list[dict]] = {}
-    for index in kept:
-        groups.setdefault(find(index), []).append(examples[index])
+    for i in kept:
+        groups.setdefault(int(g.near_input[i]), []).append(got.kept[i])
+    got.kept = [got.kept[i] for i in kept]
     return list(groups.values())
 
 
@@ -233,6 +222,7 @@ def _card(path: Path, got: _Collected, parts: dict[str, list[dict]], pct, seed: 
         "source": str(path), "source_sha256": sha256_file(path) if path.is_file() else None,
         "format": got.format, "rows_read": got.rows_read, "kept": kept, "rejected": len(got.rejected),
         "rejected_by_reason": dict(sorted(reasons.items())),
+        "kept_with_warnings": dict(sorted(got.flagged.items())),
         "splits": {name: len(rows) for name, rows in parts.items()}, "split_percent": list(pct), "seed": seed,
         "rules_applied": _rules(near, system, mapping),
         "fingerprint": fingerprint(parts),
@@ -246,8 +236,9 @@ def _card(path: Path, got: _Collected, parts: dict[str, list[dict]], pct, seed: 
 def _rules(near: str, system: str | None, mapping: Any) -> list[str]:
     rules = ["normalise to chat messages", "reject rows with errors (see `tunesmith data check`)",
              "drop exact duplicates (normalised input + output)",
-             f"{'drop' if near == 'drop' else 'keep'} near duplicates (MinHash LSH, Jaccard >= {NEAR_THRESHOLD})",
-             "keep near-duplicate groups and rows with the same input inside one split",
+             f"{'drop' if near == 'drop' else 'keep'} near duplicates (input beyond the shared context and answer "
+             f"both near copies: word-bigram Jaccard >= {NEAR_THRESHOLD})",
+             "keep rows with the same input, near duplicates and rows with near-copy inputs inside one split",
              "seeded shuffle of groups, then test, validation, train"]
     if system:
         rules.append(f"system prompt added where missing: {system!r}")

@@ -33,8 +33,11 @@ RULES: dict[str, tuple[str, str]] = {
     "turn.no_assistant": (ERROR, "add an assistant answer: it is what the model learns"),
     "turn.ends_with_user": (WARNING, "the last user message has no answer and teaches nothing; remove it or answer it"),
     "dup.exact": (WARNING, "remove the copy; `data prepare` drops exact duplicates"),
-    "dup.near": (WARNING, "near copies over-weight one answer; `data prepare --near-duplicates drop` removes them"),
+    "dup.near": (WARNING, "input and answer are near copies of another row's, which over-weights one example; "
+                          "kept unless `data prepare --near-duplicates drop`"),
     "dup.conflict": (WARNING, "the same question has different answers; keep the right one or make the questions distinct"),
+    "dup.near_input": (WARNING, "a possible conflict, kept: if both answers are right (another database, a follow-up) "
+                                "nothing to do; if not, keep the right one"),
     "length.over_context": (WARNING, "shorten the row or raise data.max_length; the cut-off part is not learned"),
     "answer.too_short": (WARNING, "a one- or two-token answer teaches little; check the output field"),
     "answer.too_long": (WARNING, "an answer near the length limit is likely truncated in training; shorten it"),
@@ -42,7 +45,8 @@ RULES: dict[str, tuple[str, str]] = {
     "pii.phone": (WARNING, "the model can learn and repeat personal data; remove or mask it"),
     "pii.card": (WARNING, "a payment card number must not be in training data; remove it"),
     "leak.exact": (ERROR, "the row is also in the other file: remove it from one of them so the test is fair"),
-    "leak.near": (WARNING, "a near copy is in the other file: the test may overstate the model"),
+    "leak.near": (WARNING, "a near copy of the input is in the other file: scores on this row may overstate the "
+                           "model (compare reports them apart)"),
 }
 
 

@@ -1,5 +1,8 @@
 """The evaluation report: report.json (every number) and a self-contained report.html with embedded PNG plots.
 
+When some test examples have a match in the training data, a second table gives every metric on
+all test examples and on the others (`clean`) side by side, with the near matches listed.
+
 Plots (matplotlib, Agg backend, no display needed): training and validation loss, the strategy
 comparison with bootstrap intervals, the forgetting change per task. Each plot is an <img> with a
 fixed id (plot-loss, plot-strategies, plot-forgetting); when there is nothing to plot, the id is
@@ -38,7 +41,8 @@ def render_html(report: dict, metrics_rows: list[dict]) -> str:
                             f"forgetting probe skipped: {report.get('forgetting', {}).get('skipped', 'no data')}"),
     }
     sections = [
-        _header(report), _notes(report), "<h2>Strategies</h2>", _strategy_table(report), _img(plots, "plot-strategies"),
+        _header(report), _notes(report), "<h2>Strategies</h2>", _strategy_table(report), _clean_section(report),
+        _img(plots, "plot-strategies"),
         "<h2>Training</h2>", _img(plots, "plot-loss"),
         "<h2>Forgetting (general knowledge)</h2>", _forgetting_table(report.get("forgetting", {})), _img(plots, "plot-forgetting"),
         "<h2>Where the answers differ most</h2>", _examples_table(report),
@@ -178,19 +182,24 @@ def _notes(report: dict) -> str:
     return "".join(f"<p class='warn'>{html.escape(n)}</p>" for n in notes)
 
 
+def _metric_names(report: dict) -> list[str]:
+    return list(TABLE_METRICS) + [m for m in report.get("metrics", {}) if m not in TABLE_METRICS]
+
+
+def _cell(row: dict, ci: dict | None, metric: str) -> str:
+    """A metric's value and, under it, its difference from base with the 95% interval."""
+    extra = f"<br><small>{ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]</small>" if ci else ""
+    return f"<td class='num'>{_fmt(row.get(metric))}{extra}</td>"
+
+
 def _strategy_table(report: dict) -> str:
     strategies = report.get("strategies", {})
     intervals = report.get("intervals", {})
-    user = [m for m in report.get("metrics", {}) if m not in TABLE_METRICS]
-    metrics = list(TABLE_METRICS) + user
+    metrics = _metric_names(report)
     head = "".join(f"<th>{m}</th>" for m in metrics) + "<th>s / example</th><th>tokens generated</th><th>stopped</th>"
     body = []
     for name, row in strategies.items():
-        cells = []
-        for m in metrics:
-            ci = (intervals.get(name) or {}).get(m)
-            extra = f"<br><small>{ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]</small>" if ci else ""
-            cells.append(f"<td class='num'>{_fmt(row.get(m))}{extra}</td>")
+        cells = [_cell(row, (intervals.get(name) or {}).get(m), m) for m in metrics]
         cells.append(f"<td class='num'>{_fmt(row.get('seconds_per_example'), 2)}</td>")
         cells.append(f"<td class='num'>{row.get('tokens_generated')}</td>")
         cells.append(f"<td class='num'>{_fmt(row.get('stopped_fraction'), 2)}</td>")
@@ -202,6 +211,45 @@ def _strategy_table(report: dict) -> str:
                   f"first at line {v[0]['line']}: {html.escape(v[0]['error'])}</p>"
                   for s, ms in errors.items() for m, v in ms.items())
     return f"<table><tr><th>strategy</th>{head}</tr>{''.join(body)}</table>{caption}{err}"
+
+
+def _clean_section(report: dict) -> str:
+    """Each metric on all test examples and on those with no match in the training data, side by side."""
+    clean = report.get("clean")
+    if not clean:
+        return ""
+    n, metrics = report.get("n_examples"), _metric_names(report)
+    left = clean["left_out"]
+    title = (f"<h3>Without the {left} test example{'s' if left != 1 else ''} that {'have' if left != 1 else 'has'} "
+             f"a match in the training data</h3>"
+             f"<p class='note'>all: the {n} test examples; clean: the {clean['n_examples']} whose input has no exact "
+             f"or near copy in the training data (beyond the context the files share), where the model's score "
+             f"cannot come from having seen the question.</p>")
+    if not clean["strategies"]:
+        return title + "<p class='warn'>every test example has a match in the training data: no clean score</p>"
+    head = "".join(f"<th colspan='2'>{m}</th>" for m in metrics)
+    sub = "".join("<th>all</th><th>clean</th>" for _ in metrics)
+    body = []
+    for name, row in report.get("strategies", {}).items():
+        own, ci = clean["strategies"].get(name, {}), (clean.get("intervals") or {}).get(name) or {}
+        cells = "".join(f"<td class='num'>{_fmt(row.get(m))}</td>{_cell(own, ci.get(m), m)}" for m in metrics)
+        body.append(f"<tr><th>{html.escape(name)}</th>{cells}</tr>")
+    table = (f"<table id='clean'><tr><th rowspan='2'>strategy</th>{head}</tr><tr>{sub}</tr>{''.join(body)}</table>"
+             "<p class='note'>Under each clean number: its difference from base on the same clean examples.</p>")
+    return title + table + _near_matches(report.get("overlap") or {})
+
+
+def _near_matches(overlap: dict) -> str:
+    rows = overlap.get("near_matches") or []
+    if not rows:
+        return ""
+    body = "".join(f"<tr><td class='num'>{_fmt(r['line'])}</td><td class='num'>{_fmt(r['train_line'])}</td>"
+                   f"<td class='num'>{r['input_similarity']:.2f}</td><td class='num'>{r['output_similarity']:.2f}</td>"
+                   f"<td class='text'>{html.escape(r['shared'])}</td></tr>" for r in rows)
+    more = overlap.get("near", 0) - len(rows)
+    tail = f"<p class='note'>and {more} more (report.json has the counts)</p>" if more > 0 else ""
+    return ("<table id='near-matches'><tr><th>test line</th><th>training line</th><th>inputs alike</th>"
+            f"<th>answers alike</th><th>in common beyond the shared context</th></tr>{body}</table>{tail}")
 
 
 def _forgetting_table(forgetting: dict) -> str:

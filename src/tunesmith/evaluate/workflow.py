@@ -72,8 +72,9 @@ def compare(
     test_examples = _read(plan.data, plan, "test data")
     cases = _cases(test_examples, plan)
     train_examples = _train_examples(plan)
-    # 3. refuse (or, with allow_overlap, report) test examples that are also in the training data
-    overlap = _overlap(test_examples, train_examples, plan)
+    # 3. refuse test examples that are also in the training data (exact or same input; allow_overlap goes on);
+    #    report those whose input has a near copy there, and score without them too (step 8)
+    overlap, matched = _overlap(test_examples, train_examples, plan)
     # 4. what the prompt and rag strategies add to each prompt
     ctx = _context(cases, train_examples, plan)
     # 5. the models, each loaded once
@@ -88,7 +89,8 @@ def compare(
     from tunesmith.evaluate import report as R  # noqa: N812
 
     intervals = _intervals(results, plan)
-    summary = _report(plan, cases, results, intervals, forgetting, overlap, models, time.time() - started)
+    clean = _clean(cases, results, matched, plan)
+    summary = _report(plan, cases, results, intervals, forgetting, overlap, clean, models, time.time() - started)
     html, json_path = R.write_report(summary, plan.out, metrics_rows=_training_metrics(plan))
     return EvalResult(summary, html, json_path)
 
@@ -262,32 +264,54 @@ def _train_examples(plan: Plan) -> list[dict]:
     return _read(plan.train, plan, "training data")
 
 
-def _overlap(test: list[dict], train: list[dict], plan: Plan) -> dict:
-    """Counts of test examples also in the training data (exact, same input, near duplicate)."""
+def _overlap(test: list[dict], train: list[dict], plan: Plan) -> tuple[dict, set]:
+    """(counts of test examples also in the training data, the lines of all of them).
+
+    Exact copies and copies of the input refuse the run (unless allow_overlap): the model saw the
+    question. A near copy of the input, beyond the context both files share (`data.dedup`), is
+    reported in the notes and leaves the run going; `_clean` scores the rows without any match.
+    """
     from tunesmith.data.dedup import Fingerprints, cross_matches, input_output
 
     if not train:
-        return {"checked": False, "reason": "no training data to check against"}
+        return {"checked": False, "reason": "no training data to check against"}, set()
     a, b = Fingerprints(near=True), Fingerprints(near=True)
     for e in test:
         a.add(*input_output(e))
     for e in train:
         b.add(*input_output(e))
     m = cross_matches(a, b)
-    exact = int((m.exact >= 0).sum())
-    same_input = int(((m.same_input >= 0) & (m.exact < 0)).sum())
-    near = int(((m.near >= 0) & (m.exact < 0) & (m.same_input < 0)).sum())
-    lines = [test[i].get("line") for i in range(len(test)) if m.exact[i] >= 0 or m.same_input[i] >= 0 or m.near[i] >= 0]
-    counts = {"checked": True, "test": len(test), "train": len(train), "exact": exact, "same_input": same_input,
-              "near": near, "lines": lines[:50]}
-    total = exact + same_input + near
-    if total and not plan.allow_overlap:
-        raise EvalError(f"{total} of {len(test)} test examples are also in the training data ({plan.train}): "
-                        f"{exact} exact, {same_input} same input, {near} near duplicates (test lines {lines[:5]})",
+    exact = m.exact >= 0
+    same = (m.same_input >= 0) & ~exact
+    near = (m.near >= 0) & ~exact & ~same
+    lines = [test[i].get("line") for i in range(len(test)) if exact[i] or same[i] or near[i]]
+    seen = [test[i].get("line") for i in range(len(test)) if exact[i] or same[i]]
+    near_rows = [{"line": test[i].get("line"), "train_line": train[int(m.near[i])].get("line"),
+                  "input_similarity": float(m.input_similarity[i]), "output_similarity": float(m.output_similarity[i]),
+                  "shared": m.why(i).shared} for i in map(int, near.nonzero()[0][:50])]
+    counts = {"checked": True, "test": len(test), "train": len(train), "exact": int(exact.sum()),
+              "same_input": int(same.sum()), "near": int(near.sum()), "lines": lines[:50], "seen_lines": seen[:50],
+              "near_matches": near_rows}
+    _overlap_notes(counts, plan)
+    return counts, set(lines)
+
+
+def _overlap_notes(counts: dict, plan: Plan) -> None:
+    """Refuse exact and same-input overlap (unless allow_overlap); note it, and near overlap, otherwise."""
+    seen, n = counts["exact"] + counts["same_input"], counts["test"]
+    if seen and not plan.allow_overlap:
+        raise EvalError(f"{seen} of {n} test examples are also in the training data ({plan.train}): "
+                        f"{counts['exact']} exact, {counts['same_input']} with the same input "
+                        f"(test lines {counts['seen_lines'][:5]}); {counts['near']} more have a near copy of their input there",
                         "scores on seen examples overstate the model; fix the split, or pass --allow-overlap")
-    if total:
-        plan.notes.append(f"--allow-overlap: {total} test examples also occur in the training data")
-    return counts
+    if seen:
+        plan.notes.append(f"--allow-overlap: {seen} test examples also occur in the training data")
+    if counts["near"]:
+        first = counts["near_matches"][0]
+        plan.notes.append(f"{counts['near']} of {n} test examples have a near copy of their input in the training "
+                          f"data ({plan.train}), e.g. line {first['line']} and training line {first['train_line']} "
+                          f"(inputs {first['input_similarity']:.2f} alike beyond the shared context): the metrics "
+                          f"are also given on the test examples without such a match")
 
 
 def _context(cases: list[S.Case], train_examples: list[dict], plan: Plan) -> S.Context:
@@ -452,11 +476,26 @@ def _intervals(results: dict[str, dict], plan: Plan) -> dict[str, dict]:
     return out
 
 
+def _clean(cases: list[S.Case], results: dict[str, dict], matched: set, plan: Plan) -> dict | None:
+    """The metrics and intervals on the cases with no match in the training data, when some cases have one."""
+    keep = [i for i, c in enumerate(cases) if c.line not in matched]
+    if len(keep) == len(cases):
+        return None
+    subset = {name: {"values": {m: [v[i] for i in keep] for m, v in r["values"].items()}} for name, r in results.items()}
+    return {"n_examples": len(keep), "left_out": len(cases) - len(keep),
+            "strategies": {name: _metrics_of(r["values"]) for name, r in subset.items()} if keep else {},
+            "intervals": _intervals(subset, plan) if keep else {}}
+
+
+def _metrics_of(values: dict[str, list]) -> dict[str, Any]:
+    """Every metric aggregated over per-example values (`evaluate.metrics.aggregate`), and perplexity."""
+    row: dict[str, Any] = {metric: M.aggregate(metric, v) for metric, v in values.items()}
+    row["perplexity"] = M.aggregate("perplexity", values["loss"])
+    return row
+
+
 def _summary_of(r: dict, n: int) -> dict:
-    row: dict[str, Any] = {}
-    for metric, values in r["values"].items():
-        row[metric] = M.aggregate(metric, values)
-    row["perplexity"] = M.aggregate("perplexity", r["values"]["loss"])
+    row = _metrics_of(r["values"])
     row["seconds_per_example"] = r["seconds"] / n
     row["examples_per_second"] = n / r["seconds"] if r["seconds"] else None
     row["tokens_generated"] = int(sum(r["tokens"]))
@@ -466,7 +505,7 @@ def _summary_of(r: dict, n: int) -> dict:
     return row
 
 
-def _report(plan: Plan, cases, results, intervals, forgetting, overlap, models: Loaded, seconds: float) -> dict:
+def _report(plan: Plan, cases, results, intervals, forgetting, overlap, clean, models: Loaded, seconds: float) -> dict:
     n = len(cases)
     examples = []
     for i, c in enumerate(cases):
@@ -488,6 +527,7 @@ def _report(plan: Plan, cases, results, intervals, forgetting, overlap, models: 
                      "system": plan.system, "probe": plan.probe, "seed": plan.seed, "train": str(plan.train) if plan.train else None},
         "strategies": {name: _summary_of(r, n) for name, r in results.items()},
         "intervals": intervals,
+        "clean": clean,  # the same numbers without the test examples that have a match in training, or None
         "forgetting": forgetting,
         "overlap": overlap,
         "metric_errors": {k: v for k, v in errors.items() if v},
