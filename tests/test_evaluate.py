@@ -239,3 +239,16 @@ def test_rag_gives_retrieved_examples_as_few_shot_turns_and_docs_in_the_system_m
     docs = S.build_prompt("tuned+rag", case, 0, ctx)
     assert [m["role"] for m in docs] == ["system", "user"]
     assert "[1] The cars table has a year column." in docs[0]["content"] and S.RAG_HEADER in docs[0]["content"]
+
+
+def test_compare_with_a_device_this_machine_lacks_is_one_line_before_any_work(tmp_path, monkeypatch):
+    import torch
+
+    from tunesmith.errors import ModelError
+    from tunesmith.evaluate import compare
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    test = _write(tmp_path / "test.jsonl", _chat(QA[:2]))
+    with pytest.raises(ModelError, match="--device cuda: this machine has no CUDA GPU"):
+        compare(test, out=tmp_path / "o", strategies="base", device="cuda", quiet=True)
+    assert not (tmp_path / "o").exists()

@@ -30,6 +30,7 @@ def eval_cmd(
     regex: Optional[str] = typer.Option(None, "--regex", help="metric: the answer contains a match of this regular expression"),
     json_schema: Optional[Path] = typer.Option(None, "--json-schema", help="metric: the answer is JSON valid under this schema"),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="longest answer in tokens"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto (a CUDA GPU when present), cpu, cuda or cuda:N"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="generation batch size"),
     json_out: bool = typer.Option(False, "--json", help="print the numbers as JSON"),
 ) -> None:
@@ -38,7 +39,7 @@ def eval_cmd(
 
     result = evaluate_run(run, data, strategies=strategies, limit=limit, docs=_str(docs), system=system,
                           allow_overlap=allow_overlap, probe=_probe(probe, no_probe), metrics=metric, regex=regex,
-                          json_schema=_str(json_schema), max_new_tokens=max_new_tokens, batch_size=batch_size,
+                          json_schema=_str(json_schema), max_new_tokens=max_new_tokens, device=device, batch_size=batch_size,
                           quiet=json_out)
     _show(result, json_out)
 
@@ -62,6 +63,7 @@ def compare_cmd(
     regex: Optional[str] = typer.Option(None, "--regex", help="metric: the answer contains a match of this regular expression"),
     json_schema: Optional[Path] = typer.Option(None, "--json-schema", help="metric: the answer is JSON valid under this schema"),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="longest answer in tokens"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto (a CUDA GPU when present), cpu, cuda or cuda:N"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="generation batch size"),
     json_out: bool = typer.Option(False, "--json", help="print the numbers as JSON"),
 ) -> None:
@@ -71,7 +73,7 @@ def compare_cmd(
     result = compare(data, run=run, out=out, config=config, strategies=strategies, limit=limit, docs=_str(docs),
                      system=system, train=train, model=model, allow_overlap=allow_overlap, probe=_probe(probe, no_probe),
                      metrics=metric, regex=regex, json_schema=_str(json_schema), max_new_tokens=max_new_tokens,
-                     batch_size=batch_size, quiet=json_out)
+                     batch_size=batch_size, quiet=json_out, device=device)
     _show(result, json_out)
 
 

@@ -56,6 +56,7 @@ def compare(
     system: str | None = None, train: str | Path | None = None, model: str | None = None, allow_overlap: bool = False,
     probe: str | None = None, metrics: Sequence[str] = (), regex: str | None = None, json_schema: str | None = None,
     max_new_tokens: int | None = None, batch_size: int | None = None, seed: int = 0, quiet: bool = False,
+    device: str | None = None,
 ) -> EvalResult:
     """Compare strategies (base, prompt, rag, tuned, tuned+rag) on the examples in `data`; write the report.
 
@@ -67,7 +68,8 @@ def compare(
     # 1. decide: config, run, data, strategies, metrics, where the report goes
     plan = _plan(data, run=run, out=out, config=config, strategies=strategies, limit=limit, docs=docs, system=system,
                  train=train, model=model, allow_overlap=allow_overlap, probe=probe, user_metrics=metrics, regex=regex,
-                 json_schema=json_schema, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, quiet=quiet)
+                 json_schema=json_schema, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, quiet=quiet,
+                 device=device)
     # 2. the held-out cases, and the training cases the prompt and rag strategies draw on
     test_examples = _read(plan.data, plan, "test data")
     cases = _cases(test_examples, plan)
@@ -110,12 +112,12 @@ def compare_for_quickstart(run: Any, *, limit: int = 20, max_new_tokens: int = 6
 
 
 def _plan(data, *, run, out, config, strategies, limit, docs, system, train, model, allow_overlap, probe, user_metrics,
-          regex, json_schema, max_new_tokens, batch_size, seed, quiet) -> Plan:
+          regex, json_schema, max_new_tokens, batch_size, seed, quiet, device=None) -> Plan:
     info = _find_run(run) if run is not None else None
     cfg = _config(config, info)
     overrides: dict[str, Any] = {"eval": {}}
-    if model:
-        overrides["model"] = {"name": model}
+    if model or device:
+        overrides["model"] = {k: v for k, v in (("name", model), ("device", device)) if v}
     for key, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size), ("docs", docs),
                        ("limit", limit)):
         if value is not None:
@@ -123,6 +125,10 @@ def _plan(data, *, run, out, config, strategies, limit, docs, system, train, mod
     from tunesmith.config import replace
 
     cfg = replace(cfg, **overrides)
+    if device:  # a wrong --device is one line before any work, not after the data checks
+        from tunesmith.models.load import resolve_device
+
+        resolve_device(device)
     notes: list[str] = []
     names = _strategies(strategies, cfg, info, notes)
     plan = Plan(cfg=cfg, data=_data_path(data, info), out=_out_dir(out, info), strategies=names, run=info,
