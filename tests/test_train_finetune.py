@@ -274,3 +274,16 @@ def test_a_second_process_cannot_train_a_run_until_the_first_is_killed(tiny_mode
         holder.wait()
     resumed = finetune(None, resume="r", show_progress=False)
     assert (resumed.status, resumed.steps) == ("completed", 4) and not writing.exists()
+
+
+def test_a_non_finite_validation_loss_is_never_the_best():
+    from tunesmith.train.loop import Hooks, LoopArgs, LoopState, _validate
+
+    losses = iter([float("nan"), 2.0, float("inf"), 1.5])
+    improved = []
+    hooks = Hooks(evaluate=lambda: {"loss": next(losses)}, on_improved=lambda st: improved.append(st.step))
+    state, args = LoopState(), LoopArgs(total_steps=4, patience=0)
+    for step in range(1, 5):
+        state.step = step
+        _validate(state, args, hooks)
+    assert (state.best_val_loss, state.best_step, improved) == (1.5, 4, [2, 4])

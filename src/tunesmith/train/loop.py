@@ -149,7 +149,8 @@ def _validate(state: LoopState, args: LoopArgs, hooks: Hooks) -> bool:
     result = hooks.evaluate()
     _log(hooks, [{"step": state.step, "split": "validation", **result}])
     loss = result["loss"]
-    if state.best_val_loss is None or loss < state.best_val_loss:
+    # a NaN or infinite validation loss is never the best (NaN < x is False, but the first one had no rival)
+    if math.isfinite(loss) and (state.best_val_loss is None or loss < state.best_val_loss):
         state.best_val_loss, state.best_step, state.bad_evals = loss, state.step, 0
         state.train_losses = [(s, l) for s, l in state.train_losses if s >= state.step]
         if hooks.on_improved:
