@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from tunesmith.cli.common import check_sampling, console
+from tunesmith.cli.common import DEVICE, MAX_NEW_TOKENS, SEED, SYSTEM, TEMPERATURE, TOP_P, check_sampling, console
 
 
 def register(app: typer.Typer) -> None:
@@ -16,12 +16,12 @@ def register(app: typer.Typer) -> None:
 
 def chat_cmd(
     target: str = typer.Argument(..., help="a run (name or folder) or a model (store name, folder, GGUF file)"),
-    system: Optional[str] = typer.Option(None, "--system", help="system prompt"),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="longest answer in tokens"),
-    temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy"),
-    top_p: float = typer.Option(1.0, "--top-p", help="nucleus sampling threshold"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="seed for sampling"),
-    device: str = typer.Option("auto", "--device", help="auto (a CUDA GPU when present), cpu, cuda or cuda:N"),
+    system: Optional[str] = SYSTEM,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    temperature: float = TEMPERATURE,
+    top_p: float = TOP_P,
+    seed: Optional[int] = SEED,
+    device: str = DEVICE,
 ) -> None:
     """Chat in the terminal; /reset clears the history, /system TEXT sets the system prompt, /exit quits."""
     from tunesmith.serve.chat import HELP, ChatSession, run_loop

@@ -1,10 +1,11 @@
-"""What every CLI module shares: the console and small printing helpers."""
+"""What every CLI module shares: the console, small printing helpers and the options several commands take."""
 
 from __future__ import annotations
 
 import sys
 from typing import Any
 
+import typer
 from rich.console import Console
 
 # Piped output is not wrapped at COLUMNS: a long path or name stays on one line for grep and cut.
@@ -36,6 +37,15 @@ def print_json(obj: Any) -> None:
     from tunesmith.io import json_text
 
     sys.stdout.write(json_text(obj, indent=2, default=str) + "\n")
+
+
+# The options `generate` and `chat` share (typer reads these defaults; one declaration each).
+SYSTEM = typer.Option(None, "--system", help="system prompt")
+MAX_NEW_TOKENS = typer.Option(256, "--max-new-tokens", help="longest answer in tokens")
+TEMPERATURE = typer.Option(0.0, "--temperature", help="0 = greedy")
+TOP_P = typer.Option(1.0, "--top-p", help="nucleus sampling threshold")
+SEED = typer.Option(None, "--seed", help="seed for sampling")
+DEVICE = typer.Option("auto", "--device", help="auto (a CUDA GPU when present), cpu, cuda or cuda:N")
 
 
 def check_sampling(max_new_tokens: int, temperature: float, top_p: float) -> None:

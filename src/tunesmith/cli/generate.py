@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from tunesmith.cli.common import check_sampling
+from tunesmith.cli.common import DEVICE, MAX_NEW_TOKENS, SEED, SYSTEM, TEMPERATURE, TOP_P, check_sampling
 
 
 def register(app: typer.Typer) -> None:
@@ -17,12 +17,12 @@ def register(app: typer.Typer) -> None:
 def generate_cmd(
     prompt: str = typer.Argument(..., help="the user's message"),
     model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help="store name, model folder or GGUF file"),
-    system: Optional[str] = typer.Option(None, "--system", help="system prompt"),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="longest answer in tokens"),
-    temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy"),
-    top_p: float = typer.Option(1.0, "--top-p", help="nucleus sampling threshold"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="seed for sampling"),
-    device: str = typer.Option("auto", "--device", help="auto (a CUDA GPU when present), cpu, cuda or cuda:N"),
+    system: Optional[str] = SYSTEM,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    temperature: float = TEMPERATURE,
+    top_p: float = TOP_P,
+    seed: Optional[int] = SEED,
+    device: str = DEVICE,
 ) -> None:
     """Answer one prompt with a model, through its chat template, streaming the tokens."""
     from tunesmith.models.engine import Sampling
