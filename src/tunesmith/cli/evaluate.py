@@ -15,24 +15,39 @@ def register(app: typer.Typer) -> None:
     app.command("compare")(compare_cmd)
 
 
+# The options eval and compare share (typer reads these defaults; one declaration each).
+LIMIT = typer.Option(None, "--limit", help="evaluate only the first N examples")
+DOCS = typer.Option(None, "--docs", help="folder of .txt/.md files for the rag strategies")
+SYSTEM = typer.Option(None, "--system", help="system prompt for the prompt strategy")
+ALLOW_OVERLAP = typer.Option(False, "--allow-overlap",
+                             help="go on when test examples (or their inputs) are also in the training data")
+NO_PROBE = typer.Option(False, "--no-probe", help="skip the forgetting probe")
+METRIC = typer.Option([], "--metric", help="user metric module:function or file.py:function (repeatable)")
+REGEX = typer.Option(None, "--regex", help="metric: the answer contains a match of this regular expression")
+JSON_SCHEMA = typer.Option(None, "--json-schema", help="metric: the answer is JSON valid under this schema")
+MAX_NEW_TOKENS = typer.Option(None, "--max-new-tokens", help="longest answer in tokens")
+DEVICE = typer.Option(None, "--device", help="auto (a CUDA GPU when present), cpu, cuda or cuda:N")
+BATCH_SIZE = typer.Option(None, "--batch-size", help="generation batch size")
+JSON_OUT = typer.Option(False, "--json", help="print the numbers as JSON")
+
+
 def eval_cmd(
     run: str = typer.Argument(..., help="run name or folder"),
     data: Optional[Path] = typer.Option(None, "--data", help="test file (default: the run's test split)"),
     strategies: Optional[str] = typer.Option(None, "--strategies", help=STRATEGIES_HELP),
-    limit: Optional[int] = typer.Option(None, "--limit", help="evaluate only the first N examples"),
-    docs: Optional[Path] = typer.Option(None, "--docs", help="folder of .txt/.md files for the rag strategies"),
-    system: Optional[str] = typer.Option(None, "--system", help="system prompt for the prompt strategy"),
-    allow_overlap: bool = typer.Option(False, "--allow-overlap",
-                                       help="go on when test examples (or their inputs) are also in the training data"),
+    limit: Optional[int] = LIMIT,
+    docs: Optional[Path] = DOCS,
+    system: Optional[str] = SYSTEM,
+    allow_overlap: bool = ALLOW_OVERLAP,
     probe: Optional[str] = typer.Option(None, "--probe", help="forgetting probe: fast (default), full or none"),
-    no_probe: bool = typer.Option(False, "--no-probe", help="skip the forgetting probe"),
-    metric: List[str] = typer.Option([], "--metric", help="user metric module:function or file.py:function (repeatable)"),
-    regex: Optional[str] = typer.Option(None, "--regex", help="metric: the answer contains a match of this regular expression"),
-    json_schema: Optional[Path] = typer.Option(None, "--json-schema", help="metric: the answer is JSON valid under this schema"),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="longest answer in tokens"),
-    device: Optional[str] = typer.Option(None, "--device", help="auto (a CUDA GPU when present), cpu, cuda or cuda:N"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="generation batch size"),
-    json_out: bool = typer.Option(False, "--json", help="print the numbers as JSON"),
+    no_probe: bool = NO_PROBE,
+    metric: List[str] = METRIC,
+    regex: Optional[str] = REGEX,
+    json_schema: Optional[Path] = JSON_SCHEMA,
+    max_new_tokens: Optional[int] = MAX_NEW_TOKENS,
+    device: Optional[str] = DEVICE,
+    batch_size: Optional[int] = BATCH_SIZE,
+    json_out: bool = JSON_OUT,
 ) -> None:
     """Evaluate a run on held-out data: every strategy side by side, the forgetting probe, RUN/report.html."""
     from tunesmith.evaluate import evaluate_run
@@ -49,23 +64,22 @@ def compare_cmd(
     run: Optional[str] = typer.Option(None, "--run", help="a fine-tuned run, for the tuned strategies"),
     out: Optional[Path] = typer.Option(None, "--out", help="folder for report.html/report.json (default: the run's folder)"),
     strategies: Optional[str] = typer.Option(None, "--strategies", help=STRATEGIES_HELP),
-    limit: Optional[int] = typer.Option(None, "--limit", help="evaluate only the first N examples"),
+    limit: Optional[int] = LIMIT,
     train: Optional[Path] = typer.Option(None, "--train", help="training examples for few-shot and rag (default: the run's)"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="base model without a run (default: the config's)"),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML config for the eval and data settings"),
-    docs: Optional[Path] = typer.Option(None, "--docs", help="folder of .txt/.md files for the rag strategies"),
-    system: Optional[str] = typer.Option(None, "--system", help="system prompt for the prompt strategy"),
-    allow_overlap: bool = typer.Option(False, "--allow-overlap",
-                                       help="go on when test examples (or their inputs) are also in the training data"),
+    docs: Optional[Path] = DOCS,
+    system: Optional[str] = SYSTEM,
+    allow_overlap: bool = ALLOW_OVERLAP,
     probe: Optional[str] = typer.Option(None, "--probe", help="forgetting probe with --run: fast, full or none (default: none)"),
-    no_probe: bool = typer.Option(False, "--no-probe", help="skip the forgetting probe"),
-    metric: List[str] = typer.Option([], "--metric", help="user metric module:function or file.py:function (repeatable)"),
-    regex: Optional[str] = typer.Option(None, "--regex", help="metric: the answer contains a match of this regular expression"),
-    json_schema: Optional[Path] = typer.Option(None, "--json-schema", help="metric: the answer is JSON valid under this schema"),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="longest answer in tokens"),
-    device: Optional[str] = typer.Option(None, "--device", help="auto (a CUDA GPU when present), cpu, cuda or cuda:N"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="generation batch size"),
-    json_out: bool = typer.Option(False, "--json", help="print the numbers as JSON"),
+    no_probe: bool = NO_PROBE,
+    metric: List[str] = METRIC,
+    regex: Optional[str] = REGEX,
+    json_schema: Optional[Path] = JSON_SCHEMA,
+    max_new_tokens: Optional[int] = MAX_NEW_TOKENS,
+    device: Optional[str] = DEVICE,
+    batch_size: Optional[int] = BATCH_SIZE,
+    json_out: bool = JSON_OUT,
 ) -> None:
     """Compare base, prompt engineering, RAG (and, with --run, fine-tuned and fine-tuned + RAG) on a test file."""
     from tunesmith.evaluate import compare
