@@ -173,6 +173,12 @@ def replace_clash(folder: str | Path, keep: Iterable[Keep]) -> str | None:
     return None
 
 
+def some_names(names: list[str], shown: int = 5) -> str:
+    """'a, b, c' or 'a, b, c, d, e and 7 more': the files a refusal names, without a wall of them."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def is_disk_full(error: OSError) -> bool:
     """Whether `error` means no space is left (the disk, or the user's quota)."""
     return error.errno in (errno.ENOSPC, errno.EDQUOT)

@@ -20,7 +20,8 @@ from tunesmith.data.dedup import NEAR_THRESHOLD, Fingerprints, input_output
 from tunesmith.data.formats import Reader
 from tunesmith.data.rules import is_error
 from tunesmith.errors import DataError
-from tunesmith.io import Keep, atomic_dir, atomic_write_json, atomic_write_jsonl, replace_clash, sha256_file
+from tunesmith.io import (Keep, atomic_dir, atomic_write_json, atomic_write_jsonl, replace_clash, sha256_file,
+                          some_names)
 from tunesmith.models.store import places_to_keep
 
 SPLITS = ("train", "validation", "test")
@@ -104,7 +105,7 @@ def check_out(source: Path, out: Path, overwrite: bool) -> None:
     foreign = not_prepared_here(out)
     if foreign and not overwrite:
         raise DataError(f"--out {out} holds files data prepare did not write (or that changed since): "
-                        f"{', '.join(foreign[:5])}" + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""),
+                        f"{some_names(foreign)}",
                         "choose another --out, or pass --overwrite to replace that folder and everything in it")
 
 

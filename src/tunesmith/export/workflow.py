@@ -22,7 +22,7 @@ from tunesmith.errors import ExportError
 from tunesmith.models import store
 from tunesmith.export import verify
 from tunesmith.runs.deliverable import Deliverable, resolve
-from tunesmith.io import Keep, atomic_dir, atomic_write_json, atomic_write_text, replace_clash
+from tunesmith.io import Keep, atomic_dir, atomic_write_json, atomic_write_text, replace_clash, some_names
 
 FORMATS = ("adapter", "merged", "gguf")
 MARKER = {"created_by": "tunesmith"}  # in verification.json, beside the list of files the export wrote
@@ -120,8 +120,7 @@ def _check_previous_export(out: Path) -> None:
                           "cannot tell them from yours", "delete the folder yourself, or choose another --out")
     extra = sorted(p.name for p in out.iterdir() if p.name not in record["files"])
     if extra:
-        raise ExportError(f"{out} holds files the export did not write: {', '.join(extra[:5])}"
-                          + (f" and {len(extra) - 5} more" if len(extra) > 5 else ""),
+        raise ExportError(f"{out} holds files the export did not write: {some_names(extra)}",
                           "move them out first, or choose another --out")
 
 

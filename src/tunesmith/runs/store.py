@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import RunError
+from tunesmith.io import some_names
 from tunesmith.runs import lock, registry
 from tunesmith.runs.layout import RunPaths, foreign_entries, is_marked, read_manifest
 
@@ -151,8 +152,8 @@ def _check_removable(run: RunInfo) -> None:
                        "delete it by hand if you are sure")
     foreign = foreign_entries(run.paths)
     if foreign:
-        raise RunError(f"run folder {run.dir} holds what tunesmith did not put there: {', '.join(foreign[:5])}"
-                       + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "") + "; nothing was removed",
+        raise RunError(f"run folder {run.dir} holds what tunesmith did not put there: {some_names(foreign)}; "
+                       "nothing was removed",
                        "move those out first, then `tunesmith runs rm` again")
     if run.status == "running" and not run.paths.lock.is_file():
         # Made before run locks: nothing tells a live training process from a crashed one.
