@@ -226,7 +226,7 @@ def test_unsupported_fields_name_themselves_and_harmless_values_pass(scripted):
 def test_a_tiny_temperature_is_greedy():
     import torch
 
-    from tunesmith.serve.engine import pick
+    from tunesmith.models.engine import pick
 
     logits = torch.tensor([0.1, 3.0, 2.9, -1.0])
     gen = torch.Generator().manual_seed(0)

@@ -58,6 +58,12 @@ class Event:
     token_ids: tuple[int, ...] = ()  # on the last event: every generated id (the stop token included)
 
 
+def whole(texts: Sequence[str], last: Event) -> Event:
+    """One answer's Events as one: the pieces' text joined, the last event's reason and counts."""
+    return Event("".join(texts), last.finish_reason, last.prompt_tokens, last.completion_tokens, last.error,
+                 last.token_ids)
+
+
 @dataclass
 class Handle:
     """A submitted request; `cancel()` removes it from the batch at the next step (no final event then).
@@ -167,8 +173,7 @@ class Engine:
             def sink(event: Event) -> None:
                 parts[i].append(event.text)
                 if event.finish_reason:
-                    results[i] = Event("".join(parts[i]), event.finish_reason, event.prompt_tokens,
-                                       event.completion_tokens, event.error, event.token_ids)
+                    results[i] = whole(parts[i], event)
                     if on_done:
                         on_done(i)
             return sink

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from tunesmith.errors import ServeError
-from tunesmith.models.engine import BASE, Engine as Runner, Event, Handle, Sampling, pick  # noqa: F401 (re-exported)
+from tunesmith.models.engine import BASE, Engine as Runner, Event, Handle, Sampling, whole
 
 MAX_BATCH = 16
 
@@ -61,9 +61,9 @@ class Engine:
         self.slots = {s.name: s for s in slots}
         runners: dict[int, Runner] = {}  # one engine per model object: slots sharing a base share it
         for slot in slots:
-            if slot.runner is None:
-                slot.runner = runners.setdefault(id(slot.model), Runner(slot.model, slot.tokenizer, max_batch=max_batch))
-            runners.setdefault(id(slot.model), slot.runner)
+            if id(slot.model) not in runners:
+                runners[id(slot.model)] = slot.runner or Runner(slot.model, slot.tokenizer, max_batch=max_batch)
+            slot.runner = runners[id(slot.model)]
         self.runners = list(runners.values())
 
     @classmethod
@@ -109,12 +109,8 @@ class Engine:
 
     def complete(self, req: GenerationRequest) -> Event:
         """The whole answer in one Event (text joined)."""
-        parts, last = [], Event()
-        for event in self.stream(req):
-            parts.append(event.text)
-            last = event
-        return Event("".join(parts), last.finish_reason, last.prompt_tokens, last.completion_tokens, last.error,
-                     last.token_ids)
+        events = list(self.stream(req))
+        return whole([e.text for e in events], events[-1])
 
 
 # ------------------------------------------------------------------ loading
