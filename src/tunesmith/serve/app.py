@@ -400,11 +400,8 @@ class HostCheck:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or _host_name(dict(scope.get("headers") or []).get(b"host", b"")) in self.allowed:
             return await self.app(scope, receive, send)
-        body = json.dumps(error_body("the Host header is not a name this server answers to (serve.allowed_hosts)",
-                                     "invalid_request_error", None, "invalid_host")).encode()
-        await send({"type": "http.response.start", "status": 400,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await _send_error(send, 400, "the Host header is not a name this server answers to (serve.allowed_hosts)",
+                          "invalid_host")
 
 
 def _host_name(header: bytes) -> str:
@@ -449,8 +446,12 @@ class BodyLimit:
                 await self._refuse(send)
 
     async def _refuse(self, send) -> None:
-        body = json.dumps(error_body(f"request body over {self.max_bytes} bytes (serve.max_body_bytes)",
-                                     "invalid_request_error", None, "body_too_large")).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await _send_error(send, 413, f"request body over {self.max_bytes} bytes (serve.max_body_bytes)", "body_too_large")
+
+
+async def _send_error(send, status: int, message: str, code: str) -> None:
+    """An OpenAI-shaped client error sent straight through ASGI (for the middlewares, before any route runs)."""
+    body = json.dumps(error_body(message, "invalid_request_error", None, code)).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
