@@ -339,10 +339,10 @@ def _retrieve(cases: list[S.Case], train_cases: list[S.Case], plan: Plan) -> lis
     from tunesmith.rag.retrieve import Retriever
 
     if plan.docs:
-        items: list = [c.text for c in load_docs(plan.docs)]
-        passages = items
+        passages = [c.text for c in load_docs(plan.docs)]
+        items: list = passages  # a chunk is given as its text
     elif train_cases:
-        items, passages = train_cases, [S.passage(c) for c in train_cases]
+        items, passages = train_cases, [S.passage(c) for c in train_cases]  # an example is given as turns
     else:
         raise EvalError("the rag strategies need something to retrieve from",
                         "pass --docs FOLDER (.txt/.md files) or training data (--train FILE, or --run RUN)")

@@ -40,7 +40,6 @@ class Deliverable:
         """A run's final/ carries the chat template it was trained with."""
         return self.final or self.base_folder
 
-
     def load(self, *, device: str | None = "auto", dtype: str = "auto", merge: bool = False) -> tuple[Any, Any]:
         """(model, tokenizer) in memory, in eval mode; the tokenizer carries the chat template it was trained with.
 

@@ -223,7 +223,7 @@ def _check_resume_config(run, cfg: Config) -> None:
     """Refuse to resume with a config that changes what each step computes (a key not in RESUME_MAY_CHANGE)."""
     if not run.paths.config.is_file():
         raise RunError(f"run '{run.name}' cannot be resumed: {run.paths.config} is missing", "train again")
-    before, now = _step_keys(load_config(run.paths.config)), _step_keys(cfg)
+    before, now = _step_keys(load_run_config(run.paths.config)), _step_keys(cfg)
     diffs = [f"{key} differs (run has {before[key]!r}, now {now[key]!r})" for key in before if before[key] != now[key]]
     if diffs:
         raise RunError(f"cannot resume run '{run.name}': " + "; ".join(diffs),
