@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from tunesmith.data.render import with_system
 from tunesmith.data.rules import Finding, finding, is_error
 from tunesmith.data.sources import RawRow, iter_raw
 from tunesmith.errors import DataError
@@ -184,9 +185,10 @@ def normalise(obj: dict, fmt: str, line: int, *, system: str | None = None) -> R
         return Row(line, None, [], findings)
     row_system = obj.get("system") if fmt != "messages" else None
     system = row_system.strip() if isinstance(row_system, str) and row_system.strip() else system
-    if system and (not messages or messages[0]["role"] != "system"):
-        messages.insert(0, {"role": "system", "content": system})
+    with_prompt = with_system(messages, system)  # the rule a served run's chat template repeats
+    if len(with_prompt) > len(messages):
         fields.insert(0, "system" if row_system else "--system")
+    messages = with_prompt
     findings += check_conversation(messages, fields, line)
     ok = not any(is_error(f) for f in findings)
     return Row(line, {"messages": messages, "line": line} if ok else None, fields, findings)

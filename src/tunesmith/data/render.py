@@ -8,8 +8,11 @@ carries `weight: 0`) and includes the end-of-turn token, so the model learns to 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
+
+from tunesmith.errors import DataError
 
 # For base models without a chat template. Documented in docs/data-formats.md.
 PLAIN_TEMPLATE = (
@@ -22,6 +25,22 @@ PLAIN_TEMPLATE = (
 )
 
 Message = dict[str, Any]
+
+# The run's system prompt as the chat template's own default (see with_system_template). The marks
+# let a later bake replace an earlier one; `{{ '' }}` ends the prelude with an expression, so
+# trim_blocks cannot eat a newline the template itself starts with.
+PRELUDE_START = "{#- tunesmith: the run's system prompt is the default #}{%- set tunesmith_system = "
+PRELUDE_END = "{#- tunesmith: end #}{{ '' }}"
+_ADD_SYSTEM = ("{%- if not messages or messages[0]['role'] != 'system' %}"
+               "{%- set messages = [{'role': 'system', 'content': tunesmith_system}] + messages %}{%- endif %}")
+# For templates that refuse a system role: the same fold as fold_system, in Jinja.
+_FOLD_SYSTEM = ("{%- set ts_system = tunesmith_system %}"
+                "{%- if messages and messages[0]['role'] == 'system' and messages|length > 1 "
+                "and messages[1]['role'] == 'user' %}"
+                "{%- set ts_system = messages[0]['content'] %}{%- set messages = messages[1:] %}{%- endif %}"
+                "{%- if ts_system and messages and messages[0]['role'] == 'user' %}"
+                "{%- set messages = [{'role': 'user', 'content': ts_system + '\\n\\n' + messages[0]['content']}]"
+                " + messages[1:] %}{%- endif %}")
 
 
 @dataclass
@@ -54,6 +73,78 @@ def template_hash(tokenizer) -> str:
     return hashlib.sha256(ensure_chat_template(tokenizer).encode("utf-8")).hexdigest()[:16]
 
 
+def with_system(messages: Sequence[Message], system: str | None) -> list[Message]:
+    """`messages` with `system` first when they have no system message of their own.
+
+    The one rule for a run's system prompt (`data.system`): training adds it to every row this
+    way, and a run's chat template does the same when it is served (`with_system_template`).
+    """
+    msgs = list(messages)
+    if system and (not msgs or msgs[0]["role"] != "system"):
+        msgs.insert(0, {"role": "system", "content": system})
+    return msgs
+
+
+def fold_system(messages: Sequence[Message]) -> list[Message]:
+    """A leading system message folded into the first user turn ('SYSTEM\\n\\nUSER'); other messages unchanged.
+
+    For templates that refuse a system role (Gemma 2 raises): `render` and `render_prompt` do it,
+    so training and serving handle a system prompt the same way on them.
+    """
+    msgs = list(messages)
+    if len(msgs) > 1 and msgs[0]["role"] == "system" and msgs[1]["role"] == "user":
+        system, user = msgs[0]["content"], msgs[1]
+        content = f"{system}\n\n{user['content']}" if system else user["content"]
+        return [{**user, "content": content}] + msgs[2:]
+    return msgs
+
+
+def rejects_system(tokenizer, template: str | None = None) -> bool:
+    """Does the chat template (default: the tokenizer's) refuse a system message yet render a user turn?"""
+    import jinja2
+
+    template = template or ensure_chat_template(tokenizer)
+    probe = [{"role": "user", "content": "x"}]
+    try:
+        tokenizer.apply_chat_template(probe, chat_template=template, tokenize=False)
+    except jinja2.TemplateError:
+        return False  # it refuses more than a system role: let the real conversation say why
+    try:
+        tokenizer.apply_chat_template([{"role": "system", "content": "x"}] + probe, chat_template=template,
+                                      tokenize=False)
+    except jinja2.TemplateError:
+        return True
+    return False
+
+
+def with_system_template(tokenizer, system: str | None) -> str:
+    """Make `system` the chat template's default: sets and returns `tokenizer.chat_template`.
+
+    A Jinja prelude does what `with_system` does (or, for a template that refuses a system role,
+    what `fold_system` does) before the template runs, so a plain `apply_chat_template` on an
+    exported tokenizer prompts as training did. A conversation with its own system message keeps
+    it. An earlier prelude is replaced; `system` None leaves just the template (plus the fold).
+    """
+    template = _without_prelude(ensure_chat_template(tokenizer))
+    fold = rejects_system(tokenizer, template)
+    if system or fold:
+        literal = json.dumps(system, ensure_ascii=False) if system else "none"  # a valid Jinja string literal
+        template = PRELUDE_START + literal + " %}" + (_FOLD_SYSTEM if fold else _ADD_SYSTEM) + PRELUDE_END + template
+    tokenizer.chat_template = template
+    return template
+
+
+def template_system(template: str) -> str | None:
+    """The system prompt a tunesmith prelude makes the template's default, or None."""
+    if not template.startswith(PRELUDE_START):
+        return None
+    try:
+        value, _ = json.JSONDecoder().raw_decode(template, len(PRELUDE_START))
+    except ValueError:  # `none`: the prelude only folds
+        return None
+    return value if isinstance(value, str) else None
+
+
 def render_example(example: dict, tokenizer, *, max_length: int | None = None) -> Rendered:
     """A canonical example ({'messages': [...]} or {'text': ...}) -> ids and loss mask."""
     if "text" in example and "messages" not in example:
@@ -70,6 +161,7 @@ def render(
 ) -> Rendered:
     """Render a conversation through the chat template; train on assistant turns (with end-of-turn)."""
     ensure_chat_template(tokenizer)
+    messages = _fit_roles(messages, tokenizer)
     msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
     text = _apply(tokenizer, msgs, add_generation_prompt=False)
     spans = [(0, len(text))] if train_on == "all" else _assistant_spans(tokenizer, messages, msgs, text)
@@ -91,7 +183,7 @@ def render_text(text: str, tokenizer, *, max_length: int | None = None) -> Rende
 def render_prompt(messages: Sequence[Message], tokenizer) -> list[int]:
     """The ids a model sees before it answers: the conversation plus the assistant header."""
     ensure_chat_template(tokenizer)
-    msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
+    msgs = [{"role": m["role"], "content": m["content"]} for m in _fit_roles(messages, tokenizer)]
     text = _apply(tokenizer, msgs, add_generation_prompt=True)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -126,7 +218,28 @@ def stop_token_ids(tokenizer) -> list[int]:
 
 
 def _apply(tokenizer, msgs: list[Message], *, add_generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_generation_prompt)
+    """The template's text; its own refusals (raise_exception: role order, ...) become one DataError line."""
+    import jinja2
+
+    try:
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except jinja2.TemplateError as e:
+        roles = ", ".join(m["role"] for m in msgs) or "none"
+        raise DataError(f"the chat template refused a conversation with roles {roles}: {e}",
+                        "conversations are an optional system message, then user and assistant turns in turn") from None
+
+
+def _fit_roles(messages: Sequence[Message], tokenizer) -> Sequence[Message]:
+    """Fold a system message into the first user turn when the template refuses the system role."""
+    if messages and messages[0]["role"] == "system" and rejects_system(tokenizer):
+        return fold_system(messages)
+    return messages
+
+
+def _without_prelude(template: str) -> str:
+    if template.startswith(PRELUDE_START) and PRELUDE_END in template:
+        return template[template.index(PRELUDE_END) + len(PRELUDE_END):]
+    return template
 
 
 def _assistant_spans(tokenizer, messages: Sequence[Message], msgs: list[Message], text: str) -> list[tuple[int, int]]:
