@@ -14,6 +14,7 @@ from tunesmith.errors import TunesmithError  # noqa: E402
 
 _LAZY = {
     "load_model": ("tunesmith.models.load", "load_model"),
+    "load_run": ("tunesmith.runs.deliverable", "load_run"),
     "ModelStore": ("tunesmith.models.store", "ModelStore"),
     "generate": ("tunesmith.models.generate", "generate"),
     "Sampling": ("tunesmith.models.engine", "Sampling"),

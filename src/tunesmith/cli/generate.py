@@ -16,7 +16,8 @@ def register(app: typer.Typer) -> None:
 
 def generate_cmd(
     prompt: str = typer.Argument(..., help="the user's message"),
-    model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help="store name, model folder or GGUF file"),
+    model: str = typer.Option("smollm2-135m-instruct", "--model", "-m",
+                              help="a run (name or folder) or a model (store name, folder, GGUF file)"),
     system: Optional[str] = SYSTEM,
     max_new_tokens: int = MAX_NEW_TOKENS,
     temperature: float = TEMPERATURE,
@@ -24,13 +25,13 @@ def generate_cmd(
     seed: Optional[int] = SEED,
     device: str = DEVICE,
 ) -> None:
-    """Answer one prompt with a model, through its chat template, streaming the tokens."""
+    """Answer one prompt with a run or a model, through its chat template (a run's system prompt is the default)."""
     from tunesmith.models.engine import Sampling
     from tunesmith.models.generate import stream_chat
-    from tunesmith.models.load import load_model
+    from tunesmith.runs.deliverable import resolve
 
     check_sampling(max_new_tokens, temperature, top_p)
-    m, tok = load_model(model, device=device)
+    m, tok = resolve(model).load(device=device)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     for piece in stream_chat(m, tok, messages, Sampling(max_new_tokens, temperature, top_p, seed)):
         sys.stdout.write(piece)

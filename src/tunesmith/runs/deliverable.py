@@ -40,6 +40,33 @@ class Deliverable:
         """A run's final/ carries the chat template it was trained with."""
         return self.final or self.base_folder
 
+    @property
+    def system(self) -> str | None:
+        """The system prompt the run trained with (`data.system` in its saved config.yaml); None for models."""
+        from tunesmith.config import load_run_config
+        from tunesmith.errors import ConfigError
+
+        config = self.run_dir / "config.yaml" if self.run_dir else None
+        if config is None or not config.is_file():
+            return None
+        try:
+            return load_run_config(config).data.system or None
+        except ConfigError:  # a config this version cannot read: the template's own default stands
+            return None
+
+    def tokenizer(self):
+        """The tokenizer every consumer prompts with: the trained chat template, the run's system prompt its default.
+
+        serve, chat, generate, evaluation and every export get it here, so a conversation without a
+        system message is prompted as training rendered it (see render.with_system_template).
+        """
+        from tunesmith.data.render import with_system_template
+        from tunesmith.models.load import load_tokenizer
+
+        tok = load_tokenizer(self.tokenizer_folder)
+        with_system_template(tok, self.system)
+        return tok
+
     def load(self, *, device: str | None = "auto", dtype: str = "auto", merge: bool = False) -> tuple[Any, Any]:
         """(model, tokenizer) in memory, in eval mode; the tokenizer carries the chat template it was trained with.
 
@@ -48,7 +75,7 @@ class Deliverable:
         generate with; the base weights on disk are untouched).
         """
         from tunesmith.models import adapters
-        from tunesmith.models.load import load_model, load_tokenizer
+        from tunesmith.models.load import load_model
 
         model, _ = load_model(str(self.weights_folder), dtype=dtype, device=device)
         if self.kind == "lora":
@@ -56,7 +83,7 @@ class Deliverable:
             if merge:
                 model = adapters.merge(model)
         model.eval()
-        return model, load_tokenizer(self.tokenizer_folder)
+        return model, self.tokenizer()
 
 
 def load_run(run, **load_args) -> tuple[Any, Any]:

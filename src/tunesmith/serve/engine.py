@@ -85,7 +85,8 @@ class Engine:
         return self.slots[name]
 
     def chat_prompt(self, name: str, messages: Sequence[dict]) -> list[int]:
-        """Prompt ids through the one renderer, so the model is prompted the way it was trained."""
+        """Prompt ids through the one renderer, so the model is prompted the way it was trained (a run's
+        tokenizer makes its training system prompt the default: Deliverable.tokenizer)."""
         from tunesmith.data.render import render_prompt
 
         return render_prompt(messages, self.slot(name).tokenizer)
@@ -146,7 +147,7 @@ def load_slots(specs: Sequence[str], base: str | None, *, dtype: str = "auto", d
         else:
             adapters.add_adapter(shared[key], src.final, adapter)
         shared[key].eval()
-        slots.append(Slot(src.name, shared[key], load_tokenizer(src.final), adapter=adapter, source=str(src.run_dir)))
+        slots.append(Slot(src.name, shared[key], src.tokenizer(), adapter=adapter, source=str(src.run_dir)))
     if base:
         folder = local_folder(base).resolve()
         model = shared.get(folder) or load_model(str(folder), dtype=dtype, device=device)[0]
