@@ -35,9 +35,9 @@ def test_adapter_export_loads_with_plain_peft(run_dir, tmp_path):
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "verification.json",
             "tokenizer.json"} <= set(result.files)
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
-    assert config["base_model_name_or_path"] == str((run_dir.parent / "base").resolve())
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"]),
-                                      str(tmp_path / "adapter"))
+    base_dir = (run_dir.parent / "base").resolve()
+    assert config["base_model_name_or_path"] == "base"  # a portable name, never this machine's folder
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base_dir)), str(tmp_path / "adapter"))
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "adapter"))
     ids = torch.tensor([tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
                                                 add_generation_prompt=True)["input_ids"]])
@@ -48,6 +48,7 @@ def test_adapter_export_loads_with_plain_peft(run_dir, tmp_path):
                     "## Intended use and limitations"):
         assert heading in card
     assert "- method: lora" in card and "- train.lr: 0.001" in card and "4/4 greedy answers identical" in card
+    assert f"- base weights (local): `{base_dir}`" in card and "- base weights sha256: `" + "0" * 64 in card
 
 
 def test_merged_export_loads_with_plain_transformers(run_dir, tmp_path):

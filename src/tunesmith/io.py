@@ -82,6 +82,15 @@ def _json_bytes(text: str) -> bytes:
     return text.encode("utf-8", "backslashreplace")
 
 
+def read_json_object(path: str | Path) -> dict:
+    """The JSON object in `path`; {} when the file is missing, unreadable or holds something else."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     """`obj` as strict, indented JSON (see json_text); values JSON has no type for are written as str()."""
     return atomic_write_bytes(path, _json_bytes(json_text(obj, indent=2, default=str) + "\n"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -18,6 +19,7 @@ def export_cmd(
     fmt: str = typer.Option(..., "--format", "-f", help="adapter | merged | gguf"),
     out: Path = typer.Option(..., "--out", "-o", help="folder to create (an existing one must be empty, or a previous export and --overwrite)"),
     quant: str = typer.Option("f16,q8_0", "--quant", help="GGUF types, comma-separated: f32, f16, q8_0, q4_0"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="merged: float32 | bfloat16 | float16 (default: the base model's dtype)"),
     prompts: int = typer.Option(4, "--verify-prompts", help="held-out prompts compared after reloading"),
     tokens: int = typer.Option(32, "--verify-tokens", help="greedy tokens generated per prompt when verifying"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace --out when it holds a previous export, and only then"),
@@ -31,7 +33,7 @@ def export_cmd(
         raise ConfigError("--verify-prompts and --verify-tokens must be >= 1")
     say = (lambda s: err_console.print(s, markup=False)) if json_out else (lambda s: console.print(s, markup=False))
     result = export(run, fmt, out, quants=tuple(quant.split(",")), n_prompts=prompts, max_new_tokens=tokens,
-                    overwrite=overwrite, say=say)
+                    overwrite=overwrite, dtype=dtype, say=say)
     if json_out:
         return print_json({"out": str(result.out), "format": result.format, "files": result.files,
                            "verification": result.verification})
@@ -46,6 +48,6 @@ def _line(c: dict) -> str:
     if c.get("status") == "skipped":
         return f"  {c['loader']}{what}: skipped ({c.get('reason')})"
     top1 = f", teacher-forced top-1 {c['teacher_forced_top1']}" if "teacher_forced_top1" in c else ""
-    note = "" if c["status"] == "match" else " (quantization rounds the weights: answers may drift slightly)"
+    note = "" if c["status"] == "match" else " (the saved weights are rounded: answers may drift slightly)"
     return (f"  {c['loader']}{what}: {c['status']}: {c['exact_matches']}/{c['prompts']} answers identical, "
             f"token agreement {c['token_agreement']}{top1}{note}")

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from tunesmith.errors import ExportError
+from tunesmith.export.base import base_model
 from tunesmith.runs.deliverable import Deliverable
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -19,15 +20,16 @@ def write_adapter(source: Deliverable, tokenizer, out: Path) -> list[Path]:
                           "it has no adapter", "use --format merged or --format gguf")
     for name in ADAPTER_FILES:
         shutil.copy2(source.final / name, out / name)
-    _point_at_base(out / "adapter_config.json", source.base_folder)
+    _point_at_base(out / "adapter_config.json", base_model(source).name)
     tokenizer.save_pretrained(str(out))
     return [out / name for name in ADAPTER_FILES]
 
 
-def _point_at_base(config_path: Path, base_folder: Path) -> None:
-    """Record the local base folder, so `AutoPeftModelForCausalLM.from_pretrained(out)` finds it offline."""
+def _point_at_base(config_path: Path, name: str) -> None:
+    """Record the base by its portable name (a hub id or store name), never this machine's folder: the
+    model card names the local folder and its sha256, and reload_adapter passes the folder itself."""
     config = json.loads(config_path.read_text(encoding="utf-8"))
-    config["base_model_name_or_path"] = str(Path(base_folder).resolve())
+    config["base_model_name_or_path"] = name
     config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tunesmith.io import read_json_object
 from tunesmith.runs.deliverable import Deliverable
 
 USAGE = {
@@ -13,7 +14,7 @@ USAGE = {
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from peft import PeftModel
 
-base = AutoModelForCausalLM.from_pretrained("{base}")
+base = AutoModelForCausalLM.from_pretrained("{base}")  # or the local base folder named above
 model = PeftModel.from_pretrained(base, "{out}")
 tokenizer = AutoTokenizer.from_pretrained("{out}")  # carries the chat template used in training
 ```""",
@@ -32,23 +33,40 @@ ollama create my-model -f {out}/Modelfile && ollama run my-model
 }
 
 
+LIBRARY = {"adapter": "peft", "merged": "transformers", "gguf": "gguf"}  # the Hub's library_name per format
+
+
 def model_card(source: Deliverable, fmt: str, out: Path, verification: dict[str, Any], files: list[str]) -> str:
-    """Markdown for README.md; sections with nothing to say are left out."""
-    parts = [f"# {source.name} ({fmt} export)", "",
+    """Markdown for README.md, opening with Hugging Face front matter; sections with nothing to say are left out."""
+    from tunesmith.export.base import base_model
+
+    base = base_model(source)
+    parts = [front_matter(source, fmt, base), f"# {source.name} ({fmt} export)", "",
              f"Exported by tunesmith from {'run' if source.run_dir else 'model'} `{source.name}`.", ""]
-    parts += _base(source) + _method(source) + _data(source) + _evaluation(source)
-    parts += _verification(verification) + _files(files) + _usage(fmt, source, out, files) + _intended_use()
+    parts += _base(source, base) + _method(source) + _data(source) + _evaluation(source)
+    parts += _verification(verification) + _files(files) + _usage(fmt, base, out, files) + _intended_use()
     return "\n".join(parts) + "\n"
 
 
-def _base(source: Deliverable) -> list[str]:
+def front_matter(source: Deliverable, fmt: str, base) -> str:
+    """The `---` YAML block the Hub reads: base_model, library_name, license, tags, pipeline_tag."""
+    import yaml
+
+    tags = ["tunesmith", *([source.kind] if source.kind in ("lora", "full") else []), fmt]
+    meta = {"base_model": base.name, "library_name": LIBRARY[fmt], "license": base.license, "tags": tags,
+            "pipeline_tag": "text-generation"}
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
+
+
+def _base(source: Deliverable, base) -> list[str]:
     m = source.manifest
-    rows = [f"- base model: `{m.get('base_model') or source.base_spec}`",
-            f"- base weights: `{m.get('base_model_path') or source.base_folder}`"]
-    if m.get("base_model_sha256"):
-        rows.append(f"- base weights sha256: `{m['base_model_sha256']}`")
+    rows = [f"- base model: `{base.name}` (license: {base.license})", f"- base weights (local): `{base.folder}`"]
+    if base.sha256:
+        rows.append(f"- base weights sha256: `{base.sha256}`")
     if m.get("chat_template_hash"):
         rows.append(f"- chat template hash: `{m['chat_template_hash']}` (the template is kept in this export)")
+    if source.system:
+        rows.append(f"- system prompt (the chat template's default, as in training): {source.system!r}")
     return ["## Base model", "", *rows, ""]
 
 
@@ -70,7 +88,7 @@ def _method(source: Deliverable) -> list[str]:
 
 
 def _data(source: Deliverable) -> list[str]:
-    card = _read_json(source.run_dir / "data" / "data_card.json") if source.run_dir else {}
+    card = read_json_object(source.run_dir / "data" / "data_card.json") if source.run_dir else {}
     if not card:
         return []
     rows = [f"- {key}: {card[key]}" for key in ("format", "rows_read", "kept", "rejected", "splits", "fingerprint")
@@ -79,7 +97,7 @@ def _data(source: Deliverable) -> list[str]:
 
 
 def _evaluation(source: Deliverable) -> list[str]:
-    report = _read_json(source.run_dir / "report.json") if source.run_dir else {}
+    report = read_json_object(source.run_dir / "report.json") if source.run_dir else {}
     if not report:
         return ["## Evaluation", "", "No evaluation report yet: `tunesmith eval RUN` writes report.json.", ""]
     table = _metrics_table(report)
@@ -127,12 +145,12 @@ def _files(files: list[str]) -> list[str]:
     return ["## Files", "", *[f"- `{f}`" for f in files], ""]
 
 
-def _usage(fmt: str, source: Deliverable, out: Path, files: list[str]) -> list[str]:
+def _usage(fmt: str, base, out: Path, files: list[str]) -> list[str]:
     from tunesmith.export.ollama import preferred_gguf
 
     ggufs = [f for f in files if f.endswith(".gguf")]
     gguf = preferred_gguf(ggufs) if ggufs else "model.gguf"
-    return ["## Use", "", USAGE[fmt].format(base=source.base_folder, out=out, gguf=gguf), ""]
+    return ["## Use", "", USAGE[fmt].format(base=base.name, out=out, gguf=gguf), ""]
 
 
 def _intended_use() -> list[str]:
@@ -140,14 +158,6 @@ def _intended_use() -> list[str]:
             "Made for the task in its training data, prompted through the same chat template. It inherits the "
             "base model's limitations and biases; check the evaluation above (and the forgetting probe in the "
             "run's report) before relying on it outside that task.", ""]
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _read_yaml(path: Path) -> dict:

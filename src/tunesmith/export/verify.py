@@ -163,8 +163,8 @@ def _status(result: dict[str, Any], lossless: bool) -> str:
 
 
 def weights_check(expected: dict[str, Any], model) -> dict[str, Any]:
-    """Do the reloaded weights equal the intended (rounded) ones? A wrong name, layout or permutation shows here
-    as a large difference, whatever the quantization did to the answers."""
+    """Do the reloaded weights equal the intended (rounded) ones (`expected`: name -> numpy array or tensor)?
+    A wrong name, layout or permutation shows here as a large difference, whatever the rounding did to the answers."""
     state = model.state_dict()
     missing = [k for k in expected if k not in state]
     diff = max((float((state[k].float().cpu() - _tensor(v)).abs().max()) for k, v in expected.items() if k in state),
@@ -173,10 +173,11 @@ def weights_check(expected: dict[str, Any], model) -> dict[str, Any]:
             **({"missing_weights": missing[:5]} if missing else {})}
 
 
-def _tensor(array):
+def _tensor(value):
+    """A tensor from a numpy array (GGUF's expected weights) or a tensor (a merged export's)."""
     import torch
 
-    return torch.from_numpy(array)
+    return value.float().cpu() if isinstance(value, torch.Tensor) else torch.from_numpy(value)
 
 
 def _first_difference(ref: Reference, got: list[list[int]]) -> dict[str, Any] | None:

@@ -12,6 +12,7 @@ only when it is empty or, with `overwrite`, a previous export (see `check_out`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -39,11 +40,17 @@ class ExportResult:
 
 
 def export(spec: str | Path | Deliverable, fmt: str, out: str | Path, *, quants: tuple[str, ...] = ("f16", "q8_0"),
-           n_prompts: int = 4, max_new_tokens: int = 32, overwrite: bool = False,
+           n_prompts: int = 4, max_new_tokens: int = 32, overwrite: bool = False, dtype: str | None = None,
            say: Callable[[str], None] = lambda s: None) -> ExportResult:
-    """Export `spec` (a run name or folder, or a model) as `fmt` into folder `out`; verified before it appears."""
+    """Export `spec` (a run name or folder, or a model) as `fmt` into folder `out`; verified before it appears.
+
+    `dtype` (merged only): float32, bfloat16 or float16; default the base model's (merged.save_dtype).
+    """
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format '{fmt}'", f"choose one of {', '.join(FORMATS)}")
+    if dtype is not None and fmt != "merged":
+        raise ExportError(f"--dtype applies to the merged export, not {fmt}",
+                          "drop --dtype (an adapter keeps its trained dtype; GGUF has --quant)")
     out = Path(out).expanduser().resolve()
     if fmt == "gguf":
         from tunesmith.export.gguf import parse_quants
@@ -58,7 +65,7 @@ def export(spec: str | Path | Deliverable, fmt: str, out: str | Path, *, quants:
     ref = verify.reference(model, tok, verify.prompts_for(source.run_dir, n_prompts), max_new_tokens)
     with atomic_dir(out, overwrite=True) as tmp:  # check_out decided what may be replaced
         # 2-3. write, reload, compare
-        step = {"adapter": _adapter, "merged": _merged, "gguf": _gguf}[fmt]
+        step = {"adapter": _adapter, "merged": functools.partial(_merged, dtype=dtype), "gguf": _gguf}[fmt]
         files, checks = step(source, model, tok, tmp, ref, quants, say)
         verification = _verification(source, fmt, ref, checks, max_new_tokens, time.time() - started)
         verify.require(checks, f"the {fmt} export of '{source.name}'")
@@ -152,14 +159,24 @@ def _adapter(source, model, tok, tmp: Path, ref, quants, say) -> tuple[list[Path
     return files, [check]
 
 
-def _merged(source, model, tok, tmp: Path, ref, quants, say) -> tuple[list[Path], list[dict]]:
-    from tunesmith.export.merged import merged_model, reload_merged, write_merged
+def _merged(source, model, tok, tmp: Path, ref, quants, say, dtype: str | None = None) -> tuple[list[Path], list[dict]]:
+    """A float32 save must answer exactly; a bf16/fp16 one rounds the weights, so it is 'close' when the
+    weights read back are exactly the rounded ones, whatever the rounding did to the answers."""
+    from tunesmith.export.merged import merged_model, reload_merged, save_dtype, write_merged
 
-    files = write_merged(merged_model(model, source), tok, tmp)
-    say("wrote the merged model; reloading it with transformers")
+    saved = save_dtype(source, dtype)
+    plain = merged_model(model, source)
     del model
+    files = write_merged(plain, tok, tmp, saved)  # `plain` is now in `saved`: the weights expected back
+    say(f"wrote the merged model ({saved}); reloading it with transformers")
     reloaded, rtok = reload_merged(tmp)
-    check = verify.compare(ref, _hf_candidate("transformers.AutoModelForCausalLM", reloaded, rtok, ref))
+    extra = {"dtype": saved}
+    if saved != "float32":
+        extra.update(verify.weights_check(plain.state_dict(), reloaded))
+    del plain
+    cand = _hf_candidate("transformers.AutoModelForCausalLM", reloaded, rtok, ref, lossless=saved == "float32",
+                         extra=extra)
+    check = verify.compare(ref, cand)
     check.update(verify.tokenizer_check(tok, rtok, ref.prompts))
     return files, [check]
 
