@@ -183,3 +183,23 @@ def test_the_prelude_keeps_any_system_text_intact():
     assert tok.chat_template.count("tunesmith: end") == 1 and template_system(tok.chat_template) == "second"
     with_system_template(tok, None)
     assert tok.chat_template == plain
+
+
+def test_cli_export_dtype_and_a_refused_chat_are_one_line(bf16_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from tunesmith.cli.main import app
+    from tunesmith.serve.chat import ChatSession
+    from tunesmith.serve.engine import Engine
+
+    bad = CliRunner().invoke(app, ["export", str(bf16_run), "--format", "adapter", "--dtype", "float16",
+                                   "--out", str(tmp_path / "a")])
+    assert bad.exit_code != 0 and "--dtype applies to the merged export, not adapter" in str(bad.exception)
+    engine = Engine.load([str(bf16_run)], device="cpu")
+    engine.slot("run-bf16").tokenizer.chat_template = (
+        Path(__file__).parent / "assets" / "templates" / "google-gemma-2-2b-it.jinja").read_text()
+    session = ChatSession(engine, "run-bf16", max_tokens=2)
+    session.history = [{"role": "user", "content": "a"}]  # two user turns in a row: the template refuses
+    reply = "".join(session.send("b"))
+    assert reply.startswith("(the chat template refused a conversation with roles user, user: Conversation roles")
+    assert session.history == [{"role": "user", "content": "a"}]

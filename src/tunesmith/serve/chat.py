@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+from tunesmith.errors import TunesmithError
 from tunesmith.serve.engine import Engine, GenerationRequest
 
 HELP = "/reset clears the history, /system TEXT sets the system prompt, /exit quits"
@@ -37,7 +38,12 @@ class ChatSession:
             yield self._command(text)
             return
         self.history.append({"role": "user", "content": text})
-        ids = self.engine.chat_prompt(self.model, self.messages())
+        try:
+            ids = self.engine.chat_prompt(self.model, self.messages())
+        except TunesmithError as e:  # the chat template refused the conversation: say why, keep the session
+            self.history.pop()
+            yield f"({e})"
+            return
         room = self.engine.slot(self.model).context_length - len(ids)
         if room < 1:
             self.history.pop()
