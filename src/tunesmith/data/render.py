@@ -161,9 +161,7 @@ def render(
 ) -> Rendered:
     """Render a conversation through the chat template; train on assistant turns (with end-of-turn)."""
     ensure_chat_template(tokenizer)
-    messages = _fit_roles(messages, tokenizer)
-    msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
-    text = _apply(tokenizer, msgs, add_generation_prompt=False)
+    messages, msgs, text = _template_text(tokenizer, messages, add_generation_prompt=False)
     spans = [(0, len(text))] if train_on == "all" else _assistant_spans(tokenizer, messages, msgs, text)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
@@ -183,8 +181,7 @@ def render_text(text: str, tokenizer, *, max_length: int | None = None) -> Rende
 def render_prompt(messages: Sequence[Message], tokenizer) -> list[int]:
     """The ids a model sees before it answers: the conversation plus the assistant header."""
     ensure_chat_template(tokenizer)
-    msgs = [{"role": m["role"], "content": m["content"]} for m in _fit_roles(messages, tokenizer)]
-    text = _apply(tokenizer, msgs, add_generation_prompt=True)
+    _, _, text = _template_text(tokenizer, messages, add_generation_prompt=True)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -229,11 +226,18 @@ def _apply(tokenizer, msgs: list[Message], *, add_generation_prompt: bool) -> st
                         "conversations are an optional system message, then user and assistant turns in turn") from None
 
 
-def _fit_roles(messages: Sequence[Message], tokenizer) -> Sequence[Message]:
-    """Fold a system message into the first user turn when the template refuses the system role."""
-    if messages and messages[0]["role"] == "system" and rejects_system(tokenizer):
-        return fold_system(messages)
-    return messages
+def _template_text(tokenizer, messages: Sequence[Message], *, add_generation_prompt: bool):
+    """(messages, their role/content copies, the template's text). A template that refuses the system
+    role gets it folded into the first user turn; asked only on a refusal, so other templates pay nothing."""
+    msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
+    try:
+        return messages, msgs, _apply(tokenizer, msgs, add_generation_prompt=add_generation_prompt)
+    except DataError:
+        if not (msgs and msgs[0]["role"] == "system" and rejects_system(tokenizer)):
+            raise
+    messages = fold_system(messages)
+    msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
+    return messages, msgs, _apply(tokenizer, msgs, add_generation_prompt=add_generation_prompt)
 
 
 def _without_prelude(template: str) -> str:

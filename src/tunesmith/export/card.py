@@ -64,7 +64,8 @@ def _base(source: Deliverable, base) -> list[str]:
     if base.sha256:
         rows.append(f"- base weights sha256: `{base.sha256}`")
     if m.get("chat_template_hash"):
-        rows.append(f"- chat template hash: `{m['chat_template_hash']}` (the template is kept in this export)")
+        rows.append(f"- chat template hash: `{m['chat_template_hash']}` (the template is kept in this export"
+                    + (", with the run's system prompt as its default)" if source.system else ")"))
     if source.system:
         rows.append(f"- system prompt (the chat template's default, as in training): {source.system!r}")
     return ["## Base model", "", *rows, ""]
