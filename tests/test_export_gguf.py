@@ -1,105 +1,115 @@
-"""GGUF writer: llama.cpp's layout (inverted exactly by transformers' reader), quantization, tokenizer metadata."""
+"""GGUF through llama.cpp's converter and quantizer: the files llama.cpp loads, and the tokenizer it reads."""
 
 from __future__ import annotations
 
-import numpy as np
+from pathlib import Path
+
 import pytest
 
-from deploy_helpers import build_small_vocab_model
+from conftest import ASSETS
 from tunesmith.errors import ExportError
 
-
-@pytest.fixture(scope="module")
-def small_model_dir(tmp_path_factory):
-    return build_small_vocab_model(tmp_path_factory.mktemp("small-vocab"))
+VOCABS = ASSETS / "llama_cpp_vocab"
 
 
-@pytest.fixture(scope="module")
-def small_model(small_model_dir):
-    import torch
+@pytest.mark.parametrize("vocab", ["llama-spm", "phi-3"])
+def test_tokenizer_model_rebuilt_from_a_gguf_tokenizes_as_llama_cpp_does(vocab):
+    """llama.cpp's own test strings and the ids it must produce (models/ggml-vocab-*.gguf.inp/.out)."""
+    import sentencepiece
 
-    from tunesmith.models.load import load_model
+    from tunesmith.export.gguf import sentencepiece_from_gguf
 
-    torch.set_num_threads(1)
-    return load_model(str(small_model_dir), dtype="float32")
-
-
-def test_qk_permutation_is_what_transformers_undoes():
-    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
-
-    from tunesmith.export.gguf import permute_qk
-
-    w = np.random.default_rng(0).normal(size=(64, 5)).astype(np.float32)
-    permuted = permute_qk(w, 4)
-    assert not np.array_equal(permuted, w)
-    back = LlamaTensorProcessor({})._reverse_permute_weights(permuted, 4, 4)
-    assert np.array_equal(back, w)
-    # one head of 16 rows: rotate-half pairs (0, 8), (1, 9)... become adjacent rows (0, 1), (2, 3)...
-    one = np.arange(16, dtype=np.float32)[:, None]
-    assert permute_qk(one, 1)[:, 0].tolist() == [0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15]
+    sp = sentencepiece.SentencePieceProcessor(model_proto=sentencepiece_from_gguf(VOCABS / f"ggml-vocab-{vocab}.gguf"))
+    texts = (VOCABS / f"ggml-vocab-{vocab}.gguf.inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
+    expected = (VOCABS / f"ggml-vocab-{vocab}.gguf.out").read_text(encoding="utf-8").split("\n")
+    assert len(texts) > 40
+    for text, ids in zip(texts, expected):
+        assert sp.encode(text) == [int(i) for i in ids.split()], text
 
 
-def test_roundtrip_through_transformers_gguf_reader(small_model, tmp_path):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def test_a_gguf_without_a_sentencepiece_tokenizer_is_refused(tmp_path):
+    from tunesmith.export.gguf import sentencepiece_from_gguf
+    from tunesmith.models.store import builtin_gguf
 
-    from tunesmith.export.gguf import read_metadata, write_gguf
+    with pytest.raises(ExportError, match="no SentencePiece tokenizer .*'gpt2'"):
+        sentencepiece_from_gguf(builtin_gguf())
 
-    model, tok = small_model
-    ids = torch.tensor([tok("What is the capital of France? 12345")["input_ids"]])
-    ref = model(ids).logits
-    diffs = {}
-    for quant in ("f32", "f16", "q8_0"):
-        info = write_gguf(model, tok, tmp_path / f"m-{quant}.gguf", quant, name="small")
-        assert info.tensors == 2 * 9 + 2  # 9 per block, token_embd, output_norm (output tied to token_embd)
-        loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=info.path.name, dtype=torch.float32)
-        diffs[quant] = float((loaded(ids).logits - ref).abs().max())
-    assert diffs["f32"] == 0.0
-    assert 0 < diffs["f16"] < 0.2 and diffs["f16"] < diffs["q8_0"] < 5
-    meta = read_metadata(tmp_path / "m-q8_0.gguf")
-    assert meta["general.architecture"] == "llama" and meta["general.file_type"] == 7
-    assert meta["tensor_types"] == ["F32", "Q8_0"]  # norms stay f32
-    assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.pre"] == "gpt2"
-    assert meta["tokenizer.ggml.eos_token_id"] == tok.convert_tokens_to_ids("<|im_end|>")
-    assert meta["tokenizer.chat_template"] == tok.chat_template
-    gtok = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="m-q8_0.gguf")
-    text = tok.apply_chat_template([{"role": "user", "content": "List three colours: red, 12!"}], tokenize=False,
-                                   add_generation_prompt=True)
-    assert gtok(text, add_special_tokens=False)["input_ids"] == tok(text, add_special_tokens=False)["input_ids"]
+
+def test_add_tokenizer_model_prefers_the_bases_own_then_the_source_gguf(tmp_path):
+    import json
+
+    from tunesmith.export.gguf import add_tokenizer_model
+
+    base, out = tmp_path / "base", tmp_path / "out"
+    base.mkdir()
+    out.mkdir()
+    assert not add_tokenizer_model(base, out)  # nothing to take it from: the converter says what it needs
+    (base / "tunesmith_source.json").write_text(json.dumps({"gguf": str(VOCABS / "ggml-vocab-llama-spm.gguf")}))
+    assert add_tokenizer_model(base, out) and (out / "tokenizer.model").stat().st_size > 100_000
+    (out / "tokenizer.model").unlink()
+    (base / "tokenizer.model").write_bytes(b"own")
+    assert add_tokenizer_model(base, out) and (out / "tokenizer.model").read_bytes() == b"own"
 
 
 def test_parse_quants_names_the_valid_ones():
     from tunesmith.export.gguf import parse_quants
 
-    assert parse_quants("f16, q8_0,f16") == ["f16", "q8_0"]
-    with pytest.raises(ExportError, match="unknown GGUF quantization q3_k .*f32, f16, q8_0, q4_0"):
+    assert parse_quants("f16, Q4_K_M,f16") == ["f16", "q4_k_m"]
+    with pytest.raises(ExportError, match="unknown GGUF type q3_k .*f32, bf16, f16, q8_0, q6_k, q5_k_m, q4_k_m, q4_0"):
         parse_quants("f16,q3_k")
 
 
-def test_other_architectures_are_refused_with_a_way_out():
-    from types import SimpleNamespace
+def test_the_quantizer_refuses_a_type_it_does_not_know(tmp_path):
+    from tunesmith.export import llama_cpp
 
-    from tunesmith.export.gguf import check_supported
-
-    with pytest.raises(ExportError, match="architecture 'gpt2'.*--format merged"):
-        check_supported(SimpleNamespace(model_type="gpt2"))
-    with pytest.raises(ExportError, match="rope scaling 'llama3'"):
-        check_supported(SimpleNamespace(model_type="llama", rope_parameters={"rope_type": "llama3"}))
+    with pytest.raises(ExportError, match="no quantization type 'q2_xs'"):
+        llama_cpp.quantize(tmp_path / "a.gguf", tmp_path / "b.gguf", "q2_xs")
 
 
-def test_pre_tokenizer_names(small_model, tokenizer):
-    from tunesmith.export.gguf import pre_tokenizer_type
+def test_a_file_llama_cpp_cannot_read_is_one_line_not_a_dead_process(tmp_path):
+    from tunesmith.export import llama_cpp
 
-    assert pre_tokenizer_type(small_model[1]) == "gpt2"
-    assert pre_tokenizer_type(tokenizer) == "gpt2"
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(ExportError, match="llama.cpp's quantizer failed") as info:
+        llama_cpp.quantize(bad, tmp_path / "out.gguf", "q4_k_m")
+    assert "Traceback" not in str(info.value) and not (tmp_path / "out.gguf").exists()
 
 
-def test_modelfile_for_chatml(small_model):
-    from tunesmith.export.ollama import modelfile, preferred_gguf
+def test_modelfile_points_at_the_default_type():
+    from tunesmith.export.ollama import preferred_gguf
 
-    text = modelfile("m-q8_0.gguf", small_model[1])
-    assert text.splitlines()[1] == "FROM ./m-q8_0.gguf"
-    assert '{{- if eq .Role "user" }}<|im_start|>user\n{{ .Content }}<|im_end|>' in text
-    assert 'SYSTEM """You are a helpful AI assistant named SmolLM, trained by Hugging Face"""' in text
-    assert text.rstrip().endswith('PARAMETER stop "<|im_end|>"')
+    assert preferred_gguf(["a-f16.gguf", "a-q8_0.gguf", "a-q4_k_m.gguf"]) == "a-q4_k_m.gguf"
     assert preferred_gguf(["a-f16.gguf", "a-q8_0.gguf"]) == "a-q8_0.gguf"
+
+
+def test_status_rule_for_rounded_files():
+    """A rounded file is 'close' while llama.cpp, fed the reference answer, agrees often enough; a broken one differs."""
+    import torch
+
+    from tunesmith.export import verify
+
+    forced = [torch.eye(4)[[0, 1, 2, 3]]]  # argmax 0, 1, 2, 3
+    ref = verify.Reference([[]], [[5]], [[0, 1, 2]], ["x"], forced)
+    near = verify.Candidate("llama.cpp", lambda ids: [0, 1, 3], lossless=False, forced_argmax=[[0, 1, 2, 0]],
+                            min_top1=0.7)
+    assert verify.compare(ref, near)["status"] == "close"  # 3/4 agree
+    far = verify.Candidate("llama.cpp", lambda ids: [0, 1, 3], lossless=False, forced_argmax=[[0, 3, 3, 0]],
+                           min_top1=0.7)
+    assert verify.compare(ref, far)["status"] == "differs"
+    wrong_tokens = verify.Candidate("llama.cpp", lambda ids: [0, 1, 2], lossless=False, forced_argmax=[[0, 1, 2, 3]],
+                                    extra={"problems": ["llama.cpp tokenizes the prompts differently"]})
+    result = verify.compare(ref, wrong_tokens)
+    assert result["status"] == "differs"
+    with pytest.raises(ExportError, match="tokenizes the prompts differently"):
+        verify.require([result], "the export")
+
+
+def test_vendored_converter_is_the_pinned_one():
+    from importlib.metadata import version
+
+    from tunesmith.export import llama_cpp
+
+    assert llama_cpp.CONVERTER.is_file() and (llama_cpp.VENDOR / "gguf-py" / "gguf" / "gguf_writer.py").is_file()
+    assert f"llama-cpp-python {version('llama-cpp-python')}" in llama_cpp.CONVERTER_VERSION
+    assert (Path(llama_cpp.VENDOR) / "LICENSE").read_text().startswith("MIT License")

@@ -18,7 +18,8 @@ def export_cmd(
     run: str = typer.Argument(..., help="run name or run folder (a model store name or folder also works)"),
     fmt: str = typer.Option(..., "--format", "-f", help="adapter | merged | gguf"),
     out: Path = typer.Option(..., "--out", "-o", help="folder to create (an existing one must be empty, or a previous export and --overwrite)"),
-    quant: str = typer.Option("f16,q8_0", "--quant", help="GGUF types, comma-separated: f32, f16, q8_0, q4_0"),
+    quant: str = typer.Option("q4_k_m", "--quant", help="GGUF types, comma-separated: f32, bf16, f16, q8_0, q6_k, "
+                              "q5_k_m, q4_k_m, q4_0"),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="merged: float32 | bfloat16 | float16 (default: the base model's dtype)"),
     prompts: int = typer.Option(4, "--verify-prompts", help="held-out prompts compared after reloading"),
     tokens: int = typer.Option(32, "--verify-tokens", help="greedy tokens generated per prompt when verifying"),

@@ -180,9 +180,14 @@ def render_text(text: str, tokenizer, *, max_length: int | None = None) -> Rende
 
 def render_prompt(messages: Sequence[Message], tokenizer) -> list[int]:
     """The ids a model sees before it answers: the conversation plus the assistant header."""
+    return list(tokenizer(prompt_text(messages, tokenizer), add_special_tokens=False)["input_ids"])
+
+
+def prompt_text(messages: Sequence[Message], tokenizer) -> str:
+    """The text of `render_prompt`, before tokenizing (what a llama.cpp or Ollama user's server renders)."""
     ensure_chat_template(tokenizer)
     _, _, text = _template_text(tokenizer, messages, add_generation_prompt=True)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return text
 
 
 def pad_batch(rendered: Sequence[Rendered], pad_id: int) -> dict:

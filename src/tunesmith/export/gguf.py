@@ -1,278 +1,148 @@
-"""Write a llama-architecture model and its tokenizer into one GGUF file (f32, f16, q8_0, q4_0) for llama.cpp.
+"""GGUF files for llama.cpp and Ollama, written by llama.cpp's own converter and quantizer.
 
-Mirrors llama.cpp's convert_hf_to_gguf.py for LlamaForCausalLM: tensor names from gguf's name map,
-Q and K rows permuted into llama.cpp's rotary layout (transformers' GGUF loader undoes exactly
-this in LlamaTensorProcessor), norms kept in f32, the tokenizer as a byte-level BPE vocabulary with
-merges, token types and special ids, and the chat template, so the file is self-contained.
+    1. the merged model is a Hugging Face folder (export/merged.write_merged: safetensors, tokenizer, the
+       chat template it is served with, stop tokens); a SentencePiece tokenizer also needs its
+       tokenizer.model there, taken from the base or rebuilt from the GGUF the base came from
+    2. convert_hf_to_gguf.py writes the float files (f32, bf16, f16) and q8_0
+    3. llama_model_quantize makes the K-quants (q6_k, q5_k_m, q4_k_m) and q4_0 from the most precise float file
+
+Every architecture llama.cpp's converter knows is covered; one it does not know fails with the
+converter's own message, and nothing is left in the export folder.
 """
 
 from __future__ import annotations
 
-import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from tunesmith.errors import ExportError
-from tunesmith.io import atomic_dir_file
+from tunesmith.export import llama_cpp
 
-if TYPE_CHECKING:
-    import numpy as np
-
-# name -> (GGMLQuantizationType name, LlamaFileType value written as general.file_type)
-QUANTS = {"f32": ("F32", 0), "f16": ("F16", 1), "q8_0": ("Q8_0", 7), "q4_0": ("Q4_0", 2)}
-LOSSLESS = {"f32"}  # every other type rounds the weights, so greedy answers may drift slightly
-TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED = 1, 3, 4, 5
+CONVERTED = ("f32", "bf16", "f16", "q8_0")  # written by the converter, most precise first
+QUANTIZED = ("q6_k", "q5_k_m", "q4_k_m", "q4_0")  # written by llama.cpp's quantizer from a float file
+QUANTS = CONVERTED + QUANTIZED
+DEFAULT_QUANTS = ("q4_k_m",)  # what Ollama and llama.cpp users pull by default
+# How close llama.cpp must stay to the float32 model, fed its answers (teacher-forced top-1 agreement):
+# a wrong tokenizer, tensor layout or norm shift lands far below these; rounding does not.
+UNKNOWN, UNUSED, BYTE = 2, 5, 6  # SentencePiece piece types (GGUF's token types use the same numbers)
+MIN_TOP1 = {"f32": 0.95, "bf16": 0.85, "f16": 0.9, "q8_0": 0.85, "q6_k": 0.7, "q5_k_m": 0.6, "q4_k_m": 0.5,
+            "q4_0": 0.4}
 
 
 @dataclass(frozen=True)
 class GGUFInfo:
-    """What was written: file, quantization, tensor count, and the tokenizer pre-type chosen."""
+    """One written file: where, which type, how big."""
 
     path: Path
     quant: str
-    tensors: int
-    pre_tokenizer: str
     bytes: int
 
 
 def parse_quants(text: str) -> list[str]:
-    """'f16,q8_0' -> ['f16', 'q8_0']; ExportError naming the valid ones otherwise."""
+    """'f16,Q4_K_M' -> ['f16', 'q4_k_m']; ExportError naming the valid ones otherwise."""
     quants = [q.strip().lower() for q in text.split(",") if q.strip()]
     bad = [q for q in quants if q not in QUANTS]
     if bad or not quants:
-        raise ExportError(f"unknown GGUF quantization {', '.join(bad) or repr(text)}",
+        raise ExportError(f"unknown GGUF type {', '.join(bad) or repr(text)}",
                           f"choose from {', '.join(QUANTS)} (comma-separated)")
     return list(dict.fromkeys(quants))
 
 
-def check_supported(config) -> None:
-    """GGUF export covers the llama architecture (SmolLM2, Llama 2/3, TinyLlama...); say so otherwise."""
-    problems = []
-    if getattr(config, "model_type", None) != "llama":
-        problems.append(f"architecture '{getattr(config, 'model_type', '?')}' (only 'llama' is supported)")
-    for flag in ("attention_bias", "mlp_bias"):
-        if getattr(config, flag, False):
-            problems.append(f"{flag}=true")
-    rope = _rope(config)
-    if rope.get("rope_type", "default") != "default":
-        problems.append(f"rope scaling '{rope.get('rope_type')}'")
-    if problems:
-        raise ExportError(f"this model cannot be written as GGUF yet: {', '.join(problems)}",
-                          "export with --format merged and convert with llama.cpp's convert_hf_to_gguf.py")
+def write_ggufs(hf_folder: Path, out: Path, name: str, quants: list[str],
+                say: Callable[[str], None] = lambda s: None) -> list[GGUFInfo]:
+    """Convert `hf_folder` into `out`/{name}-{quant}.gguf for each quant, converter first, then the quantizer."""
+    written: dict[str, Path] = {}
+    for quant in [q for q in CONVERTED if q in quants]:
+        say(f"converting to {quant} with {llama_cpp.CONVERTER_VERSION}'s convert_hf_to_gguf.py")
+        llama_cpp.convert(hf_folder, out / f"{name}-{quant}.gguf", quant)
+        written[quant] = out / f"{name}-{quant}.gguf"
+    rest = [q for q in QUANTIZED if q in quants]
+    if rest:
+        source = next((written[q] for q in ("f32", "bf16", "f16") if q in written), None)
+        temporary = source is None
+        if temporary:  # the converter's 16-bit type for this model (f16, or bf16 for a bf16 model)
+            source = out / f".{name}-intermediate.gguf"
+            say("converting to 16-bit with llama.cpp's convert_hf_to_gguf.py (the quantizer's input)")
+            llama_cpp.convert(hf_folder, source, "auto")
+        for quant in rest:
+            say(f"quantizing to {quant} with llama.cpp's quantizer")
+            llama_cpp.quantize(source, out / f"{name}-{quant}.gguf", quant)
+            written[quant] = out / f"{name}-{quant}.gguf"
+        if temporary:
+            source.unlink()
+    return [GGUFInfo(written[q], q, written[q].stat().st_size) for q in quants]
 
 
-def write_gguf(model, tokenizer, path: str | Path, quant: str = "f16", *, name: str = "model",
-               progress: Callable[[int, int], None] | None = None) -> GGUFInfo:
-    """Write `model` (a plain, merged LlamaForCausalLM) and `tokenizer` to `path` atomically."""
+def add_tokenizer_model(tokenizer_folder: Path, hf_folder: Path) -> bool:
+    """Put the SentencePiece tokenizer.model the converter reads (Gemma, Phi-3, Llama 2, Mistral) beside the
+    merged model: the base's own, or one rebuilt from the GGUF the base was converted from."""
+    if (hf_folder / "tokenizer.model").is_file():
+        return True
+    own = Path(tokenizer_folder) / "tokenizer.model"
+    if own.is_file():
+        shutil.copy2(own, hf_folder / "tokenizer.model")
+        return True
+    source = _source_gguf(Path(tokenizer_folder))
+    if source is not None and _field(source, "tokenizer.ggml.model") == "llama":
+        (hf_folder / "tokenizer.model").write_bytes(sentencepiece_from_gguf(source))
+        return True
+    return False
+
+
+def _source_gguf(folder: Path) -> Path | None:
+    """The GGUF a store cache folder was converted from (models/load.ensure_converted records it)."""
+    import json
+
+    try:
+        path = Path(json.loads((folder / "tunesmith_source.json").read_text(encoding="utf-8"))["gguf"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return path if path.is_file() else None
+
+
+def sentencepiece_from_gguf(path: str | Path) -> bytes:
+    """A SentencePiece model (the bytes of a tokenizer.model) from a GGUF's 'llama' tokenizer: its pieces,
+    scores and types as stored, BPE with byte fallback, the file's space-prefix rule, no normalisation."""
+    import gguf
+    from sentencepiece import sentencepiece_model_pb2 as spm
+
+    reader = gguf.GGUFReader(str(path))
+
+    def field(key: str, default: Any = None) -> Any:
+        f = reader.fields.get(key)
+        return f.contents() if f is not None else default
+
+    if field("tokenizer.ggml.model") != "llama":
+        raise ExportError(f"{path} has no SentencePiece tokenizer (tokenizer.ggml.model is "
+                          f"'{field('tokenizer.ggml.model')}')")
+    tokens, scores = field("tokenizer.ggml.tokens"), field("tokenizer.ggml.scores")
+    types = field("tokenizer.ggml.token_type")
+    ids = {key: int(field(f"tokenizer.ggml.{key}_token_id", -1)) for key in ("unknown", "bos", "eos", "padding")}
+    model = spm.ModelProto()
+    for i, (piece, score, kind) in enumerate(zip(tokens, scores, types)):
+        kind = int(kind)  # GGUF token types are SentencePiece's; only the unk id may be UNKNOWN
+        model.pieces.add(piece=piece, score=float(score), type=UNUSED if kind == UNKNOWN and i != ids["unknown"] else kind)
+    spec = model.trainer_spec
+    spec.model_type = spm.TrainerSpec.BPE
+    spec.vocab_size = len(tokens)
+    spec.byte_fallback = any(int(k) == BYTE for k in types)
+    spec.unk_id, spec.bos_id, spec.eos_id = ids["unknown"], ids["bos"], ids["eos"]
+    spec.pad_id = ids["padding"] if ids["padding"] not in (ids["unknown"], ids["bos"], ids["eos"]) else -1
+    norm = model.normalizer_spec
+    norm.name = "identity"
+    norm.add_dummy_prefix = bool(field("tokenizer.ggml.add_space_prefix", True))
+    norm.remove_extra_whitespaces = False
+    norm.escape_whitespaces = True
+    return model.SerializeToString()
+
+
+def _field(path: Path, key: str) -> Any:
     import gguf
 
-    check_supported(model.config)
-    qname, file_type = QUANTS[quant]
-    qtype = gguf.GGMLQuantizationType[qname]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_dir_file(path) as tmp:
-        writer = gguf.GGUFWriter(str(tmp), "llama")
-        _add_hparams(writer, model.config, name, file_type)
-        pre = _add_tokenizer(writer, tokenizer, model.config.vocab_size)
-        count = _add_tensors(writer, model, qtype, progress)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file(progress=False)
-        writer.close()
-    return GGUFInfo(path, quant, count, pre, path.stat().st_size)
-
-
-# ------------------------------------------------------------------ hyperparameters
-
-
-def _rope(config) -> dict:
-    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-    return dict(params)
-
-
-def _rope_theta(config) -> float:
-    return float(_rope(config).get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0)
-
-
-def _add_hparams(writer, config, name: str, file_type: int) -> None:
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    writer.add_name(name)
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(config.num_key_value_heads or config.num_attention_heads)
-    writer.add_rope_freq_base(_rope_theta(config))
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_vocab_size(config.vocab_size)
-    writer.add_rope_dimension_count(head_dim)
-    if head_dim != config.hidden_size // config.num_attention_heads:
-        writer.add_key_length(head_dim)
-        writer.add_value_length(head_dim)
-    writer.add_file_type(file_type)
-    writer.add_quantization_version(2)
-
-
-# ------------------------------------------------------------------ tokenizer
-
-
-def pre_tokenizer_type(tokenizer) -> str:
-    """llama.cpp's name for how this tokenizer splits text before BPE (it must split as training did).
-
-    The GPT-2 regex alone is 'gpt2'; with every digit split off first it is 'smollm'. llama.cpp
-    recognises others by hashing a test encoding, which needs its own converter.
-    """
-    backend = json.loads(tokenizer.backend_tokenizer.to_str())
-    steps = _flatten(backend.get("pre_tokenizer"))
-    kinds = [s.get("type") for s in steps]
-    byte_level = [s for s in steps if s.get("type") == "ByteLevel"]
-    if not byte_level or not byte_level[-1].get("use_regex", True):
-        raise ExportError("GGUF export needs a byte-level BPE tokenizer with the GPT-2 split (gpt2 family)",
-                          "export with --format merged and convert with llama.cpp's convert_hf_to_gguf.py")
-    if kinds == ["ByteLevel"]:
-        return "gpt2"
-    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits"):
-        return "smollm"
-    raise ExportError(f"the tokenizer's pre-tokenizer ({' + '.join(map(str, kinds))}) has no known llama.cpp name",
-                      "export with --format merged and convert with llama.cpp's convert_hf_to_gguf.py")
-
-
-def _flatten(step: dict | None) -> list[dict]:
-    if not step:
-        return []
-    if step.get("type") == "Sequence":
-        return [s for inner in step.get("pretokenizers", []) for s in _flatten(inner)]
-    return [step]
-
-
-def _add_tokenizer(writer, tokenizer, vocab_size: int) -> str:
-    from tunesmith.data.render import ensure_chat_template, stop_token_ids
-
-    backend = json.loads(tokenizer.backend_tokenizer.to_str())
-    if backend.get("model", {}).get("type") != "BPE":
-        raise ExportError("GGUF export needs a BPE tokenizer", "export with --format merged instead")
-    pre = pre_tokenizer_type(tokenizer)
-    tokens, types = _vocab(tokenizer, vocab_size)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre)
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in backend["model"]["merges"]])
-    for add, token_id in ((writer.add_bos_token_id, tokenizer.bos_token_id), (writer.add_eos_token_id, tokenizer.eos_token_id),
-                          (writer.add_unk_token_id, tokenizer.unk_token_id), (writer.add_pad_token_id, tokenizer.pad_token_id)):
-        if token_id is not None:
-            add(int(token_id))
-    writer.add_add_bos_token(bool(getattr(tokenizer, "add_bos_token", False)))
-    writer.add_add_eos_token(False)
-    writer.add_add_space_prefix(False)
-    end_of_turn = [t for t in stop_token_ids(tokenizer) if t != tokenizer.eos_token_id]
-    if end_of_turn:  # llama.cpp stops on end-of-generation tokens: eos and the template's end-of-turn
-        writer.add_eot_token_id(end_of_turn[0])
-    writer.add_chat_template(ensure_chat_template(tokenizer))
-    return pre
-
-
-def _vocab(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
-    """Token strings in id order with their llama.cpp types; ids the tokenizer lacks become [PADn]."""
-    by_id = {i: t for t, i in tokenizer.get_vocab().items()}
-    added = {i: tok for i, tok in tokenizer.added_tokens_decoder.items()}
-    if max(by_id) >= vocab_size:
-        raise ExportError(f"the tokenizer has ids up to {max(by_id)} but the model's vocabulary is {vocab_size}")
-    tokens, types = [], []
-    for i in range(vocab_size):
-        if i not in by_id:
-            tokens.append(f"[PAD{i}]")
-            types.append(TOKEN_UNUSED)
-        elif i in added:
-            tokens.append(by_id[i])
-            types.append(TOKEN_CONTROL if added[i].special else TOKEN_USER_DEFINED)
-        else:
-            tokens.append(by_id[i])
-            types.append(TOKEN_NORMAL)
-    return tokens, types
-
-
-# ------------------------------------------------------------------ tensors
-
-
-def _add_tensors(writer, model, qtype, progress) -> int:
-    import gguf
-
-    config = model.config
-    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
-    tied = bool(getattr(config, "tie_word_embeddings", False))
-    state = {k: v for k, v in model.state_dict().items() if not k.endswith("rotary_emb.inv_freq")}
-    if tied:  # llama.cpp reuses token_embd when output.weight is absent (how transformers reads it too)
-        state.pop("lm_head.weight", None)
-    for done, (hf_name, tensor) in enumerate(state.items(), 1):
-        gguf_name = _gguf_name(name_map, hf_name)
-        data = _llama_layout(gguf_name, tensor.detach().float().cpu().numpy(), config)
-        _add_one(writer, gguf_name, data, qtype)
-        if progress:
-            progress(done, len(state))
-    return len(state)
-
-
-def _gguf_name(name_map, hf_name: str) -> str:
-    stem, _, suffix = hf_name.rpartition(".")
-    mapped = name_map.get_name(stem)
-    if mapped is None:
-        raise ExportError(f"tensor '{hf_name}' has no llama.cpp name", "this model's layout is not plain llama")
-    return f"{mapped}.{suffix}"
-
-
-def _llama_layout(gguf_name: str, data: "np.ndarray", config) -> "np.ndarray":
-    """Permute Q/K rows from HF's rotate-half layout to llama.cpp's interleaved rotary pairs."""
-    if gguf_name.endswith("attn_q.weight"):
-        return permute_qk(data, config.num_attention_heads)
-    if gguf_name.endswith("attn_k.weight"):
-        return permute_qk(data, config.num_key_value_heads or config.num_attention_heads)
-    return data
-
-
-def permute_qk(weights: "np.ndarray", n_head: int) -> "np.ndarray":
-    """llama.cpp's `permute` (convert_hf_to_gguf.py); transformers' `_reverse_permute_weights` inverts it."""
-    dim = weights.shape[0] // n_head // 2
-    return weights.reshape(n_head, 2, dim, *weights.shape[1:]).swapaxes(1, 2).reshape(weights.shape)
-
-
-def _add_one(writer, name: str, data: "np.ndarray", qtype) -> None:
-    import gguf
-
-    packed, qtype = pack(data, qtype)
-    if qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
-        writer.add_tensor(name, packed)
-    else:
-        writer.add_tensor(name, packed, raw_shape=packed.shape, raw_dtype=qtype)
-
-
-def pack(data: "np.ndarray", qtype) -> tuple["np.ndarray", Any]:
-    """The bytes (or floats) written for one tensor, and the type actually used."""
-    import gguf
-    import numpy as np
-
-    if data.ndim == 1:  # norms stay f32 in every llama.cpp file type
-        return data.astype(np.float32), gguf.GGMLQuantizationType.F32
-    if data.shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0]:  # rows must fill whole blocks to be block-quantized
-        qtype = gguf.GGMLQuantizationType.F16
-    return gguf.quants.quantize(data, qtype), qtype
-
-
-def expected_weights(model, quant: str) -> dict[str, "np.ndarray"]:
-    """What a reader of the file should get back for each weight: the tensor rounded exactly as written."""
-    import gguf
-
-    qtype = gguf.GGMLQuantizationType[QUANTS[quant][0]]
-    out = {}
-    for name, tensor in model.state_dict().items():
-        if name.endswith("rotary_emb.inv_freq"):
-            continue
-        packed, used = pack(tensor.detach().float().cpu().numpy(), qtype)  # row-wise: the Q/K permutation commutes
-        out[name] = gguf.quants.dequantize(packed, used).astype("float32")
-    return out
+    f = gguf.GGUFReader(str(path)).fields.get(key)
+    return f.contents() if f is not None else None
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -285,9 +155,10 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         f = reader.fields.get(key)
         return f.contents() if f is not None else None
 
+    arch = field("general.architecture")
     keys = ("general.architecture", "general.file_type", "tokenizer.ggml.model", "tokenizer.ggml.pre",
             "tokenizer.ggml.eos_token_id", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eot_token_id",
-            "tokenizer.chat_template", "llama.block_count", "llama.context_length")
+            "tokenizer.chat_template", f"{arch}.block_count", f"{arch}.context_length")
     meta = {k: field(k) for k in keys}
     meta["tensor_types"] = sorted({t.tensor_type.name for t in reader.tensors})
     meta["tensors"] = len(reader.tensors)

@@ -114,11 +114,12 @@ PLAIN = '''{{- if .System }}{{ .System }}
 GO_TEMPLATES = {"chatml": CHATML, "llama3": LLAMA3, "llama3.1": LLAMA31, "mistral": MISTRAL, "gemma": GEMMA,
                 "phi3": PHI3, "plain": PLAIN}
 
-PREFERRED = ("q8_0", "f16", "q4_0", "f32")  # the file a Modelfile points at, when there are several
+# the file a Modelfile points at, when there are several: Ollama's default type first, then by fidelity per byte
+PREFERRED = ("q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16", "bf16", "q4_0", "f32")
 
 
 def preferred_gguf(names: list[str]) -> str:
-    """q8_0 when it was written (near-lossless at half the size of f16), else the next best."""
+    """q4_k_m when it was written, else the next in PREFERRED."""
     for quant in PREFERRED:
         for name in names:
             if name.endswith(f"-{quant}.gguf"):

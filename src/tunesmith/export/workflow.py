@@ -11,7 +11,6 @@ only when it is empty or, with `overwrite`, a previous export (see `check_out`).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import time
@@ -21,7 +20,7 @@ from typing import Any, Callable
 
 from tunesmith.errors import ExportError
 from tunesmith.models import store
-from tunesmith.export import verify
+from tunesmith.export import llama_cpp, verify
 from tunesmith.runs.deliverable import Deliverable, resolve
 from tunesmith.io import Keep, atomic_dir, atomic_write_json, atomic_write_text, replace_clash, some_names
 
@@ -39,7 +38,7 @@ class ExportResult:
     verification: dict[str, Any]
 
 
-def export(spec: str | Path | Deliverable, fmt: str, out: str | Path, *, quants: tuple[str, ...] = ("f16", "q8_0"),
+def export(spec: str | Path | Deliverable, fmt: str, out: str | Path, *, quants: tuple[str, ...] = ("q4_k_m",),
            n_prompts: int = 4, max_new_tokens: int = 32, overwrite: bool = False, dtype: str | None = None,
            say: Callable[[str], None] = lambda s: None) -> ExportResult:
     """Export `spec` (a run name or folder, or a model) as `fmt` into folder `out`; verified before it appears.
@@ -182,53 +181,53 @@ def _merged(source, model, tok, tmp: Path, ref, quants, say, dtype: str | None =
 
 
 def _gguf(source, model, tok, tmp: Path, ref, quants, say) -> tuple[list[Path], list[dict]]:
-    from tunesmith.export.gguf import write_gguf
-    from tunesmith.export.merged import merged_model
+    """The merged model as a Hugging Face folder -> llama.cpp's converter and quantizer -> each file checked in llama.cpp."""
+    import shutil
+
+    from tunesmith.export.gguf import add_tokenizer_model, write_ggufs
+    from tunesmith.export.merged import merged_model, save_dtype, write_merged
     from tunesmith.export.ollama import modelfile, preferred_gguf
+    from tunesmith.models.load import load_tokenizer
 
-    plain = merged_model(model, source)
-    files, checks = [], []
-    for quant in quants:
-        name = f"{source.name}-{quant}.gguf"
-        with _bar(f"writing {name}") as tick:
-            info = write_gguf(plain, tok, tmp / name, quant, name=source.name, progress=tick)
-        say(f"wrote {name} ({info.bytes / 1e6:.1f} MB); reloading it with transformers' GGUF reader")
-        files.append(info.path)
-        checks.append(_gguf_check(tmp, name, plain, tok, ref, quant, {"file": name, "quant": quant,
-                                                                       "pre_tokenizer": info.pre_tokenizer}))
-        checks.append(_llama_cpp_check(info.path, tok, ref, {"file": name, "quant": quant}))
-    atomic_write_text(tmp / "Modelfile", modelfile(preferred_gguf([f.name for f in files]), tok))
-    return files + [tmp / "Modelfile"], checks
-
-
-def _gguf_check(folder: Path, name: str, plain, tok, ref, quant: str, extra: dict) -> dict:
-    """Answers against the tuned model, plus proof the file holds exactly the intended rounded weights."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    from tunesmith.export.gguf import LOSSLESS, expected_weights
-
-    hf_logging.disable_progress_bar()
-    with _quiet():
-        model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=name, dtype="float32")
-        gtok = AutoTokenizer.from_pretrained(str(folder), gguf_file=name)
-    model.eval()
-    extra = {**extra, **verify.weights_check(expected_weights(plain, quant), model)}
-    cand = _hf_candidate("transformers (gguf_file=)", model, tok, ref, lossless=quant in LOSSLESS, extra=extra)
-    check = verify.compare(ref, cand)
-    check.update(verify.tokenizer_check(tok, gtok, ref.prompts))
-    return check
+    llama_cpp.require()
+    hf = tmp / ".converter-input"  # removed once the GGUF files are written
+    hf.mkdir()
+    write_merged(merged_model(model, source), tok, hf, save_dtype(source))  # a bf16 base gives bf16 -> auto
+    del model
+    add_tokenizer_model(source.tokenizer_folder, hf)
+    template = load_tokenizer(hf).chat_template  # what the converter puts in the file
+    infos = write_ggufs(hf, tmp, source.name, list(quants), say)
+    shutil.rmtree(hf)
+    checks = []
+    for info in infos:
+        say(f"wrote {info.path.name} ({info.bytes / 1e6:.1f} MB); loading it in llama.cpp")
+        checks.append(_llama_cpp_check(info, tok, template, ref))
+    atomic_write_text(tmp / "Modelfile", modelfile(preferred_gguf([i.path.name for i in infos]), tok))
+    return [i.path for i in infos] + [tmp / "Modelfile"], checks
 
 
-def _llama_cpp_check(path: Path, tok, ref, extra: dict) -> dict:
-    from tunesmith.data.render import stop_token_ids
+def _llama_cpp_check(info, tok, template: str, ref) -> dict:
+    """Greedy answers and teacher-forced agreement in llama.cpp, and llama.cpp's own reading of the prompts:
+    its tokenization of the rendered prompt text and the chat template in the file must equal ours."""
+    from tunesmith.data.render import prompt_text, stop_token_ids
+    from tunesmith.export.gguf import MIN_TOP1
 
     max_new = max((len(a) for a in ref.answers), default=1)
-    cand = verify.llama_cpp_candidate(path, stop_token_ids(tok), max_new)
-    if cand is None:
-        return {"loader": "llama-cpp-python", **extra, "status": "skipped",
-                "reason": "llama-cpp-python is not installed (pip install 'tunesmith[llamacpp]')"}
-    cand.extra = extra
+    texts = [prompt_text(p, tok) for p in ref.prompts]
+    got = llama_cpp.run(info.path, ref.prompt_ids, ref.answers, texts=texts, stop_ids=stop_token_ids(tok),
+                        max_new_tokens=max_new)
+    problems = []
+    if got["tokenized"] != ref.prompt_ids:
+        problems.append("llama.cpp tokenizes the prompts differently from the model's tokenizer "
+                        f"(pre-tokenizer '{got['metadata'].get('tokenizer.ggml.pre')}')")
+    if got["chat_template"] != template:
+        problems.append("the chat template in the file is not the one the model is served with")
+    answers = {tuple(p): a for p, a in zip(ref.prompt_ids, got["generated"])}
+    extra = {"file": info.path.name, "quant": info.quant, "bytes": info.bytes, "converter": llama_cpp.CONVERTER_VERSION,
+             "prompt_ids_match": got["tokenized"] == ref.prompt_ids, "chat_template_match": got["chat_template"] == template,
+             **({"problems": problems} if problems else {})}
+    cand = verify.Candidate("llama.cpp (llama-cpp-python)", lambda ids: answers[tuple(ids)], lossless=False,
+                            extra=extra, forced_argmax=got["forced_argmax"], min_top1=MIN_TOP1[info.quant])
     return verify.compare(ref, cand)
 
 
@@ -237,28 +236,3 @@ def _hf_candidate(loader: str, model, tok, ref, *, lossless: bool = True, extra:
     max_new = max((len(a) for a in ref.answers), default=1)
     return verify.Candidate(loader, verify.hf_generate(model, tok, max_new),
                             verify.hf_logits(model), lossless, extra or {})
-
-
-@contextlib.contextmanager
-def _bar(label: str):
-    """A rich progress bar with ETA, fed by a (done, total) callback."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn(label), BarColumn(), TextColumn("{task.completed}/{task.total} tensors"),
-                  TimeRemainingColumn(), transient=True) as bar:
-        task = bar.add_task(label, total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
-
-
-@contextlib.contextmanager
-def _quiet():
-    """transformers' GGUF reader prints a tqdm bar per load; verification has its own messages."""
-    import io
-    import sys
-
-    err = sys.stderr
-    sys.stderr = io.StringIO()
-    try:
-        yield
-    finally:
-        sys.stderr = err
