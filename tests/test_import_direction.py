@@ -9,13 +9,14 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "tunesmith"
 
 # Layer of each top-level package/module; a module may import its own layer or lower ones.
 LAYERS = {
-    "errors": 0, "config": 0, "io": 0,
+    "errors": 0, "config": 0, "io": 0, "vendor": 0,  # vendor: third-party code, run as a child process
     "data": 1, "models": 1, "rag": 1, "runs": 1,
     "train": 2, "evaluate": 2, "export": 2, "advise": 2,
     "serve": 3, "cli": 4,
 }
 # The one module allowed to import these heavy libraries (STYLE.md section 6).
-SEAMS = {"peft": "models/adapters.py", "fastapi": "serve/app.py", "sqlite3": "runs/registry.py"}
+SEAMS = {"peft": "models/adapters.py", "fastapi": "serve/app.py", "sqlite3": "runs/registry.py",
+         "llama_cpp": "models/llama_cpp.py"}
 
 
 def _imports(path: Path) -> list[str]:

@@ -118,6 +118,8 @@ class ServeConfig:
     max_tokens_limit: int = opt(2048, "largest max_tokens a request may ask for")
     max_body_bytes: int = opt(1_000_000, "largest request body accepted")
     max_prompt_chars: int = opt(200_000, "largest prompt, in characters, checked before tokenizing")
+    engine: Literal["auto", "torch", "llamacpp"] = opt(
+        "auto", "auto (llama.cpp for a GGUF file or export, torch otherwise) | torch | llamacpp")
     max_batch: int = opt(16, "requests decoded together in one forward pass (continuous batching)")
     max_queue: int = opt(64, "requests waiting for the engine; past it a request gets 503 with Retry-After")
     allowed_hosts: list[str] = opt(

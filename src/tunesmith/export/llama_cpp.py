@@ -1,12 +1,13 @@
-"""The one place tunesmith talks to llama.cpp: its converter, its quantizer, and its runtime (answers and logits).
+"""An export's three calls into llama.cpp: its converter, its quantizer, and a check of the file in its runtime.
 
 Each runs in a child process: llama.cpp aborts the whole process on a file it cannot read, and an
 export must end in one clear line, not a dead interpreter. The converter is llama.cpp's own
 `convert_hf_to_gguf.py` with its `gguf-py`, vendored under tunesmith/vendor/llama_cpp (pinned: see
-PROVENANCE.md there); the quantizer and runtime are `llama-cpp-python` (a dependency, built by `make`).
+PROVENANCE.md there); the quantizer and the runtime are `llama-cpp-python` (a dependency, built by
+`make`), reached only through models/llama_cpp.py:
 
-    python -m tunesmith.export.llama_cpp quantize IN OUT TYPE
-    python -m tunesmith.export.llama_cpp run GGUF < request.json > answers.json
+    python -m tunesmith.models.llama_cpp quantize IN OUT TYPE
+    python -m tunesmith.models.llama_cpp check GGUF < request.json > answers.json
 """
 
 from __future__ import annotations
@@ -20,22 +21,12 @@ from typing import Any, Sequence
 
 from tunesmith.errors import ExportError
 
+from tunesmith.models.llama_cpp import FTYPES, INSTALL_HINT, available
+
 VENDOR = Path(__file__).resolve().parent.parent / "vendor" / "llama_cpp"
 CONVERTER = VENDOR / "convert_hf_to_gguf.py"
+CHILD = "tunesmith.models.llama_cpp"
 CONVERTER_VERSION = "llama.cpp 0c1e57098 (llama-cpp-python 0.3.36 sdist)"
-INSTALL_HINT = "llama-cpp-python is not installed: run `make install` (or pip install 'llama-cpp-python==0.3.36')"
-
-# our name -> llama.cpp's llama_ftype constant (llama-cpp-python exposes them as LLAMA_FTYPE_*)
-FTYPES = {"q8_0": "MOSTLY_Q8_0", "q6_k": "MOSTLY_Q6_K", "q5_k_m": "MOSTLY_Q5_K_M", "q4_k_m": "MOSTLY_Q4_K_M",
-          "q4_0": "MOSTLY_Q4_0"}
-
-
-def available() -> bool:
-    """Is llama-cpp-python importable (without loading its library in this process)?"""
-    import importlib.util
-
-    return importlib.util.find_spec("llama_cpp") is not None
-
 
 def convert(hf_folder: Path, out: Path, outtype: str) -> None:
     """llama.cpp's convert_hf_to_gguf.py: a Hugging Face folder -> one GGUF file of `outtype` (f32/f16/bf16/q8_0)."""
@@ -48,7 +39,7 @@ def quantize(src: Path, dst: Path, quant: str) -> None:
     if quant not in FTYPES:
         raise ExportError(f"llama.cpp has no quantization type '{quant}' here", f"choose from {', '.join(FTYPES)}")
     require()
-    _run([sys.executable, "-m", __name__, "quantize", str(src), str(dst), quant], "llama.cpp's quantizer", timeout=None)
+    _run([sys.executable, "-m", CHILD, "quantize", str(src), str(dst), quant], "llama.cpp's quantizer", timeout=None)
 
 
 def run(path: Path, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], *, texts: Sequence[str],
@@ -58,7 +49,7 @@ def run(path: Path, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence
     require()
     request = {"prompts": [list(p) for p in prompts], "answers": [list(a) for a in answers], "texts": list(texts),
                "stop_ids": list(stop_ids), "max_new_tokens": max_new_tokens}
-    out = _run([sys.executable, "-m", __name__, "run", str(path)], "llama.cpp", stdin=json.dumps(request), timeout=1800)
+    out = _run([sys.executable, "-m", CHILD, "check", str(path)], "llama.cpp", stdin=json.dumps(request), timeout=1800)
     return json.loads(out.splitlines()[-1])
 
 
@@ -88,53 +79,3 @@ def _last_error(text: str) -> str:
         if hits:
             return hits[-1][:400]
     return (lines[-1] if lines else "no output")[:400]
-
-
-# ------------------------------------------------------------------ child process side
-
-
-def _child_quantize(src: str, dst: str, quant: str) -> None:
-    import ctypes
-
-    import llama_cpp
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_{FTYPES[quant]}")
-    params.nthread = os.cpu_count() or 1
-    rc = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params))
-    if rc != 0:
-        sys.exit(f"error: llama_model_quantize returned {rc}")
-
-
-def _child_run(path: str) -> None:
-    import llama_cpp
-    import numpy as np
-
-    req = json.load(sys.stdin)
-    longest = max([len(p) + len(a) for p, a in zip(req["prompts"], req["answers"])] + [1])
-    n_ctx = max(256, longest + req["max_new_tokens"] + 8)
-    llm = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_threads=os.cpu_count() or 1, logits_all=True,
-                          verbose=False)
-    stops = set(req["stop_ids"])
-    generated, forced, tokenized = [], [], []
-    for prompt, answer, text in zip(req["prompts"], req["answers"], req["texts"]):
-        out: list[int] = []
-        llm.reset()
-        for token in llm.generate(prompt, temp=0.0, top_k=1, top_p=1.0, repeat_penalty=1.0):
-            out.append(int(token))  # like transformers, the answer includes the stop token it ended on
-            if token in stops or len(out) >= req["max_new_tokens"]:
-                break
-        generated.append(out)
-        llm.reset()
-        llm.eval(prompt + answer)
-        scores = np.asarray(llm.scores[len(prompt) - 1:len(prompt) + len(answer)])
-        forced.append([int(i) for i in scores.argmax(-1)])
-        tokenized.append(llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
-    meta = {k: v for k, v in llm.metadata.items() if k.startswith(("general.architecture", "tokenizer.ggml.pre"))}
-    print(json.dumps({"generated": generated, "forced_argmax": forced, "tokenized": tokenized,
-                      "chat_template": llm.metadata.get("tokenizer.chat_template"), "metadata": meta}))
-
-
-if __name__ == "__main__":
-    command, *args = sys.argv[1:]
-    {"quantize": _child_quantize, "run": _child_run}[command](*args)

@@ -134,6 +134,11 @@ class Engine:
         return bool(self._rows or self._waiting)
 
     @property
+    def context_length(self) -> int:
+        """Tokens a request may hold (prompt + answer): what the model was trained for."""
+        return int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
+
+    @property
     def active(self) -> int:
         return len(self._rows)
 

@@ -51,7 +51,7 @@ class Slot:
 
     @property
     def context_length(self) -> int:
-        return int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
+        return self.runner.context_length
 
 
 class Engine:
@@ -68,12 +68,14 @@ class Engine:
 
     @classmethod
     def load(cls, specs: Sequence[str], base: str | None = None, *, dtype: str = "auto", device: str = "auto",
-             max_batch: int = MAX_BATCH) -> "Engine":
-        """Runs (names or folders) and/or a base model; LoRA runs on the same base share its weights.
+             max_batch: int = MAX_BATCH, engine: str = "auto") -> "Engine":
+        """Runs (names or folders), GGUF exports and/or a base model; LoRA runs on the same base share its weights.
 
-        device 'auto': a CUDA GPU when there is one (bf16), else the CPU (float32).
+        device 'auto': a CUDA GPU when there is one (bf16), else the CPU (float32). engine 'auto':
+        llama.cpp for a GGUF file or export folder, torch for the rest; 'llamacpp' also puts a GGUF
+        store model on llama.cpp; 'torch' loads every GGUF through transformers (dequantized).
         """
-        return cls(load_slots(specs, base, dtype=dtype, device=device), max_batch=max_batch)
+        return cls(load_slots(specs, base, dtype=dtype, device=device, engine=engine), max_batch=max_batch)
 
     @property
     def names(self) -> list[str]:
@@ -117,8 +119,9 @@ class Engine:
 # ------------------------------------------------------------------ loading
 
 
-def load_slots(specs: Sequence[str], base: str | None, *, dtype: str = "auto", device: str = "auto") -> list[Slot]:
-    """One Slot per run (adapters grouped on a shared base) plus, with `base`, the base model itself.
+def load_slots(specs: Sequence[str], base: str | None, *, dtype: str = "auto", device: str = "auto",
+               engine: str = "auto") -> list[Slot]:
+    """One Slot per run (adapters grouped on a shared base) or GGUF (on llama.cpp), plus, with `base`, the base.
 
     Each run is resolved by the one deliverable type; LoRA runs on one base are put on ONE copy of
     it (the deliverable's own load would give each run a copy), the reason this loads bases itself.
@@ -128,12 +131,15 @@ def load_slots(specs: Sequence[str], base: str | None, *, dtype: str = "auto", d
     from tunesmith.runs.deliverable import resolve
     from tunesmith.models.store import ModelStore
 
+    if engine not in ENGINES:
+        raise ServeError(f"unknown engine '{engine}'", f"choose one of {', '.join(ENGINES)}")
     if not specs and not base:
         raise ServeError("nothing to serve", "name one or more runs, or a base model with --base")
-    sources = [resolve(s) for s in specs]
-    base_name = ModelStore().resolve(base).name if base else None  # a folder is served under its own name
-    _check_unique([s.name for s in sources] + ([base_name] if base_name else []))
-    slots: list[Slot] = []
+    ggufs = {s: _gguf_for(s, engine) for s in [*specs, *([base] if base else [])]}
+    sources = [resolve(s) for s in specs if ggufs[s] is None]
+    base_name = ModelStore().resolve(base).name if base and ggufs[base] is None else None
+    slots: list[Slot] = [_llama_cpp_slot(spec, path) for spec, path in ggufs.items() if path is not None]
+    _check_unique([s.name for s in slots] + [s.name for s in sources] + ([base_name] if base_name else []))
     shared: dict[Path, Any] = {}  # base folder -> the (peft) model holding every adapter on it
     for src in sources:
         if src.kind != "lora":
@@ -148,12 +154,55 @@ def load_slots(specs: Sequence[str], base: str | None, *, dtype: str = "auto", d
             adapters.add_adapter(shared[key], src.final, adapter)
         shared[key].eval()
         slots.append(Slot(src.name, shared[key], src.tokenizer(), adapter=adapter, source=str(src.run_dir)))
-    if base:
+    if base_name:
         folder = local_folder(base).resolve()
         model = shared.get(folder) or load_model(str(folder), dtype=dtype, device=device)[0]
         adapter = BASE if adapters.is_peft(model) else None  # on the shared model, the base is adapters-off
         slots.append(Slot(base_name, model, load_tokenizer(folder), adapter=adapter, source=str(folder)))
     return slots
+
+
+ENGINES = ("auto", "torch", "llamacpp")
+
+
+def _gguf_for(spec: str, engine: str) -> Path | None:
+    """The GGUF file `spec` is served from on llama.cpp, or None for the torch engine."""
+    if engine == "torch":
+        return None
+    path = gguf_file(spec)
+    if path is None and engine == "llamacpp":
+        from tunesmith.errors import ModelError
+        from tunesmith.models.store import ModelStore
+
+        try:
+            entry = ModelStore().resolve(spec)
+        except ModelError:
+            entry = None
+        if entry is None or entry.kind != "gguf":
+            raise ServeError(f"'{spec}' is not a GGUF file or export: llama.cpp serves GGUF",
+                             f"export it first (tunesmith export {spec} --format gguf --out DIR), then serve DIR")
+        path = Path(entry.path)
+    return path
+
+
+def _llama_cpp_slot(spec: str, path: Path) -> Slot:
+    from tunesmith.models.llama_cpp import LlamaCppEngine
+
+    runner = LlamaCppEngine(path, load_gguf_tokenizer(path))
+    return Slot(_gguf_name(spec, path), runner.model, runner.tokenizer, source=str(path), runner=runner)
+
+
+def _gguf_name(spec: str, path: Path) -> str:
+    """A GGUF export is served under its run's name (verification.json), a file under its stem."""
+    from tunesmith.io import read_json_object
+
+    folder = Path(spec).expanduser()
+    if folder.is_dir():
+        record = read_json_object(folder / "verification.json")
+        return str(record.get("source") or folder.resolve().name)
+    if not Path(spec).expanduser().exists():
+        return spec  # a store name
+    return path.stem
 
 
 def _check_unique(names: list[str]) -> None:
@@ -222,3 +271,33 @@ class Worker:
                     runner.step()
                 except Exception as e:  # a failed pass answers the clients in it; the worker goes on
                     runner.fail(f"generation failed: {type(e).__name__}: {e}")
+
+
+# ------------------------------------------------------------------ GGUF on llama.cpp
+
+
+def gguf_file(spec: str | Path) -> Path | None:
+    """The GGUF to serve for `spec`: a .gguf file, or a GGUF export folder (its Modelfile's file, else the
+    one there is); None when `spec` is not a GGUF path."""
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return path.resolve()
+    if not path.is_dir() or (path / "config.json").is_file():
+        return None
+    files = sorted(p.name for p in path.glob("*.gguf"))
+    if not files:
+        return None
+    from tunesmith.export.ollama import preferred_gguf
+
+    return (path / preferred_gguf(files)).resolve()
+
+
+def load_gguf_tokenizer(path: Path):
+    """The tokenizer (with the served chat template) stored in the GGUF, as transformers reads it."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except Exception as e:
+        raise ServeError(f"{path}: transformers cannot read this GGUF's tokenizer ({str(e).splitlines()[0][:200]})",
+                         "serve it with --engine torch, or export the run again") from None

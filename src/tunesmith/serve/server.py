@@ -92,6 +92,6 @@ def serve(specs: Sequence[str], base: str | None, cfg: ServeConfig, on_ready=lam
     from tunesmith.serve.engine import Engine
 
     sock = bind(cfg.host, cfg.port)  # fail on a taken port before minutes of loading
-    engine = Engine.load(specs, base, max_batch=cfg.max_batch, device=device)
+    engine = Engine.load(specs, base, max_batch=cfg.max_batch, device=device, engine=cfg.engine)
     on_ready(engine.names)
     _server(create_app(engine, cfg)).run(sockets=[sock])
