@@ -3,6 +3,7 @@
     python bench/serve_throughput.py                 # the embedded SmolLM2-135M, 64 new tokens per request
     python bench/serve_throughput.py --quick         # 16 new tokens, clients 1/4/8 (a smoke run)
     python bench/serve_throughput.py --model RUN     # a run (adapter on its base) or any model spec
+    python bench/serve_throughput.py --gguf DIR      # also the llama.cpp engine on a GGUF export of the model
 
 Measured, greedy, with the same stop tokens and a fixed answer length (`--max-tokens`, with the
 end-of-turn token ignored on both sides so every answer is exactly that long and the paths do the
@@ -11,6 +12,8 @@ same work):
   server x1    the OpenAI API (streaming, via httpx), one request at a time, alternating with generate
                prompt by prompt so a busy machine slows both alike
   server xN    N concurrent streaming clients (N in --clients), each sending its prompts back to back
+  llama.cpp    with --gguf: the same API served on llama.cpp (`serve.engine: llamacpp`) from a GGUF
+               export (e.g. Q4_K_M), x1 alternating with generate again, then xN
 Aggregate tokens/s counts every generated token over wall time; time to first token (TTFT) is from
 sending a request to its first content chunk (p50 and p95 over all requests). Prints a table, the
 ratios (server x1 / generate, server x8 / server x1), and one JSON line.
@@ -58,13 +61,38 @@ def main() -> None:
     try:
         _plain_generate(engine, name, messages[0], 4)  # warm-up: the first call of each path pays one-off costs
         _stream(server.url, name, messages[0], 4)
-        rows = _interleaved(engine, server.url, name, messages[:args.prompts], args.max_tokens)
+        rows = _interleaved(engine, name, server.url, name, messages[:args.prompts], args.max_tokens, "server x1")
         for n in args.clients:
             if n > 1:
                 rows.append((f"server x{n}", *_concurrent(server.url, name, messages, args.max_tokens, n, args.prompts)))
     finally:
         server.stop()
+    if args.gguf:
+        rows += _llama_cpp_rows(engine, name, messages, cfg, args)
     _report(rows, name, args)
+
+
+def _llama_cpp_rows(engine, name, messages, cfg, args) -> list[tuple]:
+    """The llama.cpp engine on the GGUF export, behind the same app: x1 alternating with generate, then xN."""
+    from tunesmith.serve.app import create_app
+    from tunesmith.serve.engine import Engine
+    from tunesmith.serve.server import start_in_thread
+
+    gguf = Engine.load([args.gguf], engine="llamacpp")
+    served = gguf.names[0]
+    _never_stop(gguf)
+    server = start_in_thread(create_app(gguf, cfg))
+    try:
+        _stream(server.url, served, messages[0], 4)  # warm-up
+        rows = _interleaved(engine, name, server.url, served, messages[:args.prompts], args.max_tokens, "llama.cpp x1")
+        rows[0] = ("generate'", *rows[0][1:])  # the baseline again, measured beside llama.cpp
+        for n in args.clients:
+            if n > 1:
+                rows.append((f"llama.cpp x{n}", *_concurrent(server.url, served, messages, args.max_tokens, n,
+                                                             args.prompts)))
+    finally:
+        server.stop()
+    return rows
 
 
 def _never_stop(engine) -> None:
@@ -73,17 +101,18 @@ def _never_stop(engine) -> None:
         runner.stop_ids = frozenset()
 
 
-def _interleaved(engine, url, name, messages, max_tokens) -> list[tuple]:
-    """generate and server x1 alternate prompt by prompt, so a busy machine slows both alike."""
+def _interleaved(engine, name, url, served, messages, max_tokens, label) -> list[tuple]:
+    """generate (on `engine`'s `name`) and one server client (`served` at `url`) alternate prompt by prompt,
+    so a busy machine slows both alike."""
     gen_tokens = gen_seconds = srv_tokens = srv_seconds = 0.0
     ttfts = []
     for m in messages:
         tokens, seconds = _plain_generate(engine, name, m, max_tokens)
         gen_tokens, gen_seconds = gen_tokens + tokens, gen_seconds + seconds
-        tokens, first, seconds = _stream(url, name, m, max_tokens)
+        tokens, first, seconds = _stream(url, served, m, max_tokens)
         srv_tokens, srv_seconds = srv_tokens + tokens, srv_seconds + seconds
         ttfts += [first] if first is not None else []
-    return [("generate", int(gen_tokens), gen_seconds, []), ("server x1", int(srv_tokens), srv_seconds, ttfts)]
+    return [("generate", int(gen_tokens), gen_seconds, []), (label, int(srv_tokens), srv_seconds, ttfts)]
 
 
 def _plain_generate(engine, name, messages, max_tokens) -> tuple[int, float]:
@@ -165,6 +194,8 @@ def _report(rows, name, args) -> None:
     for n in args.clients:
         if n > 1:
             result[f"server_x{n}_vs_x1"] = round(result[f"server_x{n}_tokens_per_s"] / x1, 3)
+    if args.gguf:
+        result["llama.cpp_x1_vs_generate"] = round(result["llama.cpp_x1_tokens_per_s"] / result["generate'_tokens_per_s"], 3)
     print("RESULT " + " ".join(f"{k}={v}" for k, v in result.items() if k.endswith(("_vs_generate", "_vs_x1"))))
     print(json.dumps(result))
 
@@ -180,6 +211,7 @@ def _args():
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--clients", default="1,4,8,16", help="concurrency levels, comma-separated")
     p.add_argument("--prompts", type=int, default=4, help="requests per client (and prompts in the x1 run)")
+    p.add_argument("--gguf", default=None, help="a GGUF export (folder or .gguf) of the model, served on llama.cpp")
     p.add_argument("--quick", action="store_true", help="16 new tokens, clients 1,4,8, 2 requests each")
     args = p.parse_args()
     if args.quick:
