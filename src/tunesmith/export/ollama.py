@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tunesmith.data.render import PLAIN_TEMPLATE, ensure_chat_template, stop_token_ids
+from tunesmith.data.render import PLAIN_BOS_TEMPLATE, PLAIN_TEMPLATE, ensure_chat_template, stop_token_ids
 
 CHATML = '''{{- if .System }}<|im_start|>system
 {{ .System }}<|im_end|>
@@ -63,7 +63,7 @@ def modelfile(gguf_name: str, tokenizer) -> str:
 def _go_template(template: str, tokenizer) -> str | None:
     if "<|im_start|>" in template and "<|im_end|>" in template:
         return CHATML
-    if template == PLAIN_TEMPLATE:
+    if template in (PLAIN_TEMPLATE, PLAIN_BOS_TEMPLATE):  # Ollama adds the BOS itself, from the GGUF
         return PLAIN.replace("{EOS}", tokenizer.eos_token or "")
     return None
 
