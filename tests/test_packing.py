@@ -65,6 +65,14 @@ def test_plan_pads_each_pass_to_its_own_longest_row():
     assert all(len(p.rows) * p.length <= 1024 for p in plan.passes)
 
 
+def test_plan_takes_more_rows_than_the_bound_when_first_fit_needs_them():
+    """Gemma's FAQ rows in max_length 128 failed an assertion: the token bound said three rows,
+    first-fit-decreasing needs four (no two 65s share 128)."""
+    plan = plan_rows([120, 65, 65, 65], 128)
+    assert sorted(i for row in plan.rows for i in row) == [0, 1, 2, 3]
+    assert len(plan.rows) == 4 and all(len(p.rows) * p.length <= 128 for p in plan.passes)
+
+
 def test_collate_packed_layout():
     a = Rendered([1, 2, 3], [0, 1, 1])
     b = Rendered([4, 5], [1, 1])  # a text example: every token trained

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tunesmith.data.render import PLAIN_TEMPLATE, render, render_example, render_prompt, stop_token_ids
+from tunesmith.data.render import PLAIN_BOS_TEMPLATE, PLAIN_TEMPLATE, render, render_example, render_prompt, stop_token_ids
 
 CONVO = [
     {"role": "system", "content": "Be brief."},
@@ -64,3 +64,26 @@ def test_plain_template_for_base_models(tokenizer):
     assert tok.chat_template == PLAIN_TEMPLATE
     assert tok.decode(r.input_ids) == "### User:\nHi there\n\n### Assistant:\nHello!<|im_end|>\n\n"
     assert trained_text(r, tok) == ["Hello!<|im_end|>"]
+
+
+def test_plain_template_writes_the_bos_once_for_a_tokenizer_that_starts_with_one(tokenizer):
+    """Gemma-style: the post-processor adds the BOS (add_bos_token says False); training, prompts
+    and plain text must all start with exactly one BOS, and the prompt must prefix the trained ids."""
+    import copy
+
+    from tokenizers import processors
+
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = None
+    bos = tok.bos_token_id
+    tok._tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{tok.bos_token} $A", special_tokens=[(tok.bos_token, bos)])
+    assert tok("a")["input_ids"][0] == bos and not getattr(tok, "add_bos_token", False)
+    r = render(CONVO[:3], tok)
+    assert tok.chat_template == PLAIN_BOS_TEMPLATE
+    prompt = render_prompt(CONVO[:2], tok)
+    assert r.input_ids[0] == bos and r.input_ids.count(bos) == 1 and r.loss_mask[0] == 0
+    assert prompt[0] == bos and prompt.count(bos) == 1 and r.input_ids[: len(prompt)] == prompt
+    assert tok.decode(prompt) == "<|im_start|>Be brief.\n\n### User:\nHi there\n\n### Assistant:\n"
+    text = render_example({"text": "plain words"}, tok).input_ids
+    assert text[0] == bos and text.count(bos) == 1

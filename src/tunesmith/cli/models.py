@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import typer
 
@@ -54,8 +53,9 @@ def info_cmd(name: str, json_out: bool = typer.Option(False, "--json", help="pri
 
 @models_app.command("add")
 def add_cmd(
-    path: Path = typer.Argument(..., help="a Hugging Face model folder (config.json + safetensors) or a .gguf file"),
-    name: str = typer.Option(None, "--name", help="store name (default: the folder or file name)"),
+    path: str = typer.Argument(..., help="a Hugging Face model folder (config.json + safetensors), a .gguf file, "
+                                          "or the name of an installed model package (gemma3-270m)"),
+    name: str = typer.Option(None, "--name", help="store name (default: the folder or file name, or the package's name)"),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="accept .bin/.pt pickle weights (they can run code)"),
 ) -> None:
     """Check that a local model loads, then add it to the store."""
@@ -64,6 +64,8 @@ def add_cmd(
     entry = ModelStore().add(path, name, allow_pickle=allow_pickle)
     console.print(f"added '{entry.name}': {entry.architecture}, {_fmt_params(entry.parameters)} parameters, "
                   f"context {entry.context_length}, chat template: {'yes' if entry.chat_template else 'no'}")
+    if entry.terms:
+        console.print(f"its weights come under the {entry.terms}; tunesmith does not redistribute them")
 
 
 @models_app.command("rm")

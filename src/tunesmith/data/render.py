@@ -23,6 +23,10 @@ PLAIN_TEMPLATE = (
     "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}### Assistant:\n{% endif %}"
 )
+# The same for tokenizers whose sequences start with a BOS token (Gemma, Llama): the renderer
+# encodes the template's text without special tokens, so the template must write the BOS itself,
+# as those models' own chat templates do.
+PLAIN_BOS_TEMPLATE = "{{ bos_token }}" + PLAIN_TEMPLATE
 
 Message = dict[str, Any]
 
@@ -64,8 +68,20 @@ class Rendered:
 def ensure_chat_template(tokenizer) -> str:
     """Give a tokenizer without a chat template the documented plain one; return the template."""
     if not getattr(tokenizer, "chat_template", None):
-        tokenizer.chat_template = PLAIN_TEMPLATE
+        tokenizer.chat_template = PLAIN_BOS_TEMPLATE if bos_prefix(tokenizer) else PLAIN_TEMPLATE
     return tokenizer.chat_template
+
+
+def bos_prefix(tokenizer) -> list[int]:
+    """[bos_token_id] when the tokenizer starts a sequence with it, else [].
+
+    Asked of the tokenizer itself rather than read from `add_bos_token`: a tokenizer converted
+    from GGUF (Gemma) adds its BOS in the post-processor while `add_bos_token` says False.
+    """
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return []
+    return [bos] if tokenizer("a")["input_ids"][:1] == [bos] else []
 
 
 def template_hash(tokenizer) -> str:
@@ -170,9 +186,7 @@ def render(
 
 def render_text(text: str, tokenizer, *, max_length: int | None = None) -> Rendered:
     """Plain text (continued pre-training): every token is trained, then end-of-sequence."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False):
-        ids = [tokenizer.bos_token_id] + ids
+    ids = bos_prefix(tokenizer) + list(tokenizer(text, add_special_tokens=False)["input_ids"])
     if tokenizer.eos_token_id is not None:
         ids = ids + [tokenizer.eos_token_id]
     return _truncate(list(ids), [1] * len(ids), max_length)

