@@ -89,10 +89,11 @@ def _gguf_license(folder: Path) -> str | None:
     gguf_path = read_json_object(folder / "tunesmith_source.json").get("gguf")
     if not gguf_path or not Path(gguf_path).is_file():
         return None
-    try:
-        import gguf
+    from tunesmith.errors import ModelError
+    from tunesmith.models.load import gguf_fields
 
-        field = gguf.GGUFReader(gguf_path).fields.get("general.license")
-        return str(field.contents()) if field is not None else None
-    except Exception:  # an unreadable header: the license is just not known
+    try:
+        value = gguf_fields(gguf_path).get("general.license")
+    except ModelError:  # an unreadable header: the license is just not known
         return None
+    return str(value) if value is not None else None

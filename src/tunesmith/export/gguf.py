@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from tunesmith.errors import ExportError
 from tunesmith.export import llama_cpp
+from tunesmith.models.load import gguf_fields
 
 CONVERTED = ("f32", "bf16", "f16", "q8_0")  # written by the converter, most precise first
 QUANTIZED = ("q6_k", "q5_k_m", "q4_k_m", "q4_0")  # written by llama.cpp's quantizer from a float file
@@ -85,21 +86,24 @@ def add_tokenizer_model(tokenizer_folder: Path, hf_folder: Path) -> bool:
         shutil.copy2(own, hf_folder / "tokenizer.model")
         return True
     source = _source_gguf(Path(tokenizer_folder))
-    if source is not None and _field(source, "tokenizer.ggml.model") == "llama":
+    if source is not None and gguf_fields(source).get("tokenizer.ggml.model") == "llama":
         (hf_folder / "tokenizer.model").write_bytes(sentencepiece_from_gguf(source))
         return True
     return False
 
 
 def _source_gguf(folder: Path) -> Path | None:
-    """The GGUF a store cache folder was converted from (models/load.ensure_converted records it)."""
-    import json
+    """The GGUF a store cache folder was converted from (models/load.ensure_converted records its path and
+    sha256): that path, or, if the file has moved, the store's GGUF model with the same sha256."""
+    from tunesmith.io import read_json_object
+    from tunesmith.models.store import ModelStore
 
-    try:
-        path = Path(json.loads((folder / "tunesmith_source.json").read_text(encoding="utf-8"))["gguf"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return path if path.is_file() else None
+    record = read_json_object(folder / "tunesmith_source.json")
+    path = Path(str(record.get("gguf") or ""))
+    if record.get("gguf") and path.is_file():
+        return path
+    same = [Path(e.path) for e in ModelStore().list() if e.kind == "gguf" and e.sha256 and e.sha256 == record.get("sha256")]
+    return next((p for p in same if p.is_file()), None)
 
 
 def sentencepiece_from_gguf(path: str | Path) -> bytes:
@@ -136,13 +140,6 @@ def sentencepiece_from_gguf(path: str | Path) -> bytes:
     norm.remove_extra_whitespaces = False
     norm.escape_whitespaces = True
     return model.SerializeToString()
-
-
-def _field(path: Path, key: str) -> Any:
-    import gguf
-
-    f = gguf.GGUFReader(str(path)).fields.get(key)
-    return f.contents() if f is not None else None
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

@@ -200,6 +200,15 @@ def read_gguf(path: Path) -> dict[str, Any]:
 _GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 
 
+def gguf_fields(path: str | Path) -> dict[str, Any]:
+    """A GGUF file's scalar and string metadata (arrays, such as the vocabulary, map to None), read fast."""
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as blob:
+            return _gguf_header(blob)[0]
+    except (ValueError, struct.error, IndexError, UnicodeDecodeError, OSError) as e:
+        raise ModelError(f"{path} is not a valid GGUF file ({_short(e)})", "the file may be truncated: copy it again") from None
+
+
 def _gguf_header(blob) -> tuple[dict[str, Any], list[tuple[int, int, int]], int]:
     """(scalar and string fields, [(elements, ggml type, offset)] per tensor, start of tensor data).
 
