@@ -82,8 +82,9 @@ def test_gguf_export_of_a_lora_run_loads_in_llama_cpp(real_vocab_run, tmp_path):
 
     result = export(str(real_vocab_run), "gguf", tmp_path / "gguf", quants=("f16", "q4_k_m"), n_prompts=2,
                     max_new_tokens=12)
-    assert set(result.files) == {"run-lora-f16.gguf", "run-lora-q4_k_m.gguf", "Modelfile", "README.md",
-                                 "verification.json"}
+    assert {"run-lora-f16.gguf", "run-lora-q4_k_m.gguf", "Modelfile", "README.md", "verification.json",
+            "tokenizer_config.json"} <= set(result.files)  # the served tokenizer travels with the files
+    assert not any(name.endswith(".safetensors") or name.startswith(".") for name in result.files)
     checks = {c["quant"]: c for c in result.verification["checks"]}
     assert all(c["loader"] == "llama.cpp (llama-cpp-python)" for c in checks.values())
     assert all(c["prompt_ids_match"] and c["chat_template_match"] for c in checks.values())

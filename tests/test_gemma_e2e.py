@@ -1,4 +1,4 @@
-"""Gemma-3-270M end to end through the real CLI: models add -> train -> compare -> export -> serve.
+"""Gemma-3-270M end to end through the real CLI: models add -> train -> compare -> export (adapter, merged, GGUF) -> serve.
 
 A base model without a chat template, a 262k vocabulary, a BOS the tokenizer adds itself: the
 second real model, to keep what SmolLM2 alone never exercised working. Needs the five
@@ -90,8 +90,15 @@ def test_gemma_base_model_end_to_end(tmp_path, one_thread):
     merged = cli("export", str(run), "--format", "merged", "--out", str(tmp_path / "merged"), *VERIFY)
     assert any((tmp_path / "merged").glob("*.safetensors"))
     lap("export merged")
-    # TODO(gguf export): add `export --format gguf` here once export/gguf.py converts Gemma
-    # through llama.cpp's converter (today it writes llama-architecture GGUFs only).
+    # GGUF through llama.cpp's converter (tokenizer.model rebuilt from the base's GGUF) and quantizer,
+    # each file loaded in llama.cpp and held to the tuned model; then served on llama.cpp.
+    cli("export", str(run), "--format", "gguf", "--quant", "f16,q4_k_m", "--out", str(tmp_path / "gguf"), *VERIFY)
+    record = json.loads((tmp_path / "gguf" / "verification.json").read_text())
+    checks = {c["quant"]: c for c in record["checks"]}
+    assert set(checks) == {"f16", "q4_k_m"} and all(c["prompt_ids_match"] and c["chat_template_match"]
+                                                     for c in checks.values())
+    assert checks["f16"]["teacher_forced_top1"] >= 0.9, checks
+    lap("export gguf")
 
     # 5. serve one chat completion through the OpenAI-compatible app.
     from fastapi.testclient import TestClient
@@ -111,8 +118,16 @@ def test_gemma_base_model_end_to_end(tmp_path, one_thread):
     body = reply.json()
     assert body["choices"][0]["finish_reason"] in ("stop", "length") and body["usage"]["completion_tokens"] >= 1
     lap("serve")
+    gguf = Engine.load([str(tmp_path / "gguf")])
+    (gguf_name,) = gguf.names
+    assert gguf_name == "gemma-e2e" and type(gguf.slot(gguf_name).runner).__name__ == "LlamaCppEngine"
+    with TestClient(create_app(gguf, ServeConfig()), base_url="http://127.0.0.1") as client:
+        reply = client.post("/v1/chat/completions", json={"model": gguf_name, "max_tokens": 8, "temperature": 0,
+                                                          "messages": [{"role": "user", "content": "What is a bygglov?"}]})
+    assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] >= 1, reply.text
+    lap("serve gguf")
     print("gemma e2e timings (s):", timings, "train losses:", train_losses,
           "answer:", repr(body["choices"][0]["message"]["content"]))
     sizes = {d: sum(f.stat().st_size for f in (tmp_path / d).rglob("*") if f.is_file()) // 2**20
-             for d in ("adapter", "merged")}
+             for d in ("adapter", "merged", "gguf")}
     print("export sizes (MiB):", sizes, compared[-1500:], merged[-600:], sep="\n")

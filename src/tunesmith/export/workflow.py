@@ -203,6 +203,7 @@ def _gguf(source, model, tok, tmp: Path, ref, quants, say) -> tuple[list[Path], 
         say(f"wrote {info.path.name} ({info.bytes / 1e6:.1f} MB); loading it in llama.cpp")
         checks.append(_llama_cpp_check(info, tok, template, ref))
     atomic_write_text(tmp / "Modelfile", modelfile(preferred_gguf([i.path.name for i in infos]), tok))
+    tok.save_pretrained(str(tmp))  # the served tokenizer beside the files: `tunesmith serve` (and vLLM) prompt with it
     return [i.path for i in infos] + [tmp / "Modelfile"], checks
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ class LlamaCppEngine(Engine):
             raise ServeError(f"llama.cpp cannot load {path} ({e})", "check the file with `tunesmith export` again") from None
         super().__init__(llm, tokenizer, max_batch=1)
         self.path, self.n_ctx, self.n_vocab = Path(path), n_ctx, llm.n_vocab()
+        weakref.finalize(self, llm.close)  # freed while the interpreter is whole (its __del__ at exit raises)
 
     @property
     def context_length(self) -> int:

@@ -292,11 +292,16 @@ def gguf_file(spec: str | Path) -> Path | None:
 
 
 def load_gguf_tokenizer(path: Path):
-    """The tokenizer (with the served chat template) stored in the GGUF, as transformers reads it."""
+    """The tokenizer a GGUF is prompted with: the one a GGUF export saves beside its files, else the one in the
+    GGUF itself as transformers reads it (not every converter's vocabulary reads back: a clear error then)."""
     from transformers import AutoTokenizer
 
+    from tunesmith.models.load import load_tokenizer
+
+    if (path.parent / "tokenizer_config.json").is_file():
+        return load_tokenizer(path.parent)
     try:
         return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     except Exception as e:
         raise ServeError(f"{path}: transformers cannot read this GGUF's tokenizer ({str(e).splitlines()[0][:200]})",
-                         "serve it with --engine torch, or export the run again") from None
+                         "put the model's tokenizer files beside it, or serve a GGUF export folder") from None
