@@ -461,8 +461,9 @@ def _train_collate(tokenizer, cfg: Config, model, device):
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     dtype = packing.mask_dtype(model)
     costs = packing.device_costs(device)
+    layout = packing.attention_layout(model)  # refuses architectures a block mask cannot keep apart
     return lambda examples: packing.packed_micro_batches(examples, max_length=cfg.data.max_length, pad_id=pad,
-                                                          dtype=dtype, **costs)
+                                                          dtype=dtype, layout=layout, **costs)
 
 
 def _eval_fn():
