@@ -126,7 +126,16 @@ def stop_token_ids(tokenizer) -> list[int]:
 
 
 def _apply(tokenizer, msgs: list[Message], *, add_generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_generation_prompt)
+    import jinja2
+
+    from tunesmith.errors import DataError
+
+    try:
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except jinja2.TemplateError as e:  # a template's raise_exception(), e.g. Gemma 2 on a system turn
+        raise DataError(f"the model's chat template refuses this conversation: {e}",
+                        "some templates (Gemma 2, Mistral) take no system turn and need user/assistant turns "
+                        "to alternate; fold the system text into the first user turn") from None
 
 
 def _assistant_spans(tokenizer, messages: Sequence[Message], msgs: list[Message], text: str) -> list[tuple[int, int]]:
