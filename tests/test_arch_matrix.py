@@ -31,6 +31,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # The token that ends an assistant turn in each family's template (PLAIN_TEMPLATE: the eos token).
 END_OF_TURN = {"llama": "<|eot_id|>", "llama3-rope": "<|end_of_text|>", "mistral": "</s>", "qwen2": "<|im_end|>",
                "qwen3": "<|im_end|>", "gemma2": "<end_of_turn>", "gemma3": "<eos>", "phi3": "<|end|>"}
+# Qwen3's template writes an empty thinking block before the last answer (a non-thinking answer),
+# so the model is trained to give one; serving prompts without it and the model writes it itself.
+ANSWER_PREFIX = {"qwen3": "<think>\n\n</think>\n\n"}
 TRAIN_KEYS = dict(max_steps=2, batch_size=2, eval_every=2, save_every=1, lr=1e-3)
 
 
@@ -84,7 +87,7 @@ def step_render(ctx: Ctx) -> None:
     r = render([{"role": "user", "content": "What is 2 plus 3?"}, {"role": "assistant", "content": "2 plus 3 is 5."}], tok)
     trained = tok.decode([t for t, m in zip(r.input_ids, r.loss_mask) if m])
     eot = END_OF_TURN[ctx.name]
-    assert trained.strip() == f"2 plus 3 is 5.{eot}", trained
+    assert trained.strip() == ANSWER_PREFIX.get(ctx.name, "") + f"2 plus 3 is 5.{eot}", trained
     assert tok.convert_tokens_to_ids(eot) in stop_token_ids(tok)
     assert tok.pad_token_id is not None
 

@@ -22,6 +22,8 @@ PLAIN_TEMPLATE = (
 )
 
 Message = dict[str, Any]
+# Tokens that end a turn in the chat templates tunesmith knows (Qwen/ChatML, Llama 3, Gemma, Phi-3).
+TURN_ENDS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
 
 
 @dataclass
@@ -115,7 +117,7 @@ def pad_batch(rendered: Sequence[Rendered], pad_id: int) -> dict:
 def stop_token_ids(tokenizer) -> list[int]:
     """Token ids that end an assistant turn (eos, and the template's end-of-turn marker if different)."""
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    for marker in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>"):
+    for marker in (*TURN_ENDS, "<|endoftext|>"):
         tid = tokenizer.convert_tokens_to_ids(marker) if marker in tokenizer.get_vocab() else None
         if tid is not None and marker in (tokenizer.chat_template or ""):
             ids.add(tid)
@@ -160,8 +162,9 @@ def _assistant_spans(tokenizer, messages: Sequence[Message], msgs: list[Message]
                 continue
             end = _end_of_turn(tokenizer, text, start + len(m["content"].strip()))
         cursor = end
-        # Train up to and including the end-of-turn marker, not the newline the template adds after it.
-        end = start + len(text[start:end].rstrip())
+        # Train up to and including the end-of-turn marker, not what the template adds after it: a
+        # newline, or Phi-3's eos after the last turn's <|end|> (earlier turns have none).
+        end = _first_turn_end(tokenizer, text, start, start + len(text[start:end].rstrip()))
         if m.get("weight", 1) not in (0, 0.0, False):
             spans.append((start, end))
     return spans
@@ -172,9 +175,16 @@ def _mask_from_spans(offsets: Sequence[tuple[int, int]], spans: list[tuple[int, 
     return [int(b > a and any(a < end and b > start for start, end in spans)) for a, b in offsets]
 
 
+def _first_turn_end(tokenizer, text: str, start: int, end: int) -> int:
+    """`end`, or the end of the first end-of-turn marker (or eos) in text[start:end] if there is one."""
+    found = [i + len(tok) for tok in filter(None, [tokenizer.eos_token, *TURN_ENDS])
+             if (i := text.find(tok, start, end)) >= 0]
+    return min(found, default=end)
+
+
 def _end_of_turn(tokenizer, text: str, pos: int) -> int:
     """Extend `pos` over an end-of-turn marker that follows the answer, if any."""
-    for tok in filter(None, [tokenizer.eos_token, "<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>"]):
+    for tok in filter(None, [tokenizer.eos_token, *TURN_ENDS]):
         if text.startswith(tok, pos):
             return pos + len(tok)
     return pos
