@@ -35,6 +35,12 @@ real `finetune`; **resume** a run stopped after step 1 and resumed equals the un
 **export-merged** written, reloaded and held to the run's answers by `export` itself; **serve** a
 chat completion through the OpenAI-compatible app, plain and streamed; **gguf** pending (the
 llama.cpp-based GGUF export is being rewritten; it becomes one more entry in the test's STEPS).
+
+Not a column: Mistral's and Gemma 2's chat templates raise on a system turn or on roles that do
+not alternate; tunesmith turns that into a DataError that quotes the template
+(`test_a_template_that_refuses_a_conversation_is_a_data_error`). Where the tokenizers and
+templates come from, and what is not the family's own (the mistral row uses Llama 2's
+SentencePiece vocabulary): `tests/assets/tokenizers/PROVENANCE.md`, `tests/assets/templates/PROVENANCE.md`.
 """
 
 
@@ -44,8 +50,8 @@ def render(record: dict) -> str:
     steps = list(dict.fromkeys(key.split("/")[1] for key in cells))
     rows = record.get("rows", {})
     lines = [INTRO, f"Recorded with transformers {record.get('transformers', '?')}.", "",
-             "| architecture | model type | tokenizer | chat template | " + " | ".join(steps) + " |",
-             "|---" * (4 + len(steps)) + "|"]
+             "| architecture | model type | tokenizer | chat template | " + " | ".join(steps) + " | seconds |",
+             "|---" * (5 + len(steps)) + "|"]
     notes: list[str] = []
     for arch in archs:
         row = rows.get(arch, {})
@@ -60,16 +66,17 @@ def render(record: dict) -> str:
                 notes.append(f"- {arch} / {step}: {cell['outcome']}: {cell['detail']}")
                 mark += f" [{len(notes)}]"
             marks.append(mark)
-        template = row.get("template") or "none (PLAIN_TEMPLATE)"
+        template = (row["template"] or "none (PLAIN_TEMPLATE)") if "template" in row else "?"
         head = [arch, row.get("model_type", "?"), row.get("tokenizer", "?"), template]
-        lines.append("| " + " | ".join(head + marks) + " |")
+        seconds = sum(c.get("seconds", 0) for key, c in cells.items() if key.startswith(arch + "/"))
+        lines.append("| " + " | ".join(head + marks + [f"{seconds:.0f}"]) + " |")
     lines += ["", "Architecture notes:", ""]
     lines += [f"- {arch}: {rows[arch]['note']}" for arch in archs if rows.get(arch, {}).get("note")]
     if notes:
         lines += ["", "Cells that are not Y:", ""] + [f"[{i}] {n[2:]}" for i, n in enumerate(notes, 1)]
     seconds = sum(c.get("seconds", 0) for c in cells.values())
-    lines += ["", f"The cells took {seconds:.0f} s in all (2 shared CPU cores; first uses build each model and "
-              "its LoRA run inside the cell that needs them first).", ""]
+    lines += ["", f"The cells took {seconds:.0f} s in all (test call time on the machine that recorded them; "
+              "a row's model and its LoRA run are built inside the first cell that needs them).", ""]
     return "\n".join(lines)
 
 
