@@ -306,6 +306,26 @@ def test_a_template_that_refuses_a_conversation_is_a_data_error(arch, conversati
         render(conversation + [{"role": "assistant", "content": "c"}], ctx.tokenizer)
 
 
+def test_training_names_every_example_the_template_refuses(contexts, tmp_path):
+    """tunesmith's data contract allows a system turn; Gemma 2's template does not: one DataError for all of them."""
+    from tunesmith.config import load_config
+    from tunesmith.errors import DataError
+    from tunesmith.train.finetune import finetune
+
+    ctx = contexts("gemma2")
+    def turns(i):  # distinct rows: data preparation drops duplicates
+        return [{"role": "user", "content": f"What is {i} plus {i}?"}, {"role": "assistant", "content": f"{2 * i}."}]
+
+    rows = [turns(1), [{"role": "system", "content": "Be brief."}, *turns(2)], turns(3),
+            [{"role": "system", "content": "Be kind."}, *turns(4)]]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"messages": m}) + "\n" for m in rows))
+    cfg = load_config(None, overrides(ctx.model_dir, train, None, tmp_path / "runs", max_steps=1))
+    with pytest.raises(DataError, match=r"the model's chat template refuses this conversation: System role not "
+                                        r"supported \(lines 2, 4: 2 of 4 examples\)"):
+        finetune(cfg, name="refused", show_progress=False)
+
+
 def test_every_step_is_a_function_or_pending():
     assert all(fn is not None or name in PENDING for name, fn in STEPS.items())
     assert all(re.fullmatch(r"[a-z-]+", name) for name in STEPS)

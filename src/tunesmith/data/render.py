@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 # For base models without a chat template. Documented in docs/data-formats.md.
 PLAIN_TEMPLATE = (
@@ -88,6 +88,28 @@ def render_text(text: str, tokenizer, *, max_length: int | None = None) -> Rende
     if tokenizer.eos_token_id is not None:
         ids = ids + [tokenizer.eos_token_id]
     return _truncate(list(ids), [1] * len(ids), max_length)
+
+
+def each_example(examples: Sequence[dict], fn: Callable[[dict], Any]) -> list[Any]:
+    """fn(example) for every example; one DataError naming every example the chat template refuses.
+
+    Examples are named by their `source_line` (set when a file is read) or their position.
+    """
+    from tunesmith.errors import DataError
+
+    out, refused = [], []
+    for i, ex in enumerate(examples, 1):
+        try:
+            out.append(fn(ex))
+        except DataError as e:
+            refused.append((str(ex.get("source_line", i)), e))
+    if refused:
+        from tunesmith.io import some_names
+
+        first = refused[0][1]
+        raise DataError(f"{first.message} (lines {some_names([n for n, _ in refused])}: {len(refused)} of "
+                        f"{len(examples)} examples)", first.hint)
+    return out
 
 
 def render_prompt(messages: Sequence[Message], tokenizer) -> list[int]:

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tunesmith.config import Config, absolute_paths, load_config, load_run_config, to_yaml
-from tunesmith.errors import DataError, RunError, TrainError, TunesmithError
-from tunesmith.io import atomic_dir, atomic_write_text, is_disk_full, some_names
+from tunesmith.errors import RunError, TrainError, TunesmithError
+from tunesmith.io import atomic_dir, atomic_write_text, is_disk_full
 from tunesmith.runs import layout, lock
 from tunesmith.runs.layout import RunPaths
 from tunesmith.runs.store import find_run, register_run
@@ -330,22 +330,11 @@ def _data(cfg: Config, s: _Session, tokenizer):
 
 
 def _render(examples: list[dict], tokenizer, max_length: int, render_example) -> tuple[list, int]:
-    """Rendered examples that have at least one trained token, and how many had none.
+    """Rendered examples that have at least one trained token, and how many had none."""
+    from tunesmith.data.render import each_example
 
-    DataError naming every example the chat template refuses (all of them at once)."""
-    kept, refused = [], []
-    for i, ex in enumerate(examples, 1):
-        try:
-            r = render_example(ex, tokenizer, max_length=max_length)
-        except DataError as e:
-            refused.append((i, e))
-            continue
-        if batching.n_loss_tokens(r) > 0:
-            kept.append(r)
-    if refused:
-        first = refused[0][1]
-        raise DataError(f"{len(refused)} of {len(examples)} examples: {first.message} (examples "
-                        f"{some_names([str(n) for n, _ in refused])} of the split)", first.hint)
+    rendered = each_example(examples, lambda ex: render_example(ex, tokenizer, max_length=max_length))
+    kept = [r for r in rendered if batching.n_loss_tokens(r) > 0]
     return kept, len(examples) - len(kept)
 
 
