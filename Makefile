@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench models-doc clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/train_throughput.py --quick
+
+# docs/models.md from the architecture matrix's test results (the cells are recorded, then rendered).
+models-doc: $(STAMP)
+	rm -f bench/results/arch_matrix.json
+	-HF_HUB_OFFLINE=1 TUNESMITH_MATRIX_JSON=bench/results/arch_matrix.json $(PY) -m pytest -q tests/test_arch_matrix.py
+	$(PY) tools/models_table.py bench/results/arch_matrix.json docs/models.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

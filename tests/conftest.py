@@ -81,3 +81,50 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------ the architecture matrix's record
+
+MATRIX_CELLS: dict[str, dict] = {}  # "arch/step" -> outcome; filled by the reports of test_arch_matrix.py
+MATRIX_ROWS: dict[str, dict] = {}  # arch -> what the row is (model type, tokenizer, template, note)
+
+
+def pytest_runtest_logreport(report):
+    """Each matrix cell's outcome: Y, the refusal tunesmith gave, skipped (with why) or failed (with the error line)."""
+    props = dict(report.user_properties)
+    if "matrix_cell" not in props or (report.when != "call" and report.passed):
+        return
+    arch, step = props["matrix_cell"]
+    MATRIX_ROWS[arch] = props["matrix_row"]
+    if report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        cell = {"outcome": "pending" if "pending" in reason else "skipped", "detail": reason.removeprefix("Skipped: ")}
+    elif report.failed:
+        cell = {"outcome": "failed", "detail": _first_error_line(report)}
+    elif "matrix_refusal" in props:
+        cell = {"outcome": "refused", "detail": props["matrix_refusal"]}
+    else:
+        cell = {"outcome": "Y", "detail": ""}
+    cell["seconds"] = round(report.duration, 1)
+    MATRIX_CELLS[f"{arch}/{step}"] = cell
+
+
+def _first_error_line(report) -> str:
+    crash = getattr(report.longrepr, "reprcrash", None)
+    return (crash.message if crash else str(report.longrepr)).strip().splitlines()[0][:200]
+
+
+def pytest_sessionfinish(session):
+    """With TUNESMITH_MATRIX_JSON set, merge this session's cells into that file (tools/models_table.py reads it)."""
+    import json
+
+    path = os.environ.get("TUNESMITH_MATRIX_JSON")
+    if not path or not MATRIX_CELLS:
+        return
+    import transformers
+
+    target = Path(path)
+    old = json.loads(target.read_text()) if target.is_file() else {}
+    record = {"transformers": transformers.__version__, "rows": {**old.get("rows", {}), **MATRIX_ROWS},
+              "cells": {**old.get("cells", {}), **MATRIX_CELLS}}  # a rerun of some cells keeps the others
+    target.write_text(json.dumps(record, indent=1) + "\n")

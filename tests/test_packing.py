@@ -8,7 +8,7 @@ import torch
 from tunesmith.data.render import Rendered, render, render_example
 from tunesmith.train.batching import collate_padded
 from tunesmith.train.packing import (
-    IGNORE, batch_stats, block_causal_mask, collate_packed, first_fit_decreasing, plan_rows,
+    IGNORE, attention_layout, batch_stats, block_causal_mask, collate_packed, first_fit_decreasing, plan_rows,
 )
 
 CONVERSATIONS = [
@@ -95,6 +95,34 @@ def test_collate_packed_layout():
     assert batch_stats(batch) == (5, 7, 3)
 
 
+def test_sliding_window_masks_per_layer_type():
+    """A sliding-window layer sees the last `window` keys of its own example; a per-type layout gives a dict."""
+    from tunesmith.train.packing import AttentionLayout
+
+    layout = AttentionLayout({"full_attention": None, "sliding_attention": 2}, per_type=True)
+    batch = collate_packed([[Rendered([1, 2, 3, 4], [1] * 4), Rendered([5, 6], [1, 1])]], layout=layout)
+    allowed = {k: (m[0, 0] == 0).int().tolist() for k, m in batch["attention_mask"].items()}
+    assert allowed["sliding_attention"] == [
+        [1, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0],
+        [0, 1, 1, 0, 0, 0],
+        [0, 0, 1, 1, 0, 0],
+        [0, 0, 0, 0, 1, 0],
+        [0, 0, 0, 0, 1, 1],
+    ]
+    assert allowed["full_attention"][3] == [1, 1, 1, 1, 0, 0]
+
+
+def test_packing_refuses_layers_a_block_mask_cannot_confine():
+    from types import SimpleNamespace
+
+    from tunesmith.errors import TrainError
+
+    config = SimpleNamespace(model_type="qwen3_next", layer_types=["linear_attention", "full_attention"])
+    with pytest.raises(TrainError, match="packing is not supported for architecture 'qwen3_next': its linear_attention"):
+        attention_layout(SimpleNamespace(config=config))
+
+
 def test_mask_dtype_and_values():
     mask = block_causal_mask(torch.tensor([[0, 0, 1]]), dtype=torch.bfloat16)
     assert mask.dtype == torch.bfloat16 and mask.shape == (1, 1, 3, 3)
@@ -110,20 +138,23 @@ def _example_losses(model, batch, spans):
     return [float(ce[r, max(s - 1, 0) : e - 1].sum()) for r, s, e in spans]
 
 
-def _packed_and_unpacked(model, tok, device="cpu"):
+def _packed_and_unpacked(model, tok, device="cpu", conversations=CONVERSATIONS):
     """Each example's summed loss packed (two rows, the second padded: covers padding, boundaries and
-    text examples) and alone, in the packed order; and each example's trained-token count."""
-    examples = [render(c, tok) for c in CONVERSATIONS] + [render_example({"text": "Plain text, all trained."}, tok)]
+    text examples) and alone, in the packed order; and each example's trained-token count.
+
+    The packed mask is the one training builds for this model (sliding windows included)."""
+    examples = [render(c, tok) for c in conversations] + [render_example({"text": "Plain text, all trained."}, tok)]
     lengths = [len(e.input_ids) for e in examples]
 
     def to(batch):
-        return {k: v.to(device) for k, v in batch.items()}
+        return {k: to(v) if isinstance(v, dict) else v.to(device) for k, v in batch.items()}
 
     with torch.no_grad():
         unpacked = [_example_losses(model, to(collate_padded([e], tok.pad_token_id)), [(0, 0, n)])[0]
                     for e, n in zip(examples, lengths)]
         rows = [[examples[1], examples[3]], [examples[0], examples[2]]]
-        batch = collate_packed(rows, pad_id=tok.pad_token_id, length=max(lengths[1] + lengths[3], lengths[0] + lengths[2]) + 5)
+        batch = collate_packed(rows, pad_id=tok.pad_token_id, length=max(lengths[1] + lengths[3], lengths[0] + lengths[2]) + 5,
+                               layout=attention_layout(model))
         spans = [(0, 0, lengths[1]), (0, lengths[1], lengths[1] + lengths[3]),
                  (1, 0, lengths[0]), (1, lengths[0], lengths[0] + lengths[2])]
         packed = _example_losses(model, to(batch), spans)

@@ -249,9 +249,11 @@ def _rules(near: str, system: str | None, mapping: Any) -> list[str]:
 
 
 def token_card(parts: dict[str, list[dict]], tokenizer, max_length: int | None) -> dict:
+    from tunesmith.data.render import each_example
     from tunesmith.data.stats import measure, summarise
 
-    return {name: summarise([measure(r, tokenizer, max_length) for r in rows], max_length) for name, rows in parts.items()}
+    return {name: summarise(each_example(rows, lambda r: measure(r, tokenizer, max_length)), max_length)
+            for name, rows in parts.items()}
 
 
 def _write(out: Path, parts: dict[str, list[dict]], rejected: list[dict], card: dict, check) -> None:

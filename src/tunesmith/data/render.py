@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 from tunesmith.errors import DataError
 
@@ -29,6 +29,8 @@ PLAIN_TEMPLATE = (
 PLAIN_BOS_TEMPLATE = "{{ bos_token }}" + PLAIN_TEMPLATE
 
 Message = dict[str, Any]
+# Tokens that end a turn in the chat templates tunesmith knows (Qwen/ChatML, Llama 3, Gemma, Phi-3).
+TURN_ENDS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
 
 # The run's system prompt as the chat template's own default (see with_system_template). The marks
 # let a later bake replace an earlier one; `{{ '' }}` ends the prelude with an expression, so
@@ -192,6 +194,26 @@ def render_text(text: str, tokenizer, *, max_length: int | None = None) -> Rende
     return _truncate(list(ids), [1] * len(ids), max_length)
 
 
+def each_example(examples: Sequence[dict], fn: Callable[[dict], Any]) -> list[Any]:
+    """fn(example) for every example; one DataError naming every example the chat template refuses.
+
+    Examples are named by their `source_line` (set when a file is read) or their position.
+    """
+    out, refused = [], []
+    for i, ex in enumerate(examples, 1):
+        try:
+            out.append(fn(ex))
+        except DataError as e:
+            refused.append((str(ex.get("source_line", i)), e))
+    if refused:
+        from tunesmith.io import some_names
+
+        first = refused[0][1]
+        raise DataError(f"{first.message} (lines {some_names([n for n, _ in refused])}: {len(refused)} of "
+                        f"{len(examples)} examples)", first.hint)
+    return out
+
+
 def render_prompt(messages: Sequence[Message], tokenizer) -> list[int]:
     """The ids a model sees before it answers: the conversation plus the assistant header."""
     return list(tokenizer(prompt_text(messages, tokenizer), add_special_tokens=False)["input_ids"])
@@ -223,7 +245,7 @@ def pad_batch(rendered: Sequence[Rendered], pad_id: int) -> dict:
 def stop_token_ids(tokenizer) -> list[int]:
     """Token ids that end an assistant turn (eos, and the template's end-of-turn marker if different)."""
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    for marker in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>"):
+    for marker in (*TURN_ENDS, "<|endoftext|>"):
         tid = tokenizer.convert_tokens_to_ids(marker) if marker in tokenizer.get_vocab() else None
         if tid is not None and marker in (tokenizer.chat_template or ""):
             ids.add(tid)
@@ -287,8 +309,9 @@ def _assistant_spans(tokenizer, messages: Sequence[Message], msgs: list[Message]
                 continue
             end = _end_of_turn(tokenizer, text, start + len(m["content"].strip()))
         cursor = end
-        # Train up to and including the end-of-turn marker, not the newline the template adds after it.
-        end = start + len(text[start:end].rstrip())
+        # Train up to and including the end-of-turn marker, not what the template adds after it: a
+        # newline, or Phi-3's eos after the last turn's <|end|> (earlier turns have none).
+        end = _first_turn_end(tokenizer, text, start, start + len(text[start:end].rstrip()))
         if m.get("weight", 1) not in (0, 0.0, False):
             spans.append((start, end))
     return spans
@@ -299,9 +322,16 @@ def _mask_from_spans(offsets: Sequence[tuple[int, int]], spans: list[tuple[int, 
     return [int(b > a and any(a < end and b > start for start, end in spans)) for a, b in offsets]
 
 
+def _first_turn_end(tokenizer, text: str, start: int, end: int) -> int:
+    """`end`, or the end of the first end-of-turn marker (or eos) in text[start:end] if there is one."""
+    found = [i + len(tok) for tok in filter(None, [tokenizer.eos_token, *TURN_ENDS])
+             if (i := text.find(tok, start, end)) >= 0]
+    return min(found, default=end)
+
+
 def _end_of_turn(tokenizer, text: str, pos: int) -> int:
     """Extend `pos` over an end-of-turn marker that follows the answer, if any."""
-    for tok in filter(None, [tokenizer.eos_token, "<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>"]):
+    for tok in filter(None, [tokenizer.eos_token, *TURN_ENDS]):
         if text.startswith(tok, pos):
             return pos + len(tok)
     return pos

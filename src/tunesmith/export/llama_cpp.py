@@ -30,8 +30,11 @@ CONVERTER_VERSION = "llama.cpp 0c1e57098 (llama-cpp-python 0.3.36 sdist)"
 
 def convert(hf_folder: Path, out: Path, outtype: str) -> None:
     """llama.cpp's convert_hf_to_gguf.py: a Hugging Face folder -> one GGUF file of `outtype` (f32/f16/bf16/q8_0)."""
+    from tunesmith.io import read_json_object
+
+    model_type = read_json_object(Path(hf_folder) / "config.json").get("model_type", "?")
     cmd = [sys.executable, str(CONVERTER), str(hf_folder), "--outfile", str(out), "--outtype", outtype]
-    _run(cmd, "llama.cpp's converter (convert_hf_to_gguf.py)", timeout=None)
+    _run(cmd, f"llama.cpp's converter (convert_hf_to_gguf.py) on this '{model_type}' model", timeout=None)
 
 
 def quantize(src: Path, dst: Path, quant: str) -> None:

@@ -331,11 +331,10 @@ def _data(cfg: Config, s: _Session, tokenizer):
 
 def _render(examples: list[dict], tokenizer, max_length: int, render_example) -> tuple[list, int]:
     """Rendered examples that have at least one trained token, and how many had none."""
-    kept = []
-    for ex in examples:
-        r = render_example(ex, tokenizer, max_length=max_length)
-        if batching.n_loss_tokens(r) > 0:
-            kept.append(r)
+    from tunesmith.data.render import each_example
+
+    rendered = each_example(examples, lambda ex: render_example(ex, tokenizer, max_length=max_length))
+    kept = [r for r in rendered if batching.n_loss_tokens(r) > 0]
     return kept, len(examples) - len(kept)
 
 
@@ -461,8 +460,9 @@ def _train_collate(tokenizer, cfg: Config, model, device):
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     dtype = packing.mask_dtype(model)
     costs = packing.device_costs(device)
+    layout = packing.attention_layout(model)  # refuses architectures a block mask cannot keep apart
     return lambda examples: packing.packed_micro_batches(examples, max_length=cfg.data.max_length, pad_id=pad,
-                                                          dtype=dtype, **costs)
+                                                          dtype=dtype, layout=layout, **costs)
 
 
 def _eval_fn():

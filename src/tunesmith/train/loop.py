@@ -101,7 +101,7 @@ def _one_step(model, optimizer, accelerator, batch, loss_fn: LossFn) -> float:
     total = torch.zeros((), device=accelerator.device)
     optimizer.zero_grad(set_to_none=True)
     for i, micro in enumerate(batch.micro):
-        micro = {k: v.to(accelerator.device) for k, v in micro.items()}
+        micro = _to(micro, accelerator.device)
         last = i == len(batch.micro) - 1
         sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
         with sync, accelerator.autocast():
@@ -177,7 +177,7 @@ def evaluate(model, batches: Iterator[dict], accelerator, eval_fn: EvalFn | None
     sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss, tokens, correct
     with torch.no_grad():
         for batch in batches:
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            batch = _to(batch, accelerator.device)
             with accelerator.autocast():
                 loss_sum, n, correct = eval_fn(model, batch)
             sums += torch.stack([loss_sum.double(), n.double(), correct.double()])
@@ -191,3 +191,8 @@ def evaluate(model, batches: Iterator[dict], accelerator, eval_fn: EvalFn | None
 def _log(hooks: Hooks, rows: list[dict]) -> None:
     if hooks.log:
         hooks.log(rows)
+
+
+def _to(batch: dict, device) -> dict:
+    """A batch's tensors on `device`; a per-layer-type attention mask is a dict of tensors (packing.py)."""
+    return {k: _to(v, device) if isinstance(v, dict) else v.to(device) for k, v in batch.items()}

@@ -6,6 +6,9 @@ A packed row holds several examples back to back. Three things keep them apart, 
 - `position_ids` that restart at 0 for each example;
 - label -100 on the first token of each example, so no loss predicts across a boundary.
 Padding at the end of a row forms its own block (never a fully masked row: that gives NaN).
+A 4D mask replaces the model's own, sliding window included, so a sliding-window layer gets the
+block mask cut to its window too: one mask for every layer (Mistral), or one per layer type for
+models with `layer_types` (Gemma 2/3, Qwen); see AttentionLayout.
 
 Batches are dicts of tensors: the model inputs (`input_ids`, `attention_mask`, `position_ids`),
 `labels`, and `token_mask` (B, T) = 1 on real tokens, for the padding-waste figure. Which
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 from tunesmith.data.render import Rendered
+from tunesmith.errors import TrainError
 
 if TYPE_CHECKING:
     import torch
@@ -65,6 +69,37 @@ class RowPlan:
         """Fraction of the slots that are padding."""
         used = sum(lengths[i] for row in self.rows for i in row)
         return 1 - used / self.slots if self.passes else 0.0
+
+
+@dataclass(frozen=True)
+class AttentionLayout:
+    """How a model's layers attend, for its packed masks: a sliding window (None: full causal) per layer type.
+
+    per_type: the model takes a {layer type: 4D mask} dict (configs with `layer_types`); else
+    one mask serves every layer and `windows` has the single key "all".
+    """
+
+    windows: dict[str, int | None]
+    per_type: bool = False
+
+
+FULL = AttentionLayout({"all": None})
+PACKABLE_LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
+def attention_layout(model) -> AttentionLayout:
+    """The AttentionLayout of `model` (or of its config); TrainError for layer kinds a block mask cannot express."""
+    config = getattr(_unwrap(model), "config", model)
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    if not types:
+        return AttentionLayout({"all": window})
+    other = sorted(set(types) - set(PACKABLE_LAYER_TYPES))
+    if other:
+        raise TrainError(f"packing is not supported for architecture '{config.model_type}': its {', '.join(other)} "
+                         "layers cannot be kept inside each example by a block mask", "set train.packing=false")
+    return AttentionLayout({t: window if t == "sliding_attention" else None for t in sorted(set(types))}, per_type=True)
 
 
 def first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -168,7 +203,7 @@ def _shortest_fit(lengths: Sequence[int], n_rows: int, low: int, high: int) -> i
 
 def packed_micro_batches(
     examples: Sequence[Rendered], *, max_length: int, pad_id: int = 0, dtype=None, pass_tokens: int | None = None,
-    pass_slots: int | None = None,
+    pass_slots: int | None = None, layout: AttentionLayout = FULL,
 ) -> list[dict[str, "torch.Tensor"]]:
     """A micro-batch's examples -> packed batches, one per forward pass, run one after another.
 
@@ -180,7 +215,8 @@ def packed_micro_batches(
     """
     lengths = [len(e.input_ids) for e in examples]
     plan = plan_rows(lengths, max_length, pass_tokens=pass_tokens, pass_slots=pass_slots)
-    return [collate_packed([[examples[i] for i in row] for row in p.rows], pad_id=pad_id, length=p.length, dtype=dtype)
+    return [collate_packed([[examples[i] for i in row] for row in p.rows], pad_id=pad_id, length=p.length, dtype=dtype,
+                           layout=layout)
             for p in plan.passes]
 
 
@@ -200,21 +236,27 @@ def device_costs(device) -> dict[str, int | None]:
 
 def mask_dtype(model) -> "torch.dtype":
     """The float dtype a 4D mask must have for `model` (its embeddings' dtype; sdpa wants the query's)."""
+    return _unwrap(model).get_input_embeddings().weight.dtype
+
+
+def _unwrap(model):
     while hasattr(model, "module"):  # DDP / accelerate wrappers
         model = model.module
-    return model.get_input_embeddings().weight.dtype
+    return model
 
 
 # ------------------------------------------------------------------ collate
 
 
 def collate_packed(
-    rows: Sequence[Sequence[Rendered]], *, pad_id: int = 0, length: int | None = None, dtype=None
+    rows: Sequence[Sequence[Rendered]], *, pad_id: int = 0, length: int | None = None, dtype=None,
+    layout: AttentionLayout = FULL,
 ) -> dict[str, "torch.Tensor"]:
     """Rows of examples -> input_ids, labels, position_ids (B, T), a block-causal mask (B, 1, T, T), token_mask.
 
     Each row is cut to `length` (default: the longest row) and padded to it. `dtype` is the mask's
-    (the model's) float dtype, float32 by default.
+    (the model's) float dtype, float32 by default. With a per-type `layout` the mask is a dict
+    {layer type: (B, 1, T, T)}; sliding-window layers' masks are cut to the window.
     """
     import torch
 
@@ -226,9 +268,10 @@ def collate_packed(
     segments = torch.full(shape, -1, dtype=torch.long)  # -1 = padding, its own block
     for b, row in enumerate(rows):
         _fill_row(row, length, input_ids[b], labels[b], position_ids[b], segments[b])
+    masks = {kind: block_causal_mask(segments, dtype=dtype, window=w) for kind, w in layout.windows.items()}
     return {
         "input_ids": input_ids,
-        "attention_mask": block_causal_mask(segments, dtype=dtype),
+        "attention_mask": masks if layout.per_type else masks["all"],
         "position_ids": position_ids,
         "labels": labels,
         "token_mask": (segments >= 0).long(),
@@ -253,13 +296,16 @@ def _fill_row(row: Sequence[Rendered], length: int, ids, labels, positions, segm
     positions[start:] = torch.arange(length - start)  # padding: harmless positions of its own
 
 
-def block_causal_mask(segments: "torch.Tensor", *, dtype=None) -> "torch.Tensor":
-    """(B, T) segment ids -> (B, 1, T, T) float mask: 0 where query i may see key j (same segment, j <= i), else -inf."""
+def block_causal_mask(segments: "torch.Tensor", *, dtype=None, window: int | None = None) -> "torch.Tensor":
+    """(B, T) segment ids -> (B, 1, T, T) float mask: 0 where query i may see key j (same segment, j <= i,
+    and i - j < window when there is one, as transformers' sliding windows), else -inf."""
     import torch
 
     dtype = dtype or torch.float32
     T = segments.shape[1]
     causal = torch.ones(T, T, dtype=torch.bool).tril()  # (T, T)
+    if window is not None:
+        causal &= ~torch.ones(T, T, dtype=torch.bool).tril(-window)  # drop keys `window` or more behind
     same = segments[:, :, None] == segments[:, None, :]  # (B, T, T)
     allowed = (same & causal)[:, None]  # (B, 1, T, T)
     mask = torch.zeros(allowed.shape, dtype=dtype)
