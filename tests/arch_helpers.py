@@ -54,10 +54,12 @@ ARCHS: dict[str, Arch] = {
                    dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=WINDOW,
                         attn_logit_softcapping=50.0, final_logit_softcapping=30.0),
                    note="sliding window, soft-capping"),
+    # Six layers: Gemma 3's own pattern (five sliding-window layers, then a full one), which llama.cpp
+    # assumes for the architecture (it does not read layer_types).
     "gemma3": Arch("gemma3_text", "gemma", None,
-                   dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=WINDOW,
-                        layer_types=["sliding_attention", "full_attention"]),
-                   note="sliding window, q/k norm; base model (no chat template)"),
+                   dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=WINDOW, num_hidden_layers=6,
+                        layer_types=["sliding_attention"] * 5 + ["full_attention"]),
+                   note="sliding window (5 local : 1 global, Gemma 3's pattern), q/k norm; base model (no chat template)"),
     "phi3": Arch("phi3", "phi-3", "microsoft-Phi-3.5-mini-instruct.jinja", dict(num_key_value_heads=4),
                  note="fused qkv and gate_up projections"),
 }

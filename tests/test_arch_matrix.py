@@ -242,7 +242,12 @@ STEPS: dict[str, Callable[[Ctx], None] | None] = {
 }
 PENDING: dict[str, str] = {}  # step -> why it is not run yet (the table shows "pending")
 # (arch, step) -> the TunesmithError tunesmith gives instead of a wrong result; the cell shows it.
-REFUSALS: dict[tuple[str, str], str] = {}
+REFUSALS: dict[tuple[str, str], str] = {
+    # The row's tokenizer.json (transformers' reading of llama.cpp's Llama 2 vocabulary GGUF) leaves out
+    # SentencePiece's dummy prefix after <s> ("[" where sentencepiece and llama.cpp give "▁["): the
+    # export refuses rather than write a file that llama.cpp would prompt unlike training.
+    ("mistral", "gguf"): "llama.cpp tokenizes the prompts of this 'mistral' model differently from its tokenizer",
+}
 
 
 # ------------------------------------------------------------------ helpers
@@ -339,24 +344,20 @@ def test_a_template_without_a_system_role_gets_it_in_the_first_user_turn(context
     assert rendered.input_ids[:len(render_prompt(conversation, ctx.tokenizer))] == render_prompt(conversation, ctx.tokenizer)
 
 
-def test_training_names_every_example_the_template_refuses(contexts, tmp_path):
-    """Rows whose roles Mistral's template refuses: one DataError naming all of them (by source line), before training."""
-    from tunesmith.config import load_config
+def test_every_example_a_template_refuses_is_named_at_once(contexts):
+    """render.each_example (training and the data card use it): one DataError naming every refused example.
+    (Files are checked for role order before any template sees them; a template may refuse more.)"""
+    from tunesmith.data.render import each_example, render
     from tunesmith.errors import DataError
-    from tunesmith.train.finetune import finetune
 
-    ctx = contexts("mistral")
-    def turns(i):  # distinct rows: data preparation drops duplicates
-        return [{"role": "user", "content": f"What is {i} plus {i}?"}, {"role": "assistant", "content": f"{2 * i}."}]
-
-    rows = [turns(1), [{"role": "user", "content": "Hello."}, *turns(2)], turns(3),
-            [{"role": "user", "content": "Hi."}, *turns(4)]]
-    train = tmp_path / "train.jsonl"
-    train.write_text("".join(json.dumps({"messages": m}) + "\n" for m in rows))
-    cfg = load_config(None, overrides(ctx.model_dir, train, None, tmp_path / "runs", max_steps=1))
+    tok = contexts("mistral").tokenizer
+    rows = [{"messages": [{"role": "user", "content": f"{i} plus {i}?"}, {"role": "assistant", "content": "x"}],
+             "source_line": i} for i in range(1, 5)]
+    rows[1]["messages"].insert(1, {"role": "user", "content": "again"})
+    rows[3]["messages"].insert(1, {"role": "user", "content": "again"})
     with pytest.raises(DataError, match=r"the chat template refused a conversation with roles user, user, assistant: "
                                         r".* \(lines 2, 4: 2 of 4 examples\)"):
-        finetune(cfg, name="refused", show_progress=False)
+        each_example(rows, lambda ex: render(ex["messages"], tok))
 
 
 def test_every_step_is_a_function_or_pending():

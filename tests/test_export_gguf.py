@@ -43,12 +43,12 @@ def test_add_tokenizer_model_prefers_the_bases_own_then_the_source_gguf(tmp_path
     base, out = tmp_path / "base", tmp_path / "out"
     base.mkdir()
     out.mkdir()
-    assert not add_tokenizer_model(base, out)  # nothing to take it from: the converter says what it needs
+    assert not add_tokenizer_model([tmp_path / 'run-final', base], out)  # nothing to take it from: the converter says what it needs
     (base / "tunesmith_source.json").write_text(json.dumps({"gguf": str(VOCABS / "ggml-vocab-llama-spm.gguf")}))
-    assert add_tokenizer_model(base, out) and (out / "tokenizer.model").stat().st_size > 100_000
+    assert add_tokenizer_model([tmp_path / 'run-final', base], out) and (out / "tokenizer.model").stat().st_size > 100_000
     (out / "tokenizer.model").unlink()
     (base / "tokenizer.model").write_bytes(b"own")
-    assert add_tokenizer_model(base, out) and (out / "tokenizer.model").read_bytes() == b"own"
+    assert add_tokenizer_model([tmp_path / 'run-final', base], out) and (out / "tokenizer.model").read_bytes() == b"own"
 
 
 def test_parse_quants_names_the_valid_ones():

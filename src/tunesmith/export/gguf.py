@@ -76,19 +76,21 @@ def write_ggufs(hf_folder: Path, out: Path, name: str, quants: list[str],
     return [GGUFInfo(written[q], q, written[q].stat().st_size) for q in quants]
 
 
-def add_tokenizer_model(tokenizer_folder: Path, hf_folder: Path) -> bool:
+def add_tokenizer_model(folders: list[Path], hf_folder: Path) -> bool:
     """Put the SentencePiece tokenizer.model the converter reads (Gemma, Phi-3, Llama 2, Mistral) beside the
-    merged model: the base's own, or one rebuilt from the GGUF the base was converted from."""
+    merged model: the first of `folders` (the run's tokenizer folder, then its base) that has one, else one
+    rebuilt from the GGUF a base was converted from."""
     if (hf_folder / "tokenizer.model").is_file():
         return True
-    own = Path(tokenizer_folder) / "tokenizer.model"
-    if own.is_file():
-        shutil.copy2(own, hf_folder / "tokenizer.model")
-        return True
-    source = _source_gguf(Path(tokenizer_folder))
-    if source is not None and gguf_fields(source).get("tokenizer.ggml.model") == "llama":
-        (hf_folder / "tokenizer.model").write_bytes(sentencepiece_from_gguf(source))
-        return True
+    for folder in map(Path, folders):
+        if (folder / "tokenizer.model").is_file():
+            shutil.copy2(folder / "tokenizer.model", hf_folder / "tokenizer.model")
+            return True
+    for folder in map(Path, folders):
+        source = _source_gguf(folder)
+        if source is not None and gguf_fields(source).get("tokenizer.ggml.model") == "llama":
+            (hf_folder / "tokenizer.model").write_bytes(sentencepiece_from_gguf(source))
+            return True
     return False
 
 

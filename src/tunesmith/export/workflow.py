@@ -22,7 +22,7 @@ from tunesmith.errors import ExportError
 from tunesmith.models import store
 from tunesmith.export import llama_cpp, verify
 from tunesmith.runs.deliverable import Deliverable, resolve
-from tunesmith.io import Keep, atomic_dir, atomic_write_json, atomic_write_text, replace_clash, some_names
+from tunesmith.io import Keep, read_json_object, atomic_dir, atomic_write_json, atomic_write_text, replace_clash, some_names
 
 FORMATS = ("adapter", "merged", "gguf")
 MARKER = {"created_by": "tunesmith"}  # in verification.json, beside the list of files the export wrote
@@ -194,20 +194,21 @@ def _gguf(source, model, tok, tmp: Path, ref, quants, say) -> tuple[list[Path], 
     hf.mkdir()
     write_merged(merged_model(model, source), tok, hf, save_dtype(source))  # a bf16 base gives bf16 -> auto
     del model
-    add_tokenizer_model(source.tokenizer_folder, hf)
+    add_tokenizer_model([source.tokenizer_folder, source.base_folder], hf)
     template = load_tokenizer(hf).chat_template  # what the converter puts in the file
+    model_type = read_json_object(hf / "config.json").get("model_type", "?")
     infos = write_ggufs(hf, tmp, source.name, list(quants), say)
     shutil.rmtree(hf)
     checks = []
     for info in infos:
         say(f"wrote {info.path.name} ({info.bytes / 1e6:.1f} MB); loading it in llama.cpp")
-        checks.append(_llama_cpp_check(info, tok, template, ref))
+        checks.append(_llama_cpp_check(info, tok, template, ref, model_type))
     atomic_write_text(tmp / "Modelfile", modelfile(preferred_gguf([i.path.name for i in infos]), tok))
     tok.save_pretrained(str(tmp))  # the served tokenizer beside the files: `tunesmith serve` (and vLLM) prompt with it
     return [i.path for i in infos] + [tmp / "Modelfile"], checks
 
 
-def _llama_cpp_check(info, tok, template: str, ref) -> dict:
+def _llama_cpp_check(info, tok, template: str, ref, model_type: str) -> dict:
     """Greedy answers and teacher-forced agreement in llama.cpp, and llama.cpp's own reading of the prompts:
     its tokenization of the rendered prompt text and the chat template in the file must equal ours."""
     from tunesmith.data.render import prompt_text, stop_token_ids
@@ -219,8 +220,9 @@ def _llama_cpp_check(info, tok, template: str, ref) -> dict:
                         max_new_tokens=max_new)
     problems = []
     if got["tokenized"] != ref.prompt_ids:
-        problems.append("llama.cpp tokenizes the prompts differently from the model's tokenizer "
-                        f"(pre-tokenizer '{got['metadata'].get('tokenizer.ggml.pre')}')")
+        problems.append(f"llama.cpp tokenizes the prompts of this '{model_type}' model differently from its tokenizer "
+                        f"(llama.cpp's pre-tokenizer '{got['metadata'].get('tokenizer.ggml.pre')}'), so a llama.cpp "
+                        "user would prompt it unlike training")
     if got["chat_template"] != template:
         problems.append("the chat template in the file is not the one the model is served with")
     answers = {tuple(p): a for p, a in zip(ref.prompt_ids, got["generated"])}
