@@ -28,36 +28,26 @@ CHATML = '''{{- if .System }}<|im_start|>system
 
 # Llama 3.0: a system header only with a system prompt. 3.1 and later always write one, with the
 # knowledge cutoff and the date ({PREAMBLE}, taken from the Jinja template's own rendering).
+_LLAMA3_TURNS = '''{{- range .Messages }}
+{{- if eq .Role "user" }}<|start_header_id|>user<|end_header_id|>
+
+{{ .Content }}<|eot_id|>
+{{- else if eq .Role "assistant" }}<|start_header_id|>assistant<|end_header_id|>
+
+{{ .Content }}<|eot_id|>
+{{- end }}
+{{- end }}<|start_header_id|>assistant<|end_header_id|>
+
+'''
 LLAMA3 = '''{{- if .System }}<|start_header_id|>system<|end_header_id|>
 
 {{ .System }}<|eot_id|>
 {{- end }}
-{{- range .Messages }}
-{{- if eq .Role "user" }}<|start_header_id|>user<|end_header_id|>
-
-{{ .Content }}<|eot_id|>
-{{- else if eq .Role "assistant" }}<|start_header_id|>assistant<|end_header_id|>
-
-{{ .Content }}<|eot_id|>
-{{- end }}
-{{- end }}<|start_header_id|>assistant<|end_header_id|>
-
-'''
-
+''' + _LLAMA3_TURNS
 LLAMA31 = '''<|start_header_id|>system<|end_header_id|>
 
 {PREAMBLE}{{ .System }}<|eot_id|>
-{{- range .Messages }}
-{{- if eq .Role "user" }}<|start_header_id|>user<|end_header_id|>
-
-{{ .Content }}<|eot_id|>
-{{- else if eq .Role "assistant" }}<|start_header_id|>assistant<|end_header_id|>
-
-{{ .Content }}<|eot_id|>
-{{- end }}
-{{- end }}<|start_header_id|>assistant<|end_header_id|>
-
-'''
+''' + _LLAMA3_TURNS
 
 # Mistral (Nemo / v3 Tekken style): the system prompt goes before the LAST user message.
 MISTRAL = '''{{- range $i, $_ := .Messages }}
