@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tunesmith.errors import ExportError
-
 from tunesmith.models.llama_cpp import FTYPES, INSTALL_HINT, available
 
 VENDOR = Path(__file__).resolve().parent.parent / "vendor" / "llama_cpp"
 CONVERTER = VENDOR / "convert_hf_to_gguf.py"
 CHILD = "tunesmith.models.llama_cpp"
 CONVERTER_VERSION = "llama.cpp 0c1e57098 (llama-cpp-python 0.3.36 sdist)"
+
 
 def convert(hf_folder: Path, out: Path, outtype: str) -> None:
     """llama.cpp's convert_hf_to_gguf.py: a Hugging Face folder -> one GGUF file of `outtype` (f32/f16/bf16/q8_0)."""
@@ -57,6 +57,7 @@ def run(path: Path, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence
 
 
 def require() -> None:
+    """ExportError (with how to install it) when llama-cpp-python is missing."""
     if not available():
         raise ExportError(f"GGUF export needs llama.cpp to quantize and check the file: {INSTALL_HINT}")
 
