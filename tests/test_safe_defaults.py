@@ -138,11 +138,33 @@ def test_trust_remote_code_is_never_set_in_the_source():
     setting = re.compile(r"""["']?trust_remote_code["']?\s*[=:]\s*([^,)\s}]+)""")
     found = []
     for path in SRC.rglob("*.py"):
+        if path.relative_to(SRC).parts[0] == "vendor":  # llama.cpp's converter: see the next test
+            continue
         for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             for m in setting.finditer(line):
                 found.append((f"{path.relative_to(SRC)}:{lineno}", m.group(1)))
     assert found, "the pattern finds the explicit trust_remote_code=False calls"
     assert [f for f in found if f[1] != "False"] == []
+
+
+def test_the_vendored_converter_runs_offline_on_a_folder_tunesmith_saved(monkeypatch, tmp_path):
+    """llama.cpp's converter passes trust_remote_code=True for a few architectures' tokenizers; it only ever
+    reads the merged folder tunesmith saved (no custom code files: tunesmith never loads remote code), and its
+    child process runs with HF_HUB_OFFLINE=1, so nothing is fetched or run from a hub."""
+    import subprocess
+
+    from tunesmith.export import llama_cpp
+
+    seen = {}
+
+    def fake_run(cmd, **kwargs):
+        seen.update(kwargs["env"])
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    llama_cpp.convert(tmp_path, tmp_path / "out.gguf", "f16")
+    assert seen["HF_HUB_OFFLINE"] == "1" and "NO_LOCAL_GGUF" not in seen
 
 
 def test_loading_passes_trust_remote_code_false(tiny_model_dir, monkeypatch):

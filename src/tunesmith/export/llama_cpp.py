@@ -63,7 +63,7 @@ def require() -> None:
 
 
 def _run(cmd: list[str], what: str, *, stdin: str | None = None, timeout: float | None) -> str:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}  # the converter never reaches a hub
     env.pop("NO_LOCAL_GGUF", None)  # the converter must use its own pinned gguf-py, not the installed one
     try:
         done = subprocess.run(cmd, input=stdin, capture_output=True, text=True, env=env, timeout=timeout)
