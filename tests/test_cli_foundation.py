@@ -40,7 +40,7 @@ def test_user_error_is_one_line_exit_2(tmp_path):
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert r.stderr.startswith(f"error: 1 config error(s) in {bad}:")
-    assert "train.lr: expected float, got 'fast' (str)" in r.stderr
+    assert "train.lr: expected float | auto, got 'fast' (str)" in r.stderr
 
 
 def test_debug_shows_the_traceback(tmp_path):
@@ -54,7 +54,7 @@ def test_config_show_marks_sources(tmp_path):
     out = tunesmith("config", "show", str(cfg), "--set", "method.r=8").stdout
     assert f"lr: 0.001    # {cfg}:2" in out
     assert "r: 8    # --set method.r=8" in out
-    assert "alpha: 32\n" in out
+    assert "alpha: auto\n" in out
 
 
 def test_config_show_help_lists_every_key():

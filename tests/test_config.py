@@ -87,7 +87,7 @@ def test_all_errors_reported_together_with_nearest_key(tmp_path):
         load_config(path, ["trian.lr=1"])
     assert info.value.problems == [
         f"{path}:2: unknown key 'train.batch_sise': did you mean 'train.batch_size'?",
-        f"{path}:3: train.eval_every: expected int, got 'fifty' (str)",
+        f"{path}:3: train.eval_every: expected int | auto, got 'fifty' (str)",
         f"{path}:5: method.name: expected lora | full | qlora, got 'prefix' (str)",
         "--set trian.lr=1: unknown key 'trian': did you mean 'train'?",
     ]
@@ -104,9 +104,9 @@ def test_wrong_type_names_key_and_expected_type():
     with pytest.raises(ConfigError) as info:
         load_config(None, ["train.batch_size=eight", "train.packing=maybe", "train.lr=[1]"])
     assert info.value.problems == [
-        "--set train.batch_size=eight: train.batch_size: expected int, got 'eight' (str)",
+        "--set train.batch_size=eight: train.batch_size: expected int | auto, got 'eight' (str)",
         "--set train.packing=maybe: train.packing: expected bool, got 'maybe' (str)",
-        "--set train.lr=[1]: train.lr: expected float, got [1] (list)",
+        "--set train.lr=[1]: train.lr: expected float | auto, got [1] (list)",
     ]
 
 
@@ -130,7 +130,7 @@ def test_every_key_has_help():
     rows = describe_keys()
     assert len(rows) > 40
     assert all(help_ and not help_.endswith(".") for _, _, help_ in rows)
-    assert ("train.lr", "float", "peak learning rate") in rows
+    assert ("train.lr", "float | auto", "peak learning rate; auto = from the method and the model size") in rows
 
 
 def test_config_is_frozen():
@@ -210,3 +210,13 @@ def test_a_run_saved_before_paths_were_resolved_still_means_the_current_folder(t
 
     saved = write(tmp_path / "runs" / "old-run", "data:\n  train: examples/faq.jsonl\n", "config.yaml")
     assert load_run_config(saved).data.train == str(elsewhere / "examples" / "faq.jsonl")
+
+
+def test_auto_is_accepted_only_for_the_keys_chosen_from_the_data(tmp_path):
+    cfg = load_config(None, ["train.epochs=auto", "method.r=12"])
+    assert cfg.train.epochs == "auto" and cfg.method.r == 12 and cfg.train.lr == "auto"  # auto is the default
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["train.warmup_ratio=auto"])
+    assert info.value.problems == [
+        "--set train.warmup_ratio=auto: train.warmup_ratio: expected float, got 'auto' (str); 'auto' is accepted "
+        "only for method.r, method.alpha, train.epochs, train.lr, train.batch_size, train.eval_every, train.save_every"]

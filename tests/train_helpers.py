@@ -44,6 +44,7 @@ def overrides(model_dir: Path, train: Path, val: Path | None, out: Path, **train
     base = {"max_steps": 6, "batch_size": 4, "eval_every": 3, "save_every": 3, "lr": 1e-3, "threads": 1,
             "warmup_ratio": 0.0, "early_stopping_patience": 0}
     base.update(train_keys)
-    sets = [f"model.name={model_dir}", f"data.train={train}", f"output_dir={out}", "data.split=100/0/0"]
+    sets = [f"model.name={model_dir}", f"data.train={train}", f"output_dir={out}", "data.split=100/0/0",
+            "method.r=16", "method.alpha=32", "train.sample_answers=0"]  # the pinned losses' settings
     sets += [f"data.validation={val}"] if val else []
     return sets + [f"train.{k}={'null' if v is None else v}" for k, v in base.items()]

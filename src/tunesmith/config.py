@@ -21,6 +21,8 @@ import yaml
 
 from tunesmith.errors import ConfigError
 
+Auto = Literal["auto"]  # a key whose value tunesmith chooses from the data (train/auto.py, docs/auto.md)
+
 
 def opt(default: Any, help: str, *, secret: bool = False) -> Any:
     """A config field with its one-line help (shown by `--help` and `tunesmith config keys`).
@@ -60,8 +62,8 @@ class DataConfig:
 @dataclass(frozen=True)
 class MethodConfig:
     name: Literal["lora", "full", "qlora"] = opt("lora", "lora | full | qlora (qlora needs CUDA and bitsandbytes)")
-    r: int = opt(16, "LoRA rank")
-    alpha: int = opt(32, "LoRA alpha (scale = alpha / r)")
+    r: int | Auto = opt("auto", "LoRA rank; auto = from the trained tokens (docs/auto.md)")
+    alpha: int | Auto = opt("auto", "LoRA alpha (scale = alpha / r); auto = 2 x r")
     dropout: float = opt(0.05, "LoRA dropout")
     target_modules: str = opt("all-linear", "LoRA target modules: 'all-linear' or a comma-separated list")
     use_rslora: bool = opt(False, "rank-stabilised LoRA (scale = alpha / sqrt(r))")
@@ -70,17 +72,23 @@ class MethodConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: float = opt(2, "passes over the training data")
+    epochs: float | Auto = opt("auto", "passes over the training data; auto = from the number of examples (docs/auto.md)")
     max_steps: int | None = opt(None, "optimizer steps; when set, overrides epochs")
-    lr: float = opt(2.0e-4, "peak learning rate")
-    batch_size: int = opt(8, "examples per optimizer step (per process, before accumulation)")
+    time_budget: str | None = opt(
+        None, "stop on time: '90s', '10m', '1h30m'; the steps are planned from the measured step time, the best "
+        "checkpoint is the deliverable")
+    lr: float | Auto = opt("auto", "peak learning rate; auto = from the method and the model size")
+    batch_size: int | Auto = opt(
+        "auto", "examples per optimizer step (per process, before accumulation); auto = from the number of examples "
+        "and their length")
     grad_accum: int = opt(1, "gradient accumulation steps")
     max_grad_norm: float = opt(1.0, "gradient clipping norm; 0 disables")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     warmup_ratio: float = opt(0.05, "fraction of steps spent warming up the learning rate")
     schedule: Literal["cosine", "linear", "constant"] = opt("cosine", "learning-rate schedule after warmup")
-    eval_every: int = opt(50, "validate every N optimizer steps")
-    save_every: int = opt(100, "checkpoint every N optimizer steps")
+    eval_every: int | Auto = opt("auto", "validate every N optimizer steps; auto = at least 8 times a run and twice an epoch")
+    save_every: int | Auto = opt("auto", "checkpoint every N optimizer steps; auto = at every validation (adapters) or "
+                                 "every second one (full)")
     keep_checkpoints: int = opt(2, "how many recent checkpoints to keep")
     early_stopping_patience: int = opt(3, "stop after N validations without improvement; 0 disables")
     seed: int = opt(42, "seed for data order, initialisation and dropout")
@@ -95,6 +103,9 @@ class TrainConfig:
     fused_kernels: bool | None = opt(
         None, "Liger kernels (RMSNorm, SwiGLU) on a CUDA GPU; null = when liger-kernel is installed")
     log_to: Literal["none", "tensorboard"] = opt("none", "extra metrics sink besides metrics.jsonl")
+    sample_answers: int = opt(3, "validation prompts answered greedily at every validation (metrics.jsonl, terminal, "
+                              "report.html); 0 = off")
+    sample_max_tokens: int = opt(48, "longest sample answer, in tokens")
 
 
 @dataclass(frozen=True)
@@ -431,8 +442,20 @@ def _coerce(key: str, value: Any, tp: Any, problems: list[str], where: str) -> A
     ok, out = _try_type(value, tp)
     if ok:
         return out
-    problems.append(f"{where}{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    hint = ""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        hint = f"; 'auto' is accepted only for {', '.join(auto_keys())}"
+    problems.append(f"{where}{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__}){hint}")
     return _BAD
+
+
+def auto_keys() -> list[str]:
+    """The dotted keys that accept 'auto'."""
+    return [key for key, tp, _ in describe_keys() if "auto" in tp.split(" | ") and key not in _AUTO_LITERAL_KEYS]
+
+
+# keys whose Literal choices include "auto" as a mode of their own (not a value chosen from the data)
+_AUTO_LITERAL_KEYS = ("model.dtype", "model.device", "train.mixed_precision", "serve.engine")
 
 
 def _try_type(value: Any, tp: Any) -> tuple[bool, Any]:

@@ -53,6 +53,10 @@ def show_cmd(run: str = typer.Argument(..., help="run name or folder"),
     for key in ("base_model_path", "data_fingerprint", "chat_template_hash", "seed", "stop_reason", "error", "summary"):
         if key in m:
             console.print(f"{key:>14}: {m[key]}", markup=False)
+    for key, choice in (m.get("resolved") or {}).items():  # what `auto` chose, and why
+        console.print(f"{'auto':>14}: {key} = {choice['value']} ({choice['reason']})", markup=False)
+    if m.get("budget"):
+        console.print(f"{'time budget':>14}: {m['budget']['line']}", markup=False)
 
 
 @runs_app.command("rm")

@@ -43,7 +43,7 @@ def render_html(report: dict, metrics_rows: list[dict]) -> str:
     sections = [
         _header(report), _notes(report), "<h2>Strategies</h2>", _strategy_table(report), _clean_section(report),
         _img(plots, "plot-strategies"),
-        "<h2>Training</h2>", _img(plots, "plot-loss"),
+        "<h2>Training</h2>", _img(plots, "plot-loss"), _samples_table(metrics_rows),
         "<h2>Forgetting (general knowledge)</h2>", _forgetting_table(report.get("forgetting", {})), _img(plots, "plot-forgetting"),
         "<h2>Where the answers differ most</h2>", _examples_table(report),
         "<h2>Metrics</h2>", _metric_help(report),
@@ -57,6 +57,24 @@ CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}.warn{color:#a40000}
 .note{color:#666}img{max-width:100%}td.text{max-width:320px;white-space:pre-wrap;font-size:90%}"""
+
+
+def _samples_table(rows: list[dict]) -> str:
+    """Sample answers at every validation: one row per step (0 = before training), one column per prompt."""
+    steps = [r for r in rows if r.get("split") == "samples" and r.get("samples")]
+    if not steps:
+        return ""
+    prompts = steps[-1]["samples"]
+    head = "".join(f"<th>{html.escape(p['prompt'][:200])}<br><span class='note'>expected: "
+                   f"{html.escape(p.get('expected', '')[:200])}</span></th>" for p in prompts)
+    body = []
+    for r in steps:
+        cells = "".join(f"<td class='text'>{html.escape(a['answer'])}</td>" for a in r["samples"])
+        label = "0 (base)" if r["step"] == 0 else str(r["step"])
+        body.append(f"<tr><td class='num'>{label}</td>{cells}</tr>")
+    return ("<h3 id='samples'>Sample answers during training</h3><p class='note'>The same validation prompts, answered "
+            "greedily at every validation: the style arriving, and degrading where it overfits.</p>"
+            f"<table><tr><th>step</th>{head}</tr>{''.join(body)}</table>")
 
 
 # ------------------------------------------------------------------ plots

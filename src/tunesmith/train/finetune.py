@@ -1,11 +1,12 @@
 """`finetune(config) -> Run`: the training workflow, top to bottom in numbered phases.
 
     1. settle the config and the run folder (a new run, or the one to resume)
-    2. load the base model and make the method's weights trainable
+    2. load the base model
     3. prepare the data splits and render them through the chat template
-    4. print the plan (examples, tokens, steps, estimated time and memory)
+    4. choose the `auto` settings from the data (train/auto.py), make the method's weights trainable,
+       print the plan (examples, tokens, steps, estimated time and memory)
     5. build optimizer, schedule and accelerate; on resume, check and restore the checkpoint
-    6. run the loop (validation, early stopping, checkpoints, progress)
+    6. run the loop (validation with sample answers, early stopping, a time budget, checkpoints, progress)
     7. write the deliverable (the best weights) to final/, record the run, print the summary
 """
 
@@ -26,8 +27,8 @@ from tunesmith.io import atomic_dir, atomic_write_text, is_disk_full
 from tunesmith.runs import layout, lock
 from tunesmith.runs.layout import RunPaths
 from tunesmith.runs.store import find_run, register_run
-from tunesmith.train import batching, checkpoint, methods, progress
-from tunesmith.train.loop import Hooks, LoopArgs, LossFn, LoopState, evaluate, train_loop
+from tunesmith.train import auto, batching, checkpoint, methods, progress
+from tunesmith.train.loop import Hooks, LoopArgs, LossFn, LoopState, evaluate, time_step, train_loop
 
 RESUME_KEYS = {  # manifest field -> what it means, for the refusal message
     "data_fingerprint": "the training data",
@@ -48,6 +49,8 @@ RESUME_MAY_CHANGE = {
     "train.threads": "speed on this machine",
     "train.gradient_checkpointing": "memory against time, for the same losses",
     "train.log_to": "an extra metrics sink",
+    "train.sample_answers": "what is generated at a validation; generating never changes the weights",
+    "train.sample_max_tokens": "as train.sample_answers",
 }
 
 
@@ -70,12 +73,13 @@ class Run:
 class _Session:
     """What the phases hand each other."""
 
-    config: Config
+    config: Config  # with every `auto` chosen from phase 4 on
     paths: RunPaths
     accelerator: Any
     manifest: dict[str, Any]
     resume_from: Path | None = None
     lock: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)  # holds the run's lock (main process)
+    asked: Config | None = None  # the config as given (`auto` kept): what config.yaml says
 
 
 def finetune(config: Config | str | Path | None = None, *, overrides: tuple[str, ...] = (), name: str | None = None,
@@ -107,32 +111,46 @@ def _train(s: _Session, started: float, on_step, show_progress: bool, loss_fn: L
     out = progress.Printer(enabled=acc.is_main_process and show_progress)
     out.line(f"run {s.paths.name}: {s.paths.dir}")
     set_seed(cfg.train.seed)
-    # 2. the base model, with the method's weights trainable
+    # 2. the base model
     model, tokenizer, base = _load_model(cfg, acc)
     if base["fused_kernels"]:
         out.line("fused kernels: Liger RMSNorm, SwiGLU")
     # 3. the data, prepared into the run folder and rendered
     splits, train_set, val_set, dropped = _data(cfg, s, tokenizer)
+    # 4. the `auto` settings, the method's trainable weights, the plan
+    shape = auto.Shape.of(train_set, _n_params(model), cfg.method.name, cfg.train.grad_accum, acc.num_processes)
+    cfg, chosen = _choose(s, shape)
+    model = methods.apply_method(model, cfg.method)
     _fill_manifest(s, cfg, base, splits, tokenizer)
     _check_resume(s)
-    # 4. the plan
     plan = batching.StepPlan(len(train_set), cfg.train.batch_size, cfg.train.grad_accum, acc.num_processes)
     total = plan.total_steps(cfg.train.epochs, cfg.train.max_steps)
+    # 5. optimizer, schedule, accelerate; restore on resume
+    collate = _train_collate(tokenizer, cfg, model, acc.device)
+    samples = _sampler(s, model, tokenizer, splits.validation, out)
+    if cfg.train.time_budget:
+        model = acc.prepare(model)  # measured as it trains (DDP and all); the optimizer comes after
+        cfg, chosen, total = _budget(s, shape, chosen, model, acc, train_set, val_set, plan, total, collate,
+                                     samples, started, loss_fn)
     estimate = progress.estimate(model, train_set, plan, total, cfg)
     out.line(progress.plan_line(len(train_set), len(val_set), dropped, plan, total, estimate))
-    # 5. optimizer, schedule, accelerate; restore on resume
+    for line in (auto.plan_line(chosen), (s.manifest.get("budget") or {}).get("line")):
+        if line:
+            out.line(line)
     optimizer, scheduler = _optimizer(model, cfg, total)
-    model, optimizer = acc.prepare(model, optimizer)
+    if cfg.train.time_budget:
+        optimizer = acc.prepare(optimizer)
+    else:
+        model, optimizer = acc.prepare(model, optimizer)
     state = _restore(s, model, optimizer, scheduler) if s.resume_from else LoopState()
     _start(s, state)
     # 6. the loop
     args = LoopArgs(total, cfg.train.eval_every, cfg.train.save_every, cfg.train.early_stopping_patience,
-                    cfg.train.max_grad_norm)
-    collate = _train_collate(tokenizer, cfg, model, acc.device)
+                    cfg.train.max_grad_norm, deadline=_deadline(cfg, started, state))
     steps = batching.step_batches(train_set, plan, seed=cfg.train.seed, start_step=state.step,
                                   total_steps=_last_step(total, state), collate=collate, rank=acc.process_index,
                                   group_by_length=_group_by_length(cfg))
-    hooks, bar = _hooks(s, model, optimizer, scheduler, val_set, collate, out, on_step, total, state)
+    hooks, bar = _hooks(s, model, optimizer, scheduler, val_set, collate, out, on_step, total, state, samples)
     try:
         with bar:
             state = train_loop(model, optimizer, scheduler, acc, steps, args, state,
@@ -150,7 +168,7 @@ def _train(s: _Session, started: float, on_step, show_progress: bool, loss_fn: L
 
 def _last_step(total: int, state: LoopState) -> int:
     """Where the loop ends: `total`, or where it is for a run that stopped early (resumed only to write final/)."""
-    return state.step if state.stop_reason == "early_stopping" else total
+    return state.step if state.stop_reason in ("early_stopping", "time_budget") else total
 
 
 def _group_by_length(cfg: Config) -> bool:
@@ -180,9 +198,9 @@ def _session(config, overrides, name, resume) -> _Session:
     methods.check_method(cfg.method.name)
     methods.check_fused_kernels(cfg.train.fused_kernels)
     acc = Accelerator(cpu=not _cuda(), mixed_precision=_mixed_precision(cfg.train.mixed_precision))
-    if resume_run is not None:
-        return _resume_session(cfg, resume_run, acc)
-    return _new_session(cfg, name, acc)
+    s = _resume_session(cfg, resume_run, acc) if resume_run is not None else _new_session(cfg, name, acc)
+    s.asked = cfg
+    return s
 
 
 def _new_session(cfg: Config, name: str | None, acc) -> _Session:
@@ -241,18 +259,32 @@ def _check_config(cfg: Config) -> None:
     from tunesmith.errors import ConfigError
 
     t = cfg.train
+
+    def below(value, least) -> bool:  # `auto` is chosen later, by rules that give valid values
+        return value != "auto" and value < least
+
     problems = [msg for bad, msg in [
-        (t.batch_size < 1, "train.batch_size must be >= 1"),
+        (below(t.batch_size, 1), "train.batch_size must be >= 1"),
         (t.grad_accum < 1, "train.grad_accum must be >= 1"),
-        (t.eval_every < 1, "train.eval_every must be >= 1"),
-        (t.save_every < 1, "train.save_every must be >= 1"),
+        (below(t.eval_every, 1), "train.eval_every must be >= 1"),
+        (below(t.save_every, 1), "train.save_every must be >= 1"),
         (t.keep_checkpoints < 1, "train.keep_checkpoints must be >= 1"),
-        (t.lr <= 0, "train.lr must be > 0"),
-        (t.max_steps is None and t.epochs <= 0, "train.epochs must be > 0 (or set train.max_steps)"),
+        (t.lr != "auto" and t.lr <= 0, "train.lr must be > 0"),
+        (t.max_steps is None and t.epochs != "auto" and t.epochs <= 0, "train.epochs must be > 0 (or set train.max_steps)"),
         (t.max_steps is not None and t.max_steps < 1, "train.max_steps must be >= 1"),
         (not 0 <= t.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)"),
-        (cfg.method.r < 1, "method.r must be >= 1"),
+        (below(cfg.method.r, 1), "method.r must be >= 1"),
+        (below(cfg.method.alpha, 1), "method.alpha must be >= 1"),
+        (t.sample_answers < 0, "train.sample_answers must be >= 0"),
+        (t.sample_max_tokens < 1, "train.sample_max_tokens must be >= 1"),
+        (t.time_budget is not None and t.max_steps is not None,
+         "train.time_budget and train.max_steps are both set: a budget plans the steps itself; unset one of them"),
     ] if bad]
+    if t.time_budget is not None:
+        try:
+            auto.parse_duration(t.time_budget)
+        except TunesmithError as e:
+            problems.append(str(e))
     if not cfg.data.train:
         problems.append("data.train is not set: give the training data file")
     if problems:
@@ -308,10 +340,14 @@ def _load_model(cfg: Config, acc):
     fused = methods.fused_kernels(model, cfg.train.fused_kernels)
     if cfg.train.gradient_checkpointing:
         methods.checkpoint_activations(model)
-    model = methods.apply_method(model, cfg.method)
     base = {"base_model": cfg.model.name, "base_model_path": str(folder.resolve()),
             "base_model_sha256": weights_digest(folder), "fused_kernels": "liger" if fused else None}
     return model, tokenizer, base
+
+
+def _n_params(model) -> int:
+    """The base model's parameter count (a 4-bit weight counts once, as one parameter)."""
+    return sum(p.numel() * (2 if getattr(p, "quant_state", None) is not None else 1) for p in model.parameters())
 
 
 # ------------------------------------------------------------------ 3. data
@@ -349,6 +385,120 @@ def _splits(cfg: Config, s: _Session, tokenizer):
 
     with tempfile.TemporaryDirectory(prefix="tunesmith-resume-data-") as scratch:  # compare, never overwrite
         return splits_for_training(cfg.data, Path(scratch), tokenizer, cfg.train.seed)
+
+
+# ------------------------------------------------------------------ 4. auto settings and the time budget
+
+
+def _choose(s: _Session, shape: auto.Shape) -> tuple[Config, dict[str, auto.Choice]]:
+    """The config with every `auto` chosen (a resumed run takes back what it chose), recorded in the manifest."""
+    previous = s.manifest.get("resolved") if s.resume_from is not None else None
+    cfg, chosen = auto.choose(s.config, shape, previous=previous)
+    s.config = cfg
+    s.manifest["resolved"] = {key: c.to_dict() for key, c in chosen.items()}
+    return cfg, chosen
+
+
+def _sampler(s: _Session, model, tokenizer, validation: list[dict], out) -> Callable | None:
+    """`sample(model) -> [{"prompt", "answer", "expected"}]`: the first train.sample_answers validation
+    prompts answered greedily through the one engine, or None when off (or under FSDP / DeepSpeed,
+    where a forward needs every process)."""
+    from accelerate.utils import DistributedType
+
+    from tunesmith.evaluate.strategies import to_case
+    from tunesmith.models.engine import answer
+
+    n, acc = s.config.train.sample_answers, s.accelerator
+    cases = [c for c in map(to_case, validation) if c is not None][:n]
+    if not cases:
+        return None
+    if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        out.line("sample answers: off under FSDP / DeepSpeed (a sharded model generates only with every process)")
+        return None
+    max_tokens = s.config.train.sample_max_tokens
+
+    def sample(wrapped) -> list[dict]:
+        rows = []
+        if acc.is_main_process:
+            unwrapped = acc.unwrap_model(wrapped)
+            was_training = unwrapped.training
+            unwrapped.eval()
+            try:
+                answers = answer(unwrapped, tokenizer, [c.prompt for c in cases], max_new_tokens=max_tokens,
+                                 batch_size=len(cases))
+            finally:
+                unwrapped.train(was_training)
+            rows = [{"prompt": c.query, "answer": a.text, "expected": c.reference} for c, a in zip(cases, answers)]
+        acc.wait_for_everyone()
+        return rows
+
+    return sample
+
+
+def _budget(s: _Session, shape, chosen, model, acc, train_set, val_set, plan, total: int, collate, samples,
+            started: float, loss_fn) -> tuple[Config, dict, int]:
+    """Plan the steps that fit in train.time_budget from a measured step (and validation); returns the
+    config with the cadence chosen for that length, the choices, and the step count."""
+    budget = auto.parse_duration(s.config.train.time_budget)
+    previous = (s.manifest.get("budget") or {}) if s.resume_from is not None else {}
+    if previous:  # a resume trains to the count its run planned (the schedule was laid over it)
+        cfg, chosen = auto.choose(s.asked, shape, total_steps=previous["steps"], previous=s.manifest.get("resolved"))
+        s.config = cfg
+        return cfg, chosen, previous["steps"]
+    first = next(iter(batching.step_batches(train_set, plan, seed=s.config.train.seed, start_step=0, total_steps=1,
+                                            collate=collate, rank=acc.process_index,
+                                            group_by_length=_group_by_length(s.config))))
+    step_seconds = time_step(model, acc, first, loss_fn)
+    spent = time.time() - started
+    if step_seconds > budget - spent:
+        raise TrainError(f"train.time_budget {s.config.train.time_budget} is shorter than one training step here "
+                         f"(measured {step_seconds:.1f} s a step, {spent:.0f} s already spent loading)",
+                         "give a longer budget, or lower train.batch_size / data.max_length")
+    eval_seconds = _validation_seconds(s, model, acc, val_set, collate, samples)
+    if acc.num_processes > 1:  # every process plans the same steps: the main process's measurements
+        from accelerate.utils import broadcast_object_list
+
+        step_seconds, eval_seconds, spent = broadcast_object_list([step_seconds, eval_seconds, spent])
+    reserve = 0.02 * budget + 5  # writing final/ and the summary
+    cfg, steps = s.config, total
+    for _ in range(2):  # the cadence depends on the length, the length on the cadence's cost
+        steps = auto.budget_steps(budget, spent, step_seconds, eval_seconds, cfg.train.eval_every, total, reserve)
+        cfg, chosen = auto.choose(s.asked, shape, total_steps=steps)
+    s.config = cfg
+    s.manifest["resolved"] = {key: c.to_dict() for key, c in chosen.items()}
+    share = steps / max(total, 1)
+    line = (f"time budget {progress._duration(budget)}: {steps} of {total} planned steps fit "
+            f"({steps / max(plan.steps_per_epoch, 1):.2f} epochs, {100 * share:.0f}% of the plan; measured "
+            f"{step_seconds:.2f} s a step, {eval_seconds:.1f} s a validation)")
+    if steps == total:
+        line = (f"time budget {progress._duration(budget)}: all {total} steps fit (measured {step_seconds:.2f} s a step, "
+                f"{eval_seconds:.1f} s a validation)")
+    s.manifest["budget"] = {"seconds": budget, "steps": steps, "planned_steps": total, "step_seconds": step_seconds,
+                            "validation_seconds": eval_seconds, "line": line}
+    return cfg, chosen, steps
+
+
+def _validation_seconds(s: _Session, model, acc, val_set, collate, samples) -> float:
+    """One validation's time: the first batch's forward times the batches, plus one round of sample answers."""
+    if not val_set:
+        return 0.0
+    batches = list(batching.eval_batches(val_set, s.config.train.batch_size, collate, rank=acc.process_index,
+                                         world_size=acc.num_processes))
+    start = time.perf_counter()
+    evaluate(model, iter(batches[:1]), acc, _eval_fn())
+    seconds = (time.perf_counter() - start) * len(batches)
+    if samples is not None:
+        start = time.perf_counter()
+        samples(model)
+        seconds += time.perf_counter() - start
+    return seconds
+
+
+def _deadline(cfg: Config, started: float, state: LoopState) -> float | None:
+    """When the loop must stop for train.time_budget (time.time()); a resume has what its run left."""
+    if not cfg.train.time_budget:
+        return None
+    return started + auto.parse_duration(cfg.train.time_budget) - state.elapsed - 2
 
 
 # ------------------------------------------------------------------ manifest and resume checks
@@ -424,7 +574,8 @@ def _restore(s: _Session, model, optimizer, scheduler) -> LoopState:
     checkpoint.set_python_rng(saved["state"])
     loop = saved["state"]["loop"]
     # A run that stopped early is over: resumed, it only writes final/ (a kill or full disk stopped that).
-    state = LoopState(**{**loop, "stop_reason": "early_stopping" if loop["stop_reason"] == "early_stopping" else None})
+    over = loop["stop_reason"] if loop["stop_reason"] in ("early_stopping", "time_budget") else None
+    state = LoopState(**{**loop, "stop_reason": over})
     state.train_losses = [tuple(x) for x in state.train_losses]
     return state
 
@@ -436,7 +587,7 @@ def _start(s: _Session, state: LoopState) -> None:
         layout.truncate_metrics(s.paths, state.step)
         checkpoint.sweep(s.paths.checkpoints)  # half-written checkpoints of the killed process
         checkpoint.sweep(s.paths.dir, prefix=f".{s.paths.final.name}.")  # ...and a half-written final/
-        atomic_write_text(s.paths.config, to_yaml(s.config))  # what may change on resume (e.g. max_steps) did
+        atomic_write_text(s.paths.config, to_yaml(s.asked or s.config))  # what may change on resume did
         s.manifest.pop("error", None)
     s.manifest.update(status="running", steps=state.step)
     layout.write_manifest(s.paths, s.manifest)
@@ -471,7 +622,8 @@ def _eval_fn():
     return causal_lm_eval
 
 
-def _hooks(s: _Session, model, optimizer, scheduler, val_set, collate, out, on_step, total, state) -> tuple[Hooks, Any]:
+def _hooks(s: _Session, model, optimizer, scheduler, val_set, collate, out, on_step, total, state,
+           samples) -> tuple[Hooks, Any]:
     acc, cfg = s.accelerator, s.config
     sink = progress.MetricsSink(s.paths, enabled=acc.is_main_process,
                                 tensorboard=cfg.train.log_to == "tensorboard")
@@ -489,7 +641,19 @@ def _hooks(s: _Session, model, optimizer, scheduler, val_set, collate, out, on_s
         bar.update(st.step, metrics)
         return bool(on_step and on_step(st, metrics))
 
-    hooks = Hooks(evaluate=evaluate_now if val_set else None, on_improved=save, save=save, log=sink.write, on_step=step)
+    def validated(st: LoopState, result: dict) -> list[dict] | None:
+        """After each validation: its line, and the sample answers (logged by the loop)."""
+        best = " (best)" if st.best_step == st.step else ""
+        answers = samples(model) if samples is not None else None
+        bar.note(progress.validation_line(st.step, result, best, answers))
+        return answers
+
+    hooks = Hooks(evaluate=evaluate_now if val_set else None, on_improved=save, save=save, log=sink.write, on_step=step,
+                  validated=validated)
+    if samples is not None and state.step == 0:
+        rows = samples(model)  # step 0: the base model's answers, before any training
+        sink.write([{"step": 0, "split": "samples", "samples": rows}])
+        bar.note(progress.validation_line(0, None, "", rows))
     return hooks, bar
 
 
@@ -538,12 +702,12 @@ def _finish(s: _Session, model, tokenizer, state: LoopState, started: float, out
             f"the training loss became NaN or infinite at step {state.step + 1}; training stopped "
             f"(last good checkpoint: step {state.last_good_step}, in {s.paths.checkpoints})",
             f"lower train.lr (now {s.config.train.lr}) or check the data with `tunesmith data check`")
-    status = "stopped" if state.stop_reason == "stopped" else "completed"
+    status = "stopped" if state.stop_reason == "stopped" else "completed"  # a time budget completes the run
     final = _write_final(s, model, tokenizer, state) if status == "completed" else None
     summary = progress.summary(state, time.time() - started)
     _finish_manifest(s, state, status, final=final, summary=summary)
     if acc.is_main_process:
-        line = progress.stop_line(state)
+        line = progress.stop_line(state, s.manifest.get("budget", {}).get("steps"))
         if line:
             out.line(line)
         out.line(progress.summary_line(state, summary, final, s.paths))

@@ -2,8 +2,9 @@
 
     for each step's micro-batches:  forward + backward (gradients synced on the last one only)
                                     clip, optimizer step, scheduler step
-                                    log; every eval_every steps validate, keep the best, maybe stop;
-                                    every save_every steps checkpoint
+                                    log; every eval_every steps validate (and sample answers), keep
+                                    the best, maybe stop; every save_every steps checkpoint; stop
+                                    before a step would end past the deadline (a time budget)
 
 The loss is normalised by the loss-bearing tokens of the whole step over every process, so
 gradient accumulation and DDP give the gradient one big batch would.
@@ -31,6 +32,7 @@ class LoopArgs:
     save_every: int = 100
     patience: int = 3  # validations without improvement before stopping; 0 = never stop early
     max_grad_norm: float = 1.0
+    deadline: float | None = None  # time.time() by which the loop must have stopped (train.time_budget)
 
 
 @dataclass
@@ -42,11 +44,12 @@ class LoopState:
     best_step: int | None = None
     bad_evals: int = 0  # validations since the last improvement
     last_good_step: int = 0  # last step whose weights are saved and finite
-    stop_reason: str | None = None  # None | "early_stopping" | "non_finite" | "stopped"
+    stop_reason: str | None = None  # None | "early_stopping" | "time_budget" | "non_finite" | "stopped"
     tokens: int = 0  # real (non-padding) tokens seen
     slots: int = 0  # padded slots (B*T) processed
     loss_tokens: int = 0
     train_seconds: float = 0.0
+    elapsed: float = 0.0  # wall seconds in the loop, validations and checkpoints included (the time budget's)
     train_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) since the best
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,6 +65,7 @@ class Hooks:
     save: Callable[[LoopState], None] | None = None  # write a checkpoint of the current state
     log: Callable[[list[dict]], None] | None = None  # metric rows
     on_step: Callable[[LoopState, dict], bool] | None = None  # progress; True = stop here
+    validated: Callable[[LoopState, dict], list[dict] | None] | None = None  # after a validation -> sample answers
 
 
 def train_loop(model, optimizer, scheduler, accelerator, steps: Iterable, args: LoopArgs, state: LoopState,
@@ -76,6 +80,7 @@ def train_loop(model, optimizer, scheduler, accelerator, steps: Iterable, args: 
     params = [p for p in model.parameters() if p.requires_grad]
     for batch in steps:
         started = time.perf_counter()
+        since = time.time()
         loss = _one_step(model, optimizer, accelerator, batch, loss_fn)
         if not math.isfinite(loss):
             state.stop_reason = "non_finite"
@@ -88,9 +93,42 @@ def train_loop(model, optimizer, scheduler, accelerator, steps: Iterable, args: 
         state.step += 1
         metrics = _step_metrics(state, batch, loss, scheduler, grad_norm, time.perf_counter() - started, accelerator)
         _log(hooks, [metrics])
-        if _after_step(state, args, hooks, metrics):
+        stop = _after_step(state, args, hooks, metrics, accelerator, time.perf_counter() - started)
+        state.elapsed += time.time() - since
+        if stop:
             break
     return state
+
+
+def time_step(model, accelerator, batch, loss_fn: LossFn | None = None, repeats: int = 2) -> float:
+    """Seconds one step's forward and backward take here (the fastest of `repeats`, the first warms
+    up); the weights, the optimizer and the RNG are left as they were."""
+    import torch
+
+    if loss_fn is None:
+        from tunesmith.train.loss import causal_lm_loss as loss_fn
+    rng = torch.get_rng_state()
+    params = [p for p in model.parameters() if p.requires_grad]
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _one_step(model, _NoOptimizer(params), accelerator, batch, loss_fn)
+        times.append(time.perf_counter() - start)
+    for p in params:
+        p.grad = None
+    torch.set_rng_state(rng)
+    return min(times)
+
+
+class _NoOptimizer:
+    """What _one_step needs of an optimizer (zero_grad), for timing before the optimizer exists."""
+
+    def __init__(self, params):
+        self.params = params
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
 
 
 def _one_step(model, optimizer, accelerator, batch, loss_fn: LossFn) -> float:
@@ -130,13 +168,17 @@ def _step_metrics(state: LoopState, batch, loss: float, scheduler, grad_norm, se
     return row
 
 
-def _after_step(state: LoopState, args: LoopArgs, hooks: Hooks, metrics: dict) -> bool:
+def _after_step(state: LoopState, args: LoopArgs, hooks: Hooks, metrics: dict, accelerator=None,
+                step_seconds: float = 0.0) -> bool:
     """Report progress, validate, checkpoint; True when the loop must stop."""
     last = state.step >= args.total_steps
     asked_to_stop = bool(hooks.on_step and hooks.on_step(state, metrics))
+    out_of_time = not last and _out_of_time(args, step_seconds, accelerator)
     stop = False
-    if hooks.evaluate and (state.step % args.eval_every == 0 or last):
+    if hooks.evaluate and (state.step % args.eval_every == 0 or last or out_of_time):
         stop = _validate(state, args, hooks)
+    if out_of_time and not stop:
+        state.stop_reason, stop = "time_budget", True
     if asked_to_stop and not stop:
         state.stop_reason, stop = "stopped", True
     if hooks.save and (stop or last or state.step % args.save_every == 0):
@@ -144,23 +186,40 @@ def _after_step(state: LoopState, args: LoopArgs, hooks: Hooks, metrics: dict) -
     return stop
 
 
+def _out_of_time(args: LoopArgs, step_seconds: float, accelerator) -> bool:
+    """Would one more step end past the deadline? Decided by the main process's clock for every process."""
+    if args.deadline is None:
+        return False
+    late = time.time() + step_seconds > args.deadline
+    if accelerator is None or accelerator.num_processes == 1:
+        return late
+    import torch
+
+    flag = accelerator.reduce(torch.tensor([float(late and accelerator.is_main_process)], device=accelerator.device),
+                              reduction="sum")
+    return bool(flag.item() > 0)
+
+
 def _validate(state: LoopState, args: LoopArgs, hooks: Hooks) -> bool:
-    """One validation; True when early stopping says stop."""
+    """One validation (and its sample answers); True when early stopping says stop."""
     result = hooks.evaluate()
     _log(hooks, [{"step": state.step, "split": "validation", **result}])
     loss = result["loss"]
+    stop = False
     # a NaN or infinite validation loss is never the best (NaN < x is False, but the first one had no rival)
     if math.isfinite(loss) and (state.best_val_loss is None or loss < state.best_val_loss):
         state.best_val_loss, state.best_step, state.bad_evals = loss, state.step, 0
         state.train_losses = [(s, l) for s, l in state.train_losses if s >= state.step]
         if hooks.on_improved:
             hooks.on_improved(state)
-        return False
-    state.bad_evals += 1
-    if args.patience and state.bad_evals >= args.patience:
-        state.stop_reason = "early_stopping"
-        return True
-    return False
+    else:
+        state.bad_evals += 1
+        if args.patience and state.bad_evals >= args.patience:
+            state.stop_reason, stop = "early_stopping", True
+    samples = hooks.validated(state, result) if hooks.validated else None
+    if samples:
+        _log(hooks, [{"step": state.step, "split": "samples", "samples": samples}])
+    return stop
 
 
 def evaluate(model, batches: Iterator[dict], accelerator, eval_fn: EvalFn | None = None) -> dict:

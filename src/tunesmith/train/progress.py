@@ -93,8 +93,27 @@ def summary(state, wall_seconds: float) -> dict[str, Any]:
     }
 
 
-def stop_line(state) -> str | None:
+SAMPLE_CHARS = 90  # of each sample answer in the terminal (metrics.jsonl and report.html have all of it)
+
+
+def validation_line(step: int, result: dict | None, best: str, samples: list[dict] | None) -> str:
+    """'step 40: validation loss 1.2345 (best)' and one indented line per sample answer, cut to fit."""
+    head = (f"step {step}: validation loss {result['loss']:.4f}{best}" if result is not None
+            else f"step {step}: before training")
+    lines = [head]
+    for i, row in enumerate(samples or [], 1):
+        text = " ".join(row["answer"].split()) or "(empty)"
+        if len(text) > SAMPLE_CHARS:
+            text = text[: SAMPLE_CHARS - 1] + "…"
+        lines.append(f"  [{i}] {text}")
+    return "\n".join(lines)
+
+
+def stop_line(state, total: int | None = None) -> str | None:
     """One line on why training stopped early, naming the overfitting when that is what happened."""
+    if state.stop_reason == "time_budget":
+        kept = f", kept step {state.best_step}" if state.best_step is not None else ""
+        return f"time budget: stopped at step {state.step} of {total}{kept}"
     if state.stop_reason != "early_stopping":
         return None
     recent = [loss for step, loss in state.train_losses if step > (state.best_step or 0)]
@@ -194,6 +213,17 @@ class _Bar(contextlib.AbstractContextManager):
             remaining = self.progress.tasks[0].time_remaining
             eta = f", ETA {int(remaining // 60)} min {int(remaining % 60):02d} s" if remaining else ""
             self.progress.console.print(f"step {step}/{self.total}: {info}{eta}", markup=False, highlight=False)
+
+    def note(self, text: str) -> None:
+        """Lines printed above the live bar (or as plain lines before it starts)."""
+        if not self.enabled:
+            return
+        if self.progress is not None:
+            self.progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        else:
+            from rich.console import Console
+
+            Console(stderr=True, highlight=False).print(text, markup=False, soft_wrap=True)
 
     def __exit__(self, *exc) -> None:
         if self.progress is not None:
