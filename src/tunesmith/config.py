@@ -94,7 +94,8 @@ class TrainConfig:
         False, "recompute each layer's activations in the backward pass: less memory, more time (CPU: 0.64x RSS, 1.7x time)")
     fused_kernels: bool | None = opt(
         None, "Liger kernels (RMSNorm, SwiGLU) on a CUDA GPU; null = when liger-kernel is installed")
-    log_to: Literal["none", "tensorboard"] = opt("none", "extra metrics sink besides metrics.jsonl")
+    log_to: list[Literal["tensorboard", "wandb", "mlflow"]] = opt(
+        [], "trackers that get the metrics besides metrics.jsonl, several at once: tensorboard,wandb; none = []")
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,8 @@ class Config:
 
 
 SECTIONS = ("model", "data", "method", "train", "eval", "serve")
+# List keys that still take `none` (or null) for the empty list: train.log_to was `none | tensorboard`.
+NONE_IS_EMPTY = ("train.log_to",)
 # Keys that hold a file or folder path (model.name only when it looks like one, see _is_path).
 PATH_KEYS = ("model.name", "data.train", "data.validation", "data.test", "eval.docs", "output_dir")
 
@@ -428,11 +431,27 @@ _BAD = _Bad()
 
 
 def _coerce(key: str, value: Any, tp: Any, problems: list[str], where: str) -> Any:
+    if key in NONE_IS_EMPTY and value in (None, "none"):
+        return []
     ok, out = _try_type(value, tp)
     if ok:
         return out
-    problems.append(f"{where}{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    problems.append(f"{where}{key}: {_mismatch(value, tp)}")
     return _BAD
+
+
+def _mismatch(value: Any, tp: Any) -> str:
+    """What is wrong with `value` for type `tp`; for a list of choices, the items that are none of them."""
+    item = typing.get_args(tp)[0] if typing.get_origin(tp) is list else None
+    if typing.get_origin(item) is Literal and isinstance(value, (str, list)):
+        choices = [str(c) for c in typing.get_args(item)]
+        items = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
+        unknown = [v for v in items if v not in choices]
+        if unknown:
+            close = difflib.get_close_matches(str(unknown[0]), choices, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            return f"unknown {', '.join(map(repr, unknown))}{hint}: choose from {', '.join(choices)}"
+    return f"expected {_type_name(tp)}, got {value!r} ({type(value).__name__})"
 
 
 def _try_type(value: Any, tp: Any) -> tuple[bool, Any]:
