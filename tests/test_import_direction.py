@@ -16,7 +16,8 @@ LAYERS = {
 }
 # The one module allowed to import these heavy libraries (STYLE.md section 6).
 SEAMS = {"peft": "models/adapters.py", "fastapi": "serve/app.py", "sqlite3": "runs/registry.py",
-         "llama_cpp": "models/llama_cpp.py"}
+         "llama_cpp": "models/llama_cpp.py", "wandb": "train/trackers.py", "mlflow": "train/trackers.py",
+         "tensorboard": "train/trackers.py"}
 
 
 def _imports(path: Path) -> list[str]:

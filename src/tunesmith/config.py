@@ -102,7 +102,8 @@ class TrainConfig:
         False, "recompute each layer's activations in the backward pass: less memory, more time (CPU: 0.64x RSS, 1.7x time)")
     fused_kernels: bool | None = opt(
         None, "Liger kernels (RMSNorm, SwiGLU) on a CUDA GPU; null = when liger-kernel is installed")
-    log_to: Literal["none", "tensorboard"] = opt("none", "extra metrics sink besides metrics.jsonl")
+    log_to: list[Literal["tensorboard", "wandb", "mlflow"]] = opt(
+        [], "trackers that get the metrics besides metrics.jsonl, several at once: tensorboard,wandb; none = []")
     sample_answers: int = opt(3, "validation prompts answered greedily at every validation (metrics.jsonl, terminal, "
                               "report.html); 0 = off")
     sample_max_tokens: int = opt(48, "longest sample answer, in tokens")
@@ -150,6 +151,8 @@ class Config:
 
 
 SECTIONS = ("model", "data", "method", "train", "eval", "serve")
+# List keys that still take `none` (or null) for the empty list: train.log_to was `none | tensorboard`.
+NONE_IS_EMPTY = ("train.log_to",)
 # Keys that hold a file or folder path (model.name only when it looks like one, see _is_path).
 PATH_KEYS = ("model.name", "data.train", "data.validation", "data.test", "eval.docs", "output_dir")
 
@@ -439,13 +442,15 @@ _BAD = _Bad()
 
 
 def _coerce(key: str, value: Any, tp: Any, problems: list[str], where: str) -> Any:
+    if key in NONE_IS_EMPTY and value in (None, "none"):
+        return []
     ok, out = _try_type(value, tp)
     if ok:
         return out
     hint = ""
     if isinstance(value, str) and value.strip().lower() == "auto":
         hint = f"; 'auto' is accepted only for {', '.join(auto_keys())}"
-    problems.append(f"{where}{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__}){hint}")
+    problems.append(f"{where}{key}: {_mismatch(value, tp)}{hint}")
     return _BAD
 
 
@@ -456,6 +461,20 @@ def auto_keys() -> list[str]:
 
 # keys whose Literal choices include "auto" as a mode of their own (not a value chosen from the data)
 _AUTO_LITERAL_KEYS = ("model.dtype", "model.device", "train.mixed_precision", "serve.engine")
+
+
+def _mismatch(value: Any, tp: Any) -> str:
+    """What is wrong with `value` for type `tp`; for a list of choices, the items that are none of them."""
+    item = typing.get_args(tp)[0] if typing.get_origin(tp) is list else None
+    if typing.get_origin(item) is Literal and isinstance(value, (str, list)):
+        choices = [str(c) for c in typing.get_args(item)]
+        items = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
+        unknown = [v for v in items if v not in choices]
+        if unknown:
+            close = difflib.get_close_matches(str(unknown[0]), choices, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            return f"unknown {', '.join(map(repr, unknown))}{hint}: choose from {', '.join(choices)}"
+    return f"expected {_type_name(tp)}, got {value!r} ({type(value).__name__})"
 
 
 def _try_type(value: Any, tp: Any) -> tuple[bool, Any]:

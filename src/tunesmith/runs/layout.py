@@ -14,9 +14,10 @@ from tunesmith.io import atomic_write_json, json_text
 STATUSES = ("running", "completed", "failed", "stopped")
 # Stamped into every manifest tunesmith writes: `runs rm PATH` deletes only folders that carry it.
 MARKER = {"created_by": "tunesmith", "layout_version": 1}
-# Everything tunesmith puts at the top of a run folder (report.* come from `tunesmith eval`).
+# Everything tunesmith puts at the top of a run folder (report.* come from `tunesmith eval`;
+# tensorboard, wandb and mlruns from the trackers of train.log_to, train/trackers.py).
 ENTRIES = frozenset({"config.yaml", "manifest.json", "metrics.jsonl", "data", "checkpoints", "final", "tensorboard",
-                     "report.json", "report.html", "train.lock"})
+                     "wandb", "mlruns", "report.json", "report.html", "train.lock"})
 
 
 @dataclass(frozen=True)

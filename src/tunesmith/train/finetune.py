@@ -27,7 +27,7 @@ from tunesmith.io import atomic_dir, atomic_write_text, is_disk_full
 from tunesmith.runs import layout, lock
 from tunesmith.runs.layout import RunPaths
 from tunesmith.runs.store import find_run, register_run
-from tunesmith.train import auto, batching, checkpoint, methods, progress
+from tunesmith.train import auto, batching, checkpoint, methods, progress, trackers
 from tunesmith.train.loop import Hooks, LoopArgs, LossFn, LoopState, evaluate, time_step, train_loop
 
 RESUME_KEYS = {  # manifest field -> what it means, for the refusal message
@@ -48,7 +48,7 @@ RESUME_MAY_CHANGE = {
     "train.keep_checkpoints": "how many checkpoints are kept",
     "train.threads": "speed on this machine",
     "train.gradient_checkpointing": "memory against time, for the same losses",
-    "train.log_to": "an extra metrics sink",
+    "train.log_to": "where the metrics are also sent (trackers)",
     "train.sample_answers": "what is generated at a validation; generating never changes the weights",
     "train.sample_max_tokens": "as train.sample_answers",
 }
@@ -152,11 +152,12 @@ def _train(s: _Session, started: float, on_step, show_progress: bool, loss_fn: L
                                   group_by_length=_group_by_length(cfg))
     hooks, bar = _hooks(s, model, optimizer, scheduler, val_set, collate, out, on_step, total, state, samples)
     try:
-        with bar:
-            state = train_loop(model, optimizer, scheduler, acc, steps, args, state,
-                               loss_fn=loss_fn, hooks=hooks)
-        # 7. the deliverable, the record, the summary
-        return _finish(s, model, tokenizer, state, started, out)
+        with trackers.running(acc, s.paths, cfg, s.manifest, state.step, out.line):
+            with bar:
+                state = train_loop(model, optimizer, scheduler, acc, steps, args, state,
+                                   loss_fn=loss_fn, hooks=hooks)
+            # 7. the deliverable, the record, the summary
+            return _finish(s, model, tokenizer, state, started, out)
     except KeyboardInterrupt:
         _finish_manifest(s, state, "stopped")
         out.line(f"stopped at step {state.step}; `tunesmith train --resume {s.paths.name}` continues from the last checkpoint")
@@ -287,14 +288,9 @@ def _check_config(cfg: Config) -> None:
             problems.append(str(e))
     if not cfg.data.train:
         problems.append("data.train is not set: give the training data file")
+    problems += trackers.missing(t.log_to)
     if problems:
         raise ConfigError("; ".join(problems), problems=problems)
-    if t.log_to == "tensorboard":
-        import importlib.util
-
-        if importlib.util.find_spec("tensorboard") is None:
-            raise ConfigError("train.log_to=tensorboard needs the tensorboard package",
-                              "pip install 'tunesmith[tensorboard]', or set train.log_to=none")
 
 
 def _run_name(cfg: Config, name: str | None, acc) -> str:
@@ -625,8 +621,7 @@ def _eval_fn():
 def _hooks(s: _Session, model, optimizer, scheduler, val_set, collate, out, on_step, total, state,
            samples) -> tuple[Hooks, Any]:
     acc, cfg = s.accelerator, s.config
-    sink = progress.MetricsSink(s.paths, enabled=acc.is_main_process,
-                                tensorboard=cfg.train.log_to == "tensorboard")
+    sink = progress.MetricsSink(s.paths, enabled=acc.is_main_process, accelerator=acc)
     bar = out.bar(total, state.step)
 
     def save(st: LoopState) -> None:
@@ -648,12 +643,14 @@ def _hooks(s: _Session, model, optimizer, scheduler, val_set, collate, out, on_s
         bar.note(progress.validation_line(st.step, result, best, answers))
         return answers
 
+    def start(st: LoopState) -> None:
+        if samples is not None and st.step == 0:
+            rows = samples(model)  # step 0: the base model's answers, before any training
+            sink.write([{"step": 0, "split": "samples", "samples": rows}])
+            bar.note(progress.validation_line(0, None, "", rows))
+
     hooks = Hooks(evaluate=evaluate_now if val_set else None, on_improved=save, save=save, log=sink.write, on_step=step,
-                  validated=validated)
-    if samples is not None and state.step == 0:
-        rows = samples(model)  # step 0: the base model's answers, before any training
-        sink.write([{"step": 0, "split": "samples", "samples": rows}])
-        bar.note(progress.validation_line(0, None, "", rows))
+                  validated=validated, start=start)
     return hooks, bar
 
 

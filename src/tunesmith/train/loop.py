@@ -66,6 +66,7 @@ class Hooks:
     log: Callable[[list[dict]], None] | None = None  # metric rows
     on_step: Callable[[LoopState, dict], bool] | None = None  # progress; True = stop here
     validated: Callable[[LoopState, dict], list[dict] | None] | None = None  # after a validation -> sample answers
+    start: Callable[[LoopState], None] | None = None  # before the first step of this process's loop
 
 
 def train_loop(model, optimizer, scheduler, accelerator, steps: Iterable, args: LoopArgs, state: LoopState,
@@ -76,6 +77,8 @@ def train_loop(model, optimizer, scheduler, accelerator, steps: Iterable, args: 
     """
     if loss_fn is None:
         from tunesmith.train.loss import causal_lm_loss as loss_fn
+    if hooks.start:
+        hooks.start(state)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     for batch in steps:

@@ -9,6 +9,7 @@ from typing import Any
 
 from tunesmith.runs import layout
 from tunesmith.runs.layout import RunPaths
+from tunesmith.train import trackers
 
 # Effective share of the measured matmul rate a training step reaches on CPU (small matrices,
 # attention, optimizer, Python): measured ~0.6-0.8 for LoRA on the embedded model on this machine.
@@ -147,25 +148,17 @@ def _duration(seconds: float) -> str:
 
 
 class MetricsSink:
-    """metrics.jsonl on the main process, and TensorBoard when asked for."""
+    """metrics.jsonl on the main process, and the trackers started on `accelerator` (train/trackers.py)."""
 
-    def __init__(self, paths: RunPaths, *, enabled: bool, tensorboard: bool):
-        self.paths, self.enabled, self.writer = paths, enabled, None
-        if enabled and tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(paths.tensorboard))
+    def __init__(self, paths: RunPaths, *, enabled: bool, accelerator=None):
+        self.paths, self.enabled, self.accelerator = paths, enabled, accelerator
 
     def write(self, rows: list[dict]) -> None:
         if not self.enabled:
             return
         layout.append_metrics(self.paths, rows)
-        if self.writer is not None:
-            for row in rows:
-                for key, value in row.items():
-                    if isinstance(value, (int, float)) and key != "step":
-                        self.writer.add_scalar(f"{row['split']}/{key}", value, row["step"])
-            self.writer.flush()
+        if self.accelerator is not None:
+            trackers.log(self.accelerator, rows)
 
 
 class Printer:
