@@ -103,11 +103,12 @@ def test_a_missing_tracker_package_is_one_line_naming_its_extra(monkeypatch, tmp
 def test_hyperparameters_are_the_flat_config_without_secrets_plus_resolved_values():
     from tunesmith.train.trackers import hyperparameters
 
-    cfg = load_config(None, ["serve.api_key=sekret", "train.log_to=tensorboard,mlflow"])
-    values = hyperparameters(cfg, {"resolved": {"train": {"batch_size": 16}, "lr": 3e-4}}, "my-run")
+    cfg = load_config(None, ["serve.api_key=sekret", "train.log_to=tensorboard,mlflow", "train.lr=2e-4"])
+    resolved = {"train.batch_size": {"value": 16, "reason": "800 examples / 50"}, "method.r": {"value": 8, "reason": "x"}}
+    values = hyperparameters(cfg, {"resolved": resolved}, "my-run")
     assert values["run"] == "my-run" and values["train.lr"] == 2e-4 and values["data.train"] is None
     assert values["train.log_to"] == "tensorboard,mlflow" and values["serve.allowed_hosts"] == "localhost,127.0.0.1,::1"
-    assert values["resolved.train.batch_size"] == 16 and values["resolved.lr"] == 3e-4
+    assert values["resolved.train.batch_size"] == 16 and values["resolved.method.r"] == 8
     assert "serve.api_key" not in values and "sekret" not in values.values()
     assert "resolved.train.batch_size" not in hyperparameters(cfg, {"resolved": "not a dict"}, "my-run")
 

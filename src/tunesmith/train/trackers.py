@@ -80,11 +80,13 @@ def log(acc, rows: list[dict]) -> None:
 
 def hyperparameters(config: Config, manifest: dict, run_name: str) -> dict[str, Any]:
     """The flattened config ('train.lr': 0.0002; lists joined with ','; secret keys left out), the
-    run's name, and the resolved `auto` values the manifest records, as 'resolved.<key>'."""
+    run's name, and which keys `auto` chose (the manifest's "resolved": {key: {"value", "reason"}}),
+    as 'resolved.<key>': value (the config given here has the chosen values already)."""
     values = {"run": run_name, **_flat(to_dict(config))}
     resolved = manifest.get("resolved")
     if isinstance(resolved, dict):
-        values.update(_flat(resolved, "resolved."))
+        values.update({f"resolved.{key}": choice.get("value") if isinstance(choice, dict) else choice
+                       for key, choice in resolved.items()})
     secrets = {f"{section}.{key}" for section, key in secret_keys()}
     return {k: v for k, v in values.items() if k.removeprefix("resolved.") not in secrets}
 
