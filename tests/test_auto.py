@@ -184,3 +184,18 @@ def test_the_report_shows_sample_answers_as_a_table_of_step_by_prompt():
     page = render_html({"run": "r", "strategies": {}}, rows)
     assert "id='samples'" in page and "Q&lt;1&gt;" in page
     assert page.index("0 (base)") < page.index("A5") < page.index("A10")
+
+
+def test_a_resumed_budget_run_trains_to_the_steps_its_run_planned(tiny_model_dir, tmp_path, store_home, one_thread):
+    from tunesmith.train.finetune import finetune
+
+    train, val = sums_dataset(tmp_path / "data", n_train=16)
+    sets = overrides(tiny_model_dir, train, val, tmp_path / "runs", max_steps=None, save_every=2) + [
+        "train.epochs=3", "train.time_budget=10m"]
+    first = finetune(load_config(None, sets), name="b", show_progress=False, on_step=lambda st, m: st.step == 4)
+    assert first.status == "stopped"
+    planned = json.loads((first.dir / "manifest.json").read_text())["budget"]
+    assert planned["steps"] == planned["planned_steps"] == 12  # 16 examples / 4 a step x 3 epochs: all fit in 10 min
+    resumed = finetune(None, resume="b", show_progress=False)
+    assert (resumed.status, resumed.steps, resumed.stop_reason) == ("completed", 12, None)
+    assert json.loads((resumed.dir / "manifest.json").read_text())["budget"] == planned

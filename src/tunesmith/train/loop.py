@@ -110,7 +110,8 @@ def time_step(model, accelerator, batch, loss_fn: LossFn | None = None, repeats:
 
     if loss_fn is None:
         from tunesmith.train.loss import causal_lm_loss as loss_fn
-    rng = torch.get_rng_state()
+    rng, was_training = torch.get_rng_state(), model.training
+    model.train()  # as the loop runs it: dropout, activation checkpointing
     params = [p for p in model.parameters() if p.requires_grad]
     times = []
     for _ in range(repeats):
@@ -120,6 +121,7 @@ def time_step(model, accelerator, batch, loss_fn: LossFn | None = None, repeats:
     for p in params:
         p.grad = None
     torch.set_rng_state(rng)
+    model.train(was_training)
     return min(times)
 
 
