@@ -199,3 +199,13 @@ def test_a_resumed_budget_run_trains_to_the_steps_its_run_planned(tiny_model_dir
     resumed = finetune(None, resume="b", show_progress=False)
     assert (resumed.status, resumed.steps, resumed.stop_reason) == ("completed", 12, None)
     assert json.loads((resumed.dir / "manifest.json").read_text())["budget"] == planned
+
+
+def test_under_a_time_budget_validating_takes_at_most_a_quarter_of_it():
+    # 180 s left, 20 s a validation: 2 validations fit in a quarter, not the 8 the cadence rule wants
+    most = auto.budget_validations(240, 60, 20.0)
+    assert most == 2
+    cfg, chosen = auto.choose(load_config(), shape(402), total_steps=12, max_validations=most)
+    assert math.ceil(12 / cfg.train.eval_every) == 2
+    assert chosen["train.eval_every"].reason == "2 validations in 12 steps: at most 25% of the time budget"
+    assert auto.budget_validations(240, 60, 0.0) is None

@@ -9,7 +9,8 @@
     train.lr            lora / qlora 2e-4 (1e-4 from 10B parameters); full 5e-5 below 1B, 2e-5 below 10B, 1e-5 above
     method.r            8 below 100k trained tokens an epoch, 16 below 2M, else 32
     method.alpha        2 x r (the LoRA scale stays 2 whatever the rank)
-    train.eval_every    at least 8 validations a run and 2 an epoch
+    train.eval_every    at least 8 validations a run and 2 an epoch; under a time budget, validating
+                        takes at most a quarter of it
     train.save_every    at every validation (adapters), every second one (full: a checkpoint is the whole model)
 
 Explicit values always win. `choose` returns the config with every `auto` replaced and, per
@@ -42,6 +43,7 @@ LORA_LR, LORA_LR_LARGE, LARGE_MODEL = 2e-4, 1e-4, 10e9
 FULL_LR = ((1e9, 5e-5), (10e9, 2e-5), (math.inf, 1e-5))  # (below this many parameters, rate)
 RANKS = ((100_000, 8), (2_000_000, 16), (math.inf, 32))  # (below this many trained tokens an epoch, rank)
 MIN_VALIDATIONS, MIN_VALIDATIONS_PER_EPOCH = 8, 2
+BUDGET_VALIDATION_SHARE = 0.25  # under a time budget, validating takes at most this share of it
 
 
 @dataclass(frozen=True)
@@ -73,11 +75,12 @@ class Choice:
         return {"value": self.value, "reason": self.reason}
 
 
-def choose(cfg: Config, shape: Shape, *, total_steps: int | None = None,
+def choose(cfg: Config, shape: Shape, *, total_steps: int | None = None, max_validations: int | None = None,
            previous: dict[str, dict] | None = None) -> tuple[Config, dict[str, Choice]]:
     """`cfg` with every `auto` key chosen; {dotted key: Choice} for the chosen ones.
 
-    `total_steps` (a time budget's measured count) replaces the planned length for the cadence rules.
+    `total_steps` (a time budget's measured count) replaces the planned length for the cadence rules,
+    and `max_validations` caps how many validations it may hold (a quarter of the budget).
     `previous` (a resumed run's manifest "resolved") is taken back for keys still `auto`, so a
     resume trains with exactly what the run started with.
     """
@@ -101,7 +104,7 @@ def choose(cfg: Config, shape: Shape, *, total_steps: int | None = None,
     plan = StepPlan(shape.n_examples, batch, shape.grad_accum, shape.world_size)
     planned = plan.total_steps(epochs, t.max_steps)
     total = total_steps or planned
-    eval_every = pick("train.eval_every", t.eval_every, lambda: _eval_every(total, plan.steps_per_epoch))
+    eval_every = pick("train.eval_every", t.eval_every, lambda: _eval_every(total, plan.steps_per_epoch, max_validations))
     save_every = pick("train.save_every", t.save_every, lambda: _save_every(eval_every, shape.method))
     lr = pick("train.lr", t.lr, lambda: _lr(shape.method, shape.n_params))
     r = pick("method.r", m.r, lambda: _rank(shape.trained_tokens))
@@ -164,10 +167,19 @@ def _rank(trained_tokens: int) -> Choice:
     return Choice(r, f"{trained_tokens:,} trained tokens an epoch")
 
 
-def _eval_every(total: int, steps_per_epoch: int) -> Choice:
+def _eval_every(total: int, steps_per_epoch: int, max_validations: int | None = None) -> Choice:
     every = max(1, min(total // MIN_VALIDATIONS, steps_per_epoch // MIN_VALIDATIONS_PER_EPOCH))
     runs = math.ceil(total / every)
-    return Choice(every, f"{runs} validations in {total} steps, at least {MIN_VALIDATIONS_PER_EPOCH} an epoch")
+    if max_validations is not None and runs > max_validations:
+        every = math.ceil(total / max(max_validations, 1))
+        runs = math.ceil(total / every)
+        return Choice(every, f"{_n(runs, 'validation')} in {total} steps: at most {BUDGET_VALIDATION_SHARE:.0%} of the "
+                             "time budget")
+    return Choice(every, f"{_n(runs, 'validation')} in {total} steps, at least {MIN_VALIDATIONS_PER_EPOCH} an epoch")
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 def _save_every(eval_every: int, method: str) -> Choice:
@@ -195,6 +207,13 @@ def parse_duration(text: str, key: str = "train.time_budget") -> float:
     if not s or s[pos:].strip() or total <= 0:
         raise ConfigError(f"{key}: {text!r} is not a duration", "write e.g. 90s, 10m, 1h30m or a number of seconds")
     return total
+
+
+def budget_validations(budget: float, spent: float, eval_seconds: float) -> int | None:
+    """How many validations fit in a quarter of what is left of the budget (None: they cost nothing)."""
+    if eval_seconds <= 0:
+        return None
+    return max(1, int(BUDGET_VALIDATION_SHARE * (budget - spent) // eval_seconds))
 
 
 def budget_steps(budget: float, spent: float, step_seconds: float, eval_seconds: float, eval_every: int,

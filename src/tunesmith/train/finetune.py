@@ -146,7 +146,7 @@ def _train(s: _Session, started: float, on_step, show_progress: bool, loss_fn: L
     _start(s, state)
     # 6. the loop
     args = LoopArgs(total, cfg.train.eval_every, cfg.train.save_every, cfg.train.early_stopping_patience,
-                    cfg.train.max_grad_norm, deadline=_deadline(cfg, started, state))
+                    cfg.train.max_grad_norm, deadline=_deadline(cfg, started, state, s.manifest.get("budget")))
     steps = batching.step_batches(train_set, plan, seed=cfg.train.seed, start_step=state.step,
                                   total_steps=_last_step(total, state), collate=collate, rank=acc.process_index,
                                   group_by_length=_group_by_length(cfg))
@@ -450,51 +450,57 @@ def _budget(s: _Session, shape, chosen, model, acc, train_set, val_set, plan, to
         raise TrainError(f"train.time_budget {s.config.train.time_budget} is shorter than one training step here "
                          f"(measured {step_seconds:.1f} s a step, {spent:.0f} s already spent loading)",
                          "give a longer budget, or lower train.batch_size / data.max_length")
-    eval_seconds = _validation_seconds(s, model, acc, val_set, collate, samples)
+    eval_seconds, sample_seconds = _validation_seconds(s, model, acc, val_set, collate, samples)
+    spent = time.time() - started + sample_seconds  # the step-0 sample answers are still to come
     if acc.num_processes > 1:  # every process plans the same steps: the main process's measurements
         from accelerate.utils import broadcast_object_list
 
         step_seconds, eval_seconds, spent = broadcast_object_list([step_seconds, eval_seconds, spent])
     reserve = 0.02 * budget + 5  # writing final/ and the summary
     cfg, steps = s.config, total
-    for _ in range(2):  # the cadence depends on the length, the length on the cadence's cost
+    most = auto.budget_validations(budget, spent, eval_seconds)
+    for _ in range(3):  # the cadence depends on the length, the length on the cadence's cost
         steps = auto.budget_steps(budget, spent, step_seconds, eval_seconds, cfg.train.eval_every, total, reserve)
-        cfg, chosen = auto.choose(s.asked, shape, total_steps=steps)
+        cfg, chosen = auto.choose(s.asked, shape, total_steps=steps, max_validations=most)
     s.config = cfg
     s.manifest["resolved"] = {key: c.to_dict() for key, c in chosen.items()}
-    share = steps / max(total, 1)
-    line = (f"time budget {progress._duration(budget)}: {steps} of {total} planned steps fit "
-            f"({steps / max(plan.steps_per_epoch, 1):.2f} epochs, {100 * share:.0f}% of the plan; measured "
+    epochs = steps / max(plan.steps_per_epoch, 1)
+    seen = (f"{100 * epochs:.0f}% of the training examples seen once" if epochs < 1
+            else f"{epochs:.2f} passes over the training examples")
+    line = (f"time budget {progress._duration(budget)}: {steps} of {total} planned steps fit ({seen}; measured "
             f"{step_seconds:.2f} s a step, {eval_seconds:.1f} s a validation)")
     if steps == total:
         line = (f"time budget {progress._duration(budget)}: all {total} steps fit (measured {step_seconds:.2f} s a step, "
                 f"{eval_seconds:.1f} s a validation)")
     s.manifest["budget"] = {"seconds": budget, "steps": steps, "planned_steps": total, "step_seconds": step_seconds,
-                            "validation_seconds": eval_seconds, "line": line}
+                            "validation_seconds": eval_seconds, "reserve_seconds": reserve, "line": line}
     return cfg, chosen, steps
 
 
-def _validation_seconds(s: _Session, model, acc, val_set, collate, samples) -> float:
-    """One validation's time: the first batch's forward times the batches, plus one round of sample answers."""
+def _validation_seconds(s: _Session, model, acc, val_set, collate, samples) -> tuple[float, float]:
+    """One validation's time (the first batch's forward times the batches, plus one round of sample
+    answers), and that round's alone."""
     if not val_set:
-        return 0.0
+        return 0.0, 0.0
     batches = list(batching.eval_batches(val_set, s.config.train.batch_size, collate, rank=acc.process_index,
                                          world_size=acc.num_processes))
     start = time.perf_counter()
     evaluate(model, iter(batches[:1]), acc, _eval_fn())
-    seconds = (time.perf_counter() - start) * len(batches)
+    seconds, answering = (time.perf_counter() - start) * len(batches), 0.0
     if samples is not None:
         start = time.perf_counter()
         samples(model)
-        seconds += time.perf_counter() - start
-    return seconds
+        answering = time.perf_counter() - start
+    return seconds + answering, answering
 
 
-def _deadline(cfg: Config, started: float, state: LoopState) -> float | None:
-    """When the loop must stop for train.time_budget (time.time()); a resume has what its run left."""
+def _deadline(cfg: Config, started: float, state: LoopState, budget: dict | None) -> float | None:
+    """When the last step must have ended for train.time_budget (time.time()): what is left after
+    it holds the last validation and writing the deliverable. A resume has what its run left."""
     if not cfg.train.time_budget:
         return None
-    return started + auto.parse_duration(cfg.train.time_budget) - state.elapsed - 2
+    margin = (budget or {}).get("validation_seconds", 0.0) + (budget or {}).get("reserve_seconds", 5.0)
+    return started + auto.parse_duration(cfg.train.time_budget) - state.elapsed - margin
 
 
 # ------------------------------------------------------------------ manifest and resume checks
