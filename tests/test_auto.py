@@ -58,8 +58,11 @@ def test_epochs_follow_openais_rule_and_long_examples_shrink_the_batch():
 
 
 def test_full_fine_tuning_takes_smaller_steps_on_bigger_models_and_saves_every_second_validation():
-    cfg, _ = auto.choose(load_config(None, ["method.name=full"]), shape(402, method="full"))
+    cfg, chosen = auto.choose(load_config(None, ["method.name=full"]), shape(402, method="full"))
     assert cfg.train.lr == 5e-5 and cfg.train.save_every == 2 * cfg.train.eval_every
+    assert "method.r" not in chosen and "method.alpha" not in chosen  # no adapter: nothing to choose or print
+    cfg, chosen = auto.choose(load_config(None, ["train.max_steps=30"]), shape(402))
+    assert "train.epochs" not in chosen and cfg.train.eval_every == 3  # max_steps overrides epochs
     assert auto.choose(load_config(None, ["method.name=full"]), shape(402, method="full", params=7e9))[0].train.lr == 2e-5
     assert auto.choose(load_config(), shape(402, params=70e9))[0].train.lr == 1e-4
     assert auto.choose(load_config(), shape(402, trained=1000))[0].method.r == 16

@@ -216,6 +216,9 @@ def test_auto_is_accepted_only_for_the_keys_chosen_from_the_data(tmp_path):
     cfg = load_config(None, ["train.epochs=auto", "method.r=12"])
     assert cfg.train.epochs == "auto" and cfg.method.r == 12 and cfg.train.lr == "auto"  # auto is the default
     with pytest.raises(ConfigError) as info:
+        load_config(None, ["train.epochs=Auto"])
+    assert info.value.problems[0].endswith("train.epochs: expected float | auto, got 'Auto' (str); write it in lowercase: auto")
+    with pytest.raises(ConfigError) as info:
         load_config(None, ["train.warmup_ratio=auto"])
     assert info.value.problems == [
         "--set train.warmup_ratio=auto: train.warmup_ratio: expected float, got 'auto' (str); 'auto' is accepted "

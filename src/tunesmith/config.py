@@ -449,7 +449,8 @@ def _coerce(key: str, value: Any, tp: Any, problems: list[str], where: str) -> A
         return out
     hint = ""
     if isinstance(value, str) and value.strip().lower() == "auto":
-        hint = f"; 'auto' is accepted only for {', '.join(auto_keys())}"
+        hint = (f"; write it in lowercase: auto" if key in auto_keys()
+                else f"; 'auto' is accepted only for {', '.join(auto_keys())}")
     problems.append(f"{where}{key}: {_mismatch(value, tp)}{hint}")
     return _BAD
 

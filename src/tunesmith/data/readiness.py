@@ -121,7 +121,8 @@ def add_estimate(summary: dict, sample: list[dict], model_spec: str, method: str
     if not sample or not summary.get("tokens"):
         return summary
     model, tokenizer = load_model(model_spec)
-    speed = measure_speed(model, tokenizer, sample, method_cfg=MethodConfig(name=method), max_length=max_length,
+    # a fixed rank: `auto` is chosen by a training run from its own split, and a step's time hardly depends on it
+    speed = measure_speed(model, tokenizer, sample, method_cfg=MethodConfig(name=method, r=16, alpha=32), max_length=max_length,
                           threads=threads)
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     summary["verdict"]["estimate"] = {"model": model_spec, "method": method, "threads": threads or "default",

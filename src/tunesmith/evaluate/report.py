@@ -64,12 +64,13 @@ def _samples_table(rows: list[dict]) -> str:
     steps = [r for r in rows if r.get("split") == "samples" and r.get("samples")]
     if not steps:
         return ""
-    prompts = steps[-1]["samples"]
+    prompts = max((r["samples"] for r in steps), key=len)  # sample_answers may change on resume
     head = "".join(f"<th>{html.escape(p['prompt'][:200])}<br><span class='note'>expected: "
                    f"{html.escape(p.get('expected', '')[:200])}</span></th>" for p in prompts)
     body = []
     for r in steps:
         cells = "".join(f"<td class='text'>{html.escape(a['answer'])}</td>" for a in r["samples"])
+        cells += "<td></td>" * (len(prompts) - len(r["samples"]))
         label = "0 (base)" if r["step"] == 0 else str(r["step"])
         body.append(f"<tr><td class='num'>{label}</td>{cells}</tr>")
     return ("<h3 id='samples'>Sample answers during training</h3><p class='note'>The same validation prompts, answered "

@@ -79,8 +79,11 @@ def _method(source: Deliverable) -> list[str]:
     for key, value in (m.get("method_config") or {}).items():
         rows.append(f"  - {key}: {value}")
     train = _read_yaml(source.run_dir / "config.yaml").get("train") or {}
+    chosen = m.get("resolved") or {}  # what `auto` chose for this run
     for key in ("epochs", "max_steps", "lr", "batch_size", "grad_accum", "schedule", "warmup_ratio", "seed"):
-        if key in train:
+        if f"train.{key}" in chosen:
+            rows.append(f"- train.{key}: {chosen[f'train.{key}']['value']} (auto: {chosen[f'train.{key}']['reason']})")
+        elif key in train:
             rows.append(f"- train.{key}: {train[key]}")
     for key in ("steps", "best_step", "best_val_loss", "data_fingerprint"):
         if m.get(key) is not None:

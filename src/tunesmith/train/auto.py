@@ -99,7 +99,8 @@ def choose(cfg: Config, shape: Shape, *, total_steps: int | None = None, max_val
             chosen[key] = rule()
         return chosen[key].value
 
-    epochs = pick("train.epochs", t.epochs, lambda: _epochs(shape.n_examples))
+    # max_steps overrides epochs, and full fine-tuning has no adapter: those stay unchosen (and unprinted)
+    epochs = t.epochs if t.max_steps else pick("train.epochs", t.epochs, lambda: _epochs(shape.n_examples))
     batch = pick("train.batch_size", t.batch_size, lambda: _batch(shape))
     plan = StepPlan(shape.n_examples, batch, shape.grad_accum, shape.world_size)
     planned = plan.total_steps(epochs, t.max_steps)
@@ -107,8 +108,9 @@ def choose(cfg: Config, shape: Shape, *, total_steps: int | None = None, max_val
     eval_every = pick("train.eval_every", t.eval_every, lambda: _eval_every(total, plan.steps_per_epoch, max_validations))
     save_every = pick("train.save_every", t.save_every, lambda: _save_every(eval_every, shape.method))
     lr = pick("train.lr", t.lr, lambda: _lr(shape.method, shape.n_params))
-    r = pick("method.r", m.r, lambda: _rank(shape.trained_tokens))
-    alpha = pick("method.alpha", m.alpha, lambda: Choice(2 * r, "2 x r"))
+    adapter = shape.method != "full"
+    r = pick("method.r", m.r, lambda: _rank(shape.trained_tokens)) if adapter else m.r
+    alpha = pick("method.alpha", m.alpha, lambda: Choice(2 * r, "2 x r")) if adapter else m.alpha
     resolved = replace(cfg, train={"epochs": epochs, "batch_size": batch, "eval_every": eval_every,
                                    "save_every": save_every, "lr": lr},
                        method={"r": r, "alpha": alpha})

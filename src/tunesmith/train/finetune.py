@@ -132,7 +132,7 @@ def _train(s: _Session, started: float, on_step, show_progress: bool, loss_fn: L
         model = acc.prepare(model)  # measured as it trains (DDP and all); the optimizer comes after
         cfg, chosen, total = _budget(s, shape, chosen, model, acc, train_set, val_set, plan, total, collate,
                                      samples, started, loss_fn)
-    estimate = progress.estimate(model, train_set, plan, total, cfg)
+    estimate = progress.estimate(acc.unwrap_model(model), train_set, plan, total, cfg)
     out.line(progress.plan_line(len(train_set), len(val_set), dropped, plan, total, estimate))
     for line in (auto.plan_line(chosen), (s.manifest.get("budget") or {}).get("line")):
         if line:
@@ -146,7 +146,8 @@ def _train(s: _Session, started: float, on_step, show_progress: bool, loss_fn: L
     _start(s, state)
     # 6. the loop
     args = LoopArgs(total, cfg.train.eval_every, cfg.train.save_every, cfg.train.early_stopping_patience,
-                    cfg.train.max_grad_norm, deadline=_deadline(cfg, started, state, s.manifest.get("budget")))
+                    cfg.train.max_grad_norm, deadline=_deadline(cfg, started, state, s.manifest.get("budget")),
+                    validation_seconds=_validation_cost(cfg, s.manifest.get("budget")))
     steps = batching.step_batches(train_set, plan, seed=cfg.train.seed, start_step=state.step,
                                   total_steps=_last_step(total, state), collate=collate, rank=acc.process_index,
                                   group_by_length=_group_by_length(cfg))
@@ -445,18 +446,18 @@ def _budget(s: _Session, shape, chosen, model, acc, train_set, val_set, plan, to
                                             collate=collate, rank=acc.process_index,
                                             group_by_length=_group_by_length(s.config))))
     step_seconds = time_step(model, acc, first, loss_fn)
-    spent = time.time() - started
-    if step_seconds > budget - spent:
-        raise TrainError(f"train.time_budget {s.config.train.time_budget} is shorter than one training step here "
-                         f"(measured {step_seconds:.1f} s a step, {spent:.0f} s already spent loading)",
-                         "give a longer budget, or lower train.batch_size / data.max_length")
     eval_seconds, sample_seconds = _validation_seconds(s, model, acc, val_set, collate, samples)
     spent = time.time() - started + sample_seconds  # the step-0 sample answers are still to come
-    if acc.num_processes > 1:  # every process plans the same steps: the main process's measurements
+    if acc.num_processes > 1:  # every process plans (and refuses) alike: the main process's measurements
         from accelerate.utils import broadcast_object_list
 
         step_seconds, eval_seconds, spent = broadcast_object_list([step_seconds, eval_seconds, spent])
     reserve = 0.02 * budget + 5  # writing final/ and the summary
+    if step_seconds + eval_seconds + reserve > budget - spent:
+        raise TrainError(f"train.time_budget {s.config.train.time_budget} is shorter than one training step here "
+                         f"(measured {step_seconds:.1f} s a step, {eval_seconds:.1f} s a validation, {reserve:.0f} s "
+                         f"to write the deliverable; {spent:.0f} s already spent loading)",
+                         "give a longer budget, or lower train.batch_size / data.max_length")
     cfg, steps = s.config, total
     most = auto.budget_validations(budget, spent, eval_seconds)
     for _ in range(3):  # the cadence depends on the length, the length on the cadence's cost
@@ -501,6 +502,10 @@ def _deadline(cfg: Config, started: float, state: LoopState, budget: dict | None
         return None
     margin = (budget or {}).get("validation_seconds", 0.0) + (budget or {}).get("reserve_seconds", 5.0)
     return started + auto.parse_duration(cfg.train.time_budget) - state.elapsed - margin
+
+
+def _validation_cost(cfg: Config, budget: dict | None) -> float:
+    return (budget or {}).get("validation_seconds", 0.0) if cfg.train.time_budget else 0.0
 
 
 # ------------------------------------------------------------------ manifest and resume checks

@@ -32,7 +32,8 @@ class LoopArgs:
     save_every: int = 100
     patience: int = 3  # validations without improvement before stopping; 0 = never stop early
     max_grad_norm: float = 1.0
-    deadline: float | None = None  # time.time() by which the loop must have stopped (train.time_budget)
+    deadline: float | None = None  # time.time() by which the last step must have ended (train.time_budget)
+    validation_seconds: float = 0.0  # what one validation costs (measured for the time budget)
 
 
 @dataclass
@@ -96,6 +97,8 @@ def train_loop(model, optimizer, scheduler, accelerator, steps: Iterable, args: 
         state.step += 1
         metrics = _step_metrics(state, batch, loss, scheduler, grad_norm, time.perf_counter() - started, accelerator)
         _log(hooks, [metrics])
+        state.elapsed += time.time() - since  # before the checkpoint _after_step may write carries it
+        since = time.time()
         stop = _after_step(state, args, hooks, metrics, accelerator, time.perf_counter() - started)
         state.elapsed += time.time() - since
         if stop:
@@ -110,17 +113,18 @@ def time_step(model, accelerator, batch, loss_fn: LossFn | None = None, repeats:
 
     if loss_fn is None:
         from tunesmith.train.loss import causal_lm_loss as loss_fn
-    rng, was_training = torch.get_rng_state(), model.training
+    was_training = model.training
     model.train()  # as the loop runs it: dropout, activation checkpointing
     params = [p for p in model.parameters() if p.requires_grad]
     times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        _one_step(model, _NoOptimizer(params), accelerator, batch, loss_fn)
-        times.append(time.perf_counter() - start)
+    devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # the CPU and GPU generators as they were
+        for _ in range(repeats):
+            start = time.perf_counter()
+            _one_step(model, _NoOptimizer(params), accelerator, batch, loss_fn)
+            times.append(time.perf_counter() - start)
     for p in params:
         p.grad = None
-    torch.set_rng_state(rng)
     model.train(was_training)
     return min(times)
 
@@ -178,7 +182,9 @@ def _after_step(state: LoopState, args: LoopArgs, hooks: Hooks, metrics: dict, a
     """Report progress, validate, checkpoint; True when the loop must stop."""
     last = state.step >= args.total_steps
     asked_to_stop = bool(hooks.on_step and hooks.on_step(state, metrics))
-    out_of_time = not last and _out_of_time(args, step_seconds, accelerator)
+    validates_next = hooks.evaluate is not None and (state.step + 1) % args.eval_every == 0
+    out_of_time = not last and _out_of_time(args, step_seconds + (args.validation_seconds if validates_next else 0.0),
+                                            accelerator)
     stop = False
     if hooks.evaluate and (state.step % args.eval_every == 0 or last or out_of_time):
         stop = _validate(state, args, hooks)
