@@ -27,7 +27,7 @@ def main() -> None:
 
     model, _ = load_model(str(local_folder("smollm2-135m-instruct")))
     torch.manual_seed(0)
-    model = apply_lora(model, MethodConfig(dropout=0.0)).train()
+    model = apply_lora(model, MethodConfig(r=16, alpha=32, dropout=0.0)).train()
 
     def example(n: int) -> Rendered:
         return Rendered(torch.randint(100, 40000, (n,)).tolist(), [0] * (n // 2) + [1] * (n - n // 2))

@@ -127,7 +127,7 @@ def main() -> None:
         model, tok = load_model(str(folder))
         rows = [json.loads(line) for line in files["ts_train"].read_text().splitlines()]
     torch.manual_seed(0)
-    model = apply_lora(model, MethodConfig(dropout=0.0)).train()  # dropout 0: losses comparable across layouts
+    model = apply_lora(model, MethodConfig(r=16, alpha=32, dropout=0.0)).train()  # dropout 0: losses comparable across layouts
     examples = [render(r["messages"], tok, max_length=tt.MAX_LENGTH) for r in rows]
     print(f"{len(examples)} examples, lengths {[len(e.input_ids) for e in examples]}, "
           f"{torch.get_num_threads()} threads", flush=True)

@@ -44,7 +44,7 @@ def main() -> None:
         rows = [json.loads(line) for line in files["ts_train"].read_text().splitlines()]
     model, tok = load_model(str(local_folder("smollm2-135m-instruct")))
     torch.manual_seed(0)
-    model = apply_lora(model, MethodConfig(dropout=0.0)).train()
+    model = apply_lora(model, MethodConfig(r=16, alpha=32, dropout=0.0)).train()
     if a.compile:
         _causal_lm(model).get_decoder().compile(dynamic=True)  # in place: causal_lm_loss calls the decoder
     examples = [render(r["messages"], tok, max_length=tt.MAX_LENGTH) for r in rows]

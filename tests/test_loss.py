@@ -67,7 +67,7 @@ def test_lora_gradients_match_and_lm_head_is_not_targeted(tiny_model_dir, batch)
     from tunesmith.models.adapters import apply_lora
 
     torch.manual_seed(0)
-    model = apply_lora(_fresh(tiny_model_dir), MethodConfig(dropout=0.0))
+    model = apply_lora(_fresh(tiny_model_dir), MethodConfig(r=16, alpha=32, dropout=0.0))
     for p in model.parameters():  # LoRA B starts at zero; make the adapters matter
         if p.requires_grad:
             torch.nn.init.normal_(p, std=0.02)

@@ -48,7 +48,7 @@ def test_apply_save_load_merge_round_trip(tiny, tmp_path):
 def test_flags_reach_peft(tiny):
     from tunesmith.models import adapters
 
-    cfg = adapters.lora_config(MethodConfig(use_rslora=True, use_dora=True, target_modules="q_proj, v_proj"))
+    cfg = adapters.lora_config(MethodConfig(r=16, alpha=32, use_rslora=True, use_dora=True, target_modules="q_proj, v_proj"))
     assert cfg.use_rslora and cfg.use_dora and set(cfg.target_modules) == {"q_proj", "v_proj"}
 
 
@@ -56,7 +56,7 @@ def test_unknown_target_and_bad_folder_are_clear(tiny, tmp_path):
     from tunesmith.models import adapters
 
     with pytest.raises(ModelError, match="not found in the base model"):
-        adapters.apply_lora(tiny(), MethodConfig(target_modules="nope"))
+        adapters.apply_lora(tiny(), MethodConfig(r=16, alpha=32, target_modules="nope"))
     with pytest.raises(ModelError, match="adapter_config.json"):
         adapters.load_adapter(tiny(), tmp_path)
 

@@ -18,6 +18,8 @@ def lora_config(method_cfg: Any, *, inference_mode: bool = False):
     """A peft LoraConfig from tunesmith's `method` section (r, alpha, dropout, targets, rsLoRA, DoRA)."""
     from peft import LoraConfig
 
+    if "auto" in (method_cfg.r, method_cfg.alpha):  # a training run chooses them from its data (train/auto.py)
+        raise ValueError("method.r and method.alpha must be numbers here: 'auto' is chosen by a training run")
     targets = method_cfg.target_modules
     if targets != "all-linear":
         targets = [t.strip() for t in targets.split(",") if t.strip()]
