@@ -150,7 +150,8 @@ def test_a_time_budget_stops_on_time_and_keeps_the_best_step(tiny_model_dir, tmp
 
     train, val = sums_dataset(tmp_path / "data", n_train=40)
     sets = overrides(tiny_model_dir, train, val, tmp_path / "runs", max_steps=None, eval_every="auto",
-                     save_every="auto") + ["train.epochs=400", "train.time_budget=25s"]
+                     save_every="auto") + ["train.epochs=400", "train.time_budget=25s", "train.sample_answers=2",
+                                           "train.sample_max_tokens=4"]
     started = time.time()
     # every step is slowed after it is measured: the plan is too long, the deadline must stop the loop
     run = finetune(load_config(None, sets), name="budget", on_step=lambda st, m: time.sleep(0.4) or False)
@@ -164,6 +165,8 @@ def test_a_time_budget_stops_on_time_and_keeps_the_best_step(tiny_model_dir, tmp
     manifest = json.loads((run.dir / "manifest.json").read_text())
     assert manifest["budget"]["steps"] < manifest["budget"]["planned_steps"] == 4000
     assert _rows(run, "validation")[-1]["step"] == run.steps  # validated where it stopped
+    steps = [r["step"] for r in _rows(run, "samples")]
+    assert steps == [0] + [r["step"] for r in _rows(run, "validation")]  # step 0 once: the timed round is reused
 
 
 def test_bad_budgets_are_one_line_each(tiny_model_dir, tmp_path, store_home, one_thread):

@@ -80,6 +80,7 @@ class _Session:
     resume_from: Path | None = None
     lock: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)  # holds the run's lock (main process)
     asked: Config | None = None  # the config as given (`auto` kept): what config.yaml says
+    first_samples: list[dict] | None = None  # the base model's sample answers, when the time budget timed them
 
 
 def finetune(config: Config | str | Path | None = None, *, overrides: tuple[str, ...] = (), name: str | None = None,
@@ -446,8 +447,8 @@ def _budget(s: _Session, shape, chosen, model, acc, train_set, val_set, plan, to
                                             collate=collate, rank=acc.process_index,
                                             group_by_length=_group_by_length(s.config))))
     step_seconds = time_step(model, acc, first, loss_fn)
-    eval_seconds, sample_seconds = _validation_seconds(s, model, acc, val_set, collate, samples)
-    spent = time.time() - started + sample_seconds  # the step-0 sample answers are still to come
+    eval_seconds = _validation_seconds(s, model, acc, val_set, collate, samples)
+    spent = time.time() - started
     if acc.num_processes > 1:  # every process plans (and refuses) alike: the main process's measurements
         from accelerate.utils import broadcast_object_list
 
@@ -478,21 +479,21 @@ def _budget(s: _Session, shape, chosen, model, acc, train_set, val_set, plan, to
     return cfg, chosen, steps
 
 
-def _validation_seconds(s: _Session, model, acc, val_set, collate, samples) -> tuple[float, float]:
-    """One validation's time (the first batch's forward times the batches, plus one round of sample
-    answers), and that round's alone."""
+def _validation_seconds(s: _Session, model, acc, val_set, collate, samples) -> float:
+    """One validation's time: the first batch's forward times the batches, plus one round of sample
+    answers (kept as step 0's: the model has not changed yet)."""
     if not val_set:
-        return 0.0, 0.0
+        return 0.0
     batches = list(batching.eval_batches(val_set, s.config.train.batch_size, collate, rank=acc.process_index,
                                          world_size=acc.num_processes))
     start = time.perf_counter()
     evaluate(model, iter(batches[:1]), acc, _eval_fn())
-    seconds, answering = (time.perf_counter() - start) * len(batches), 0.0
+    seconds = (time.perf_counter() - start) * len(batches)
     if samples is not None:
         start = time.perf_counter()
-        samples(model)
-        answering = time.perf_counter() - start
-    return seconds + answering, answering
+        s.first_samples = samples(model)
+        seconds += time.perf_counter() - start
+    return seconds
 
 
 def _deadline(cfg: Config, started: float, state: LoopState, budget: dict | None) -> float | None:
@@ -656,7 +657,8 @@ def _hooks(s: _Session, model, optimizer, scheduler, val_set, collate, out, on_s
 
     def start(st: LoopState) -> None:
         if samples is not None and st.step == 0:
-            rows = samples(model)  # step 0: the base model's answers, before any training
+            # step 0: the base model's answers, before any training (already generated when a budget timed them)
+            rows = s.first_samples if s.first_samples is not None else samples(model)
             sink.write([{"step": 0, "split": "samples", "samples": rows}])
             bar.note(progress.validation_line(0, None, "", rows))
 
