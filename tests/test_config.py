@@ -88,7 +88,7 @@ def test_all_errors_reported_together_with_nearest_key(tmp_path):
     assert info.value.problems == [
         f"{path}:2: unknown key 'train.batch_sise': did you mean 'train.batch_size'?",
         f"{path}:3: train.eval_every: expected int | auto, got 'fifty' (str)",
-        f"{path}:5: method.name: expected lora | full | qlora, got 'prefix' (str)",
+        f"{path}:5: method.name: expected lora | full | qlora | dpo | simpo, got 'prefix' (str)",
         "--set trian.lr=1: unknown key 'trian': did you mean 'train'?",
     ]
     assert str(info.value).startswith(f"4 config error(s) in {path}:")

@@ -61,13 +61,30 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class MethodConfig:
-    name: Literal["lora", "full", "qlora"] = opt("lora", "lora | full | qlora (qlora needs CUDA and bitsandbytes)")
+    name: Literal["lora", "full", "qlora", "dpo", "simpo"] = opt(
+        "lora", "lora | full | qlora (qlora needs CUDA and bitsandbytes) | dpo | simpo (preference tuning, docs/preference.md)")
+    weights: Literal["lora", "full", "qlora"] = opt("lora", "which weights dpo / simpo train: lora | full | qlora")
+    beta: float | None = opt(None, "dpo / simpo: how far from the reference the preference may pull; "
+                                   "default 0.1 (dpo), 2.0 (simpo)")
+    loss: Literal["sigmoid", "ipo"] = opt("sigmoid", "dpo's loss: sigmoid (DPO) | ipo")
+    sft_weight: float = opt(0.0, "dpo / simpo: weight of an SFT term on the chosen answer (RPO; TRL's rpo_alpha)")
+    gamma: float = opt(0.5, "simpo: the target reward margin")
     r: int | Auto = opt("auto", "LoRA rank; auto = from the trained tokens (docs/auto.md)")
     alpha: int | Auto = opt("auto", "LoRA alpha (scale = alpha / r); auto = 2 x r")
     dropout: float = opt(0.05, "LoRA dropout")
     target_modules: str = opt("all-linear", "LoRA target modules: 'all-linear' or a comma-separated list")
     use_rslora: bool = opt(False, "rank-stabilised LoRA (scale = alpha / sqrt(r))")
     use_dora: bool = opt(False, "weight-decomposed LoRA (DoRA)")
+
+    @property
+    def trains(self) -> str:
+        """Which weights train: lora | full | qlora (the method itself, or `weights` for dpo / simpo)."""
+        return self.weights if self.name in ("dpo", "simpo") else self.name
+
+    @property
+    def preference(self) -> bool:
+        """Is this preference tuning (pairs of chosen / rejected answers) rather than SFT?"""
+        return self.name in ("dpo", "simpo")
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,7 @@ def measure_speed(model, tokenizer, examples: list[dict], *, method_cfg: Any = N
 
     rows = _pick_rows(examples, tokenizer, max_length)
     batch = pad_batch(rows, tokenizer.pad_token_id or 0)  # (B, T) each
-    if method_cfg is not None and getattr(method_cfg, "name", "lora") in ("lora", "qlora"):
+    if method_cfg is not None and getattr(method_cfg, "trains", getattr(method_cfg, "name", "lora")) in ("lora", "qlora"):
         from tunesmith.models.adapters import apply_lora
 
         model = apply_lora(model, method_cfg)

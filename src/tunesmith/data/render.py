@@ -66,6 +66,47 @@ class Rendered:
     def n_trained(self) -> int:
         return sum(self.loss_mask)
 
+    @property
+    def loss_units(self) -> int:
+        """What the loss is averaged over: positions whose next token is trained (the first is never predicted)."""
+        return sum(self.loss_mask[1:])
+
+
+@dataclass
+class RenderedPair:
+    """A preference pair: the prompt's ids once, then each answer's ids and loss mask after it.
+
+    `prompt + chosen` and `prompt + rejected` are exactly the ids `render` gives each whole
+    conversation, so a pair is scored as its two conversations would be. `ref` holds the
+    reference model's summed log-probabilities of (chosen, rejected), once computed.
+    """
+
+    prompt: list[int]
+    chosen: list[int]
+    chosen_mask: list[int]
+    rejected: list[int]
+    rejected_mask: list[int]
+    truncated: int = 0
+    ref: tuple[float, float] | None = None
+
+    @property
+    def input_ids(self) -> list[int]:
+        """The ids of the pair's shared row: prompt, chosen, rejected (the length packing plans with)."""
+        return self.prompt + self.chosen + self.rejected
+
+    @property
+    def loss_mask(self) -> list[int]:
+        return [0] * len(self.prompt) + self.chosen_mask + self.rejected_mask
+
+    @property
+    def n_trained(self) -> int:
+        return sum(self.chosen_mask) + sum(self.rejected_mask)
+
+    @property
+    def loss_units(self) -> int:
+        """A pair's loss is one number: 1, or 0 when a side has no trained token left (cut by max_length)."""
+        return int(any(self.chosen_mask) and any(self.rejected_mask))
+
 
 def ensure_chat_template(tokenizer) -> str:
     """Give a tokenizer without a chat template the documented plain one; return the template."""
@@ -163,8 +204,10 @@ def template_system(template: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def render_example(example: dict, tokenizer, *, max_length: int | None = None) -> Rendered:
-    """A canonical example ({'messages': [...]} or {'text': ...}) -> ids and loss mask."""
+def render_example(example: dict, tokenizer, *, max_length: int | None = None) -> Rendered | RenderedPair:
+    """A canonical example ({'messages': [...]}, {'text': ...}, or a preference pair) -> ids and loss mask."""
+    if "chosen" in example:
+        return render_pair(example, tokenizer, max_length=max_length)
     if "text" in example and "messages" not in example:
         return render_text(example["text"], tokenizer, max_length=max_length)
     return render(example["messages"], tokenizer, max_length=max_length)
@@ -184,6 +227,34 @@ def render(
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     return _truncate(ids, _mask_from_spans(enc["offset_mapping"], spans), max_length)
+
+
+def render_pair(example: dict, tokenizer, *, max_length: int | None = None) -> RenderedPair:
+    """A preference example ({'messages': prompt, 'chosen': str, 'rejected': str}) -> a RenderedPair.
+
+    Each answer is rendered as the whole conversation it ends, through `render`; the prompt is
+    the ids both renderings share before the first trained token (a template may tokenize the
+    boundary differently, so it is found, not assumed). `max_length` bounds each conversation
+    (prompt + one answer), as for an SFT example: the answers are cut at the end.
+    """
+    prompt = [{**m, "weight": 0} if m["role"] == "assistant" else m for m in example["messages"]]  # only the answer trains
+    chosen = render(prompt + [{"role": "assistant", "content": example["chosen"]}], tokenizer)
+    rejected = render(prompt + [{"role": "assistant", "content": example["rejected"]}], tokenizer)
+    limit = min(_first_trained(chosen), _first_trained(rejected))
+    shared = 0
+    while shared < limit and chosen.input_ids[shared] == rejected.input_ids[shared]:
+        shared += 1
+    cut = 0
+    sides = []
+    for r in (chosen, rejected):
+        keep = len(r.input_ids) if max_length is None else max(shared, min(len(r.input_ids), max_length))
+        cut += len(r.input_ids) - keep
+        sides.append((r.input_ids[shared:keep], r.loss_mask[shared:keep]))
+    return RenderedPair(chosen.input_ids[:shared], *sides[0], *sides[1], truncated=cut)
+
+
+def _first_trained(r: Rendered) -> int:
+    return next((i for i, m in enumerate(r.loss_mask) if m), len(r.input_ids))
 
 
 def render_text(text: str, tokenizer, *, max_length: int | None = None) -> Rendered:

@@ -35,6 +35,8 @@ METRICS = {
     "bleu": (True, "corpus BLEU (sacrebleu, 0-100)"),
     "loss": (False, "mean cross-entropy of the reference answer's tokens (incl. end-of-turn), nats"),
     "perplexity": (False, "exp(loss)"),
+    "preference_accuracy": (True, "share of preference pairs whose chosen answer gets the higher mean log-probability "
+                                  "per token (preference test files only)"),
 }
 TEXT_METRICS = ("exact_match", "token_f1", "rouge_l", "bleu")
 
@@ -199,6 +201,17 @@ def rendered_nll(model, rendered: Sequence, *, pad_id: int, batch_size: int = 8,
         if on_batch:
             on_batch(len(idx))
     return out
+
+
+def preference_wins(model, tokenizer, pairs: Sequence[tuple[list[dict], str, str]], *, batch_size: int = 8,
+                    on_batch: Callable[[int], None] | None = None) -> list[float]:
+    """Per (prompt, chosen, rejected): 1.0 when the model gives the chosen answer the higher mean
+    log-probability per token (length-normalised, so a longer answer is not penalised for its length), else 0.0."""
+    from tunesmith.train.preference import score_pairs
+
+    examples = [{"messages": p, "chosen": c, "rejected": r} for p, c, r in pairs]
+    scores = score_pairs(model, tokenizer, examples, batch_size=batch_size, on_batch=on_batch)
+    return [float(c / max(nc, 1) > r / max(nr, 1)) for c, r, nc, nr in scores]
 
 
 # ------------------------------------------------------------------ user metrics

@@ -32,6 +32,7 @@ class Case:
     prompt: list[dict]
     reference: str
     line: int | None = None
+    rejected: str | None = None  # a preference pair's other answer (the reference is the chosen one)
 
     @property
     def query(self) -> str:
@@ -81,10 +82,17 @@ def uses_rag(name: str) -> bool:
 
 
 def to_case(example: dict) -> Case | None:
-    """A canonical example -> Case, or None when it has no assistant answer to compare against."""
+    """A canonical example -> Case, or None when it has no assistant answer to compare against.
+
+    A preference pair's case is its prompt, with the chosen answer as the reference."""
     messages = example.get("messages")
     if not messages:
         return None
+    if "chosen" in example:
+        prompt = [{"role": m["role"], "content": m["content"]} for m in messages]
+        if prompt[-1]["role"] != "user":
+            return None
+        return Case(prompt, example["chosen"], example.get("line"), example["rejected"])
     last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
     if last is None or not any(m["role"] == "user" for m in messages[:last]):
         return None

@@ -403,6 +403,10 @@ def _run_strategy(name: str, cases: list[S.Case], ctx: S.Context, models: Loaded
     values = M.per_example(texts, [c.reference for c in cases])
     values["loss"] = M.response_nll(model, tok, [S.with_answer(p, c.reference) for p, c in zip(prompts, cases)],
                                     batch_size=e.batch_size, on_batch=track(f"{name}: loss", len(cases)))
+    if all(c.rejected is not None for c in cases):  # a preference test file: which answer the model prefers
+        values["preference_accuracy"] = M.preference_wins(
+            model, tok, [(p, c.reference, c.rejected) for p, c in zip(prompts, cases)], batch_size=e.batch_size,
+            on_batch=track(f"{name}: preference", len(cases)))
     errors: dict[str, list] = {}
     for um in plan.user_metrics:
         scored = [um.score(t, c.reference) for t, c in zip(texts, cases)]

@@ -17,7 +17,7 @@ MARKER = {"created_by": "tunesmith", "layout_version": 1}
 # Everything tunesmith puts at the top of a run folder (report.* come from `tunesmith eval`;
 # tensorboard, wandb and mlruns from the trackers of train.log_to, train/trackers.py).
 ENTRIES = frozenset({"config.yaml", "manifest.json", "metrics.jsonl", "data", "checkpoints", "final", "tensorboard",
-                     "wandb", "mlruns", "report.json", "report.html", "train.lock"})
+                     "wandb", "mlruns", "report.json", "report.html", "train.lock", "reference_logps.json"})
 
 
 @dataclass(frozen=True)

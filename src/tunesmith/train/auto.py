@@ -6,7 +6,8 @@
     train.batch_size    examples / 50 rounded down to a power of two, between 4 and 64, and at most
                         32,768 tokens a step (the 95th-percentile example length); divided by
                         grad_accum x processes
-    train.lr            lora / qlora 2e-4 (1e-4 from 10B parameters); full 5e-5 below 1B, 2e-5 below 10B, 1e-5 above
+    train.lr            lora / qlora 2e-4 (1e-4 from 10B parameters); full 5e-5 below 1B, 2e-5 below 10B, 1e-5 above;
+                        dpo / simpo 2e-5 with adapters, 1e-6 full
     method.r            8 below 100k trained tokens an epoch, 16 below 2M, else 32
     method.alpha        2 x r (the LoRA scale stays 2 whatever the rank)
     train.eval_every    at least 8 validations a run and 2 an epoch; under a time budget, validating
@@ -41,6 +42,8 @@ BATCH_MIN, BATCH_MAX = 4, 64
 STEP_TOKENS_MAX = 32_768
 LORA_LR, LORA_LR_LARGE, LARGE_MODEL = 2e-4, 1e-4, 10e9
 FULL_LR = ((1e9, 5e-5), (10e9, 2e-5), (math.inf, 1e-5))  # (below this many parameters, rate)
+# dpo / simpo: LoRA a tenth of SFT's rate; full fine-tuning TRL DPOConfig's default
+PREFERENCE_LORA_LR, PREFERENCE_FULL_LR = 2e-5, 1e-6
 RANKS = ((100_000, 8), (2_000_000, 16), (math.inf, 32))  # (below this many trained tokens an epoch, rank)
 MIN_VALIDATIONS, MIN_VALIDATIONS_PER_EPOCH = 8, 2
 BUDGET_VALIDATION_SHARE = 0.25  # under a time budget, validating takes at most this share of it
@@ -57,13 +60,15 @@ class Shape:
     method: str
     grad_accum: int = 1
     world_size: int = 1
+    objective: str = "sft"  # sft | dpo | simpo
 
     @classmethod
-    def of(cls, train_set, n_params: int, method: str, grad_accum: int, world_size: int) -> "Shape":
+    def of(cls, train_set, n_params: int, method: str, grad_accum: int, world_size: int,
+           objective: str = "sft") -> "Shape":
         lengths = sorted(len(e.input_ids) for e in train_set)
         p95 = lengths[min(len(lengths) - 1, int(0.95 * len(lengths)))] if lengths else 0
         trained = sum(sum(e.loss_mask[1:]) for e in train_set)
-        return cls(len(train_set), p95, trained, n_params, method, grad_accum, world_size)
+        return cls(len(train_set), p95, trained, n_params, method, grad_accum, world_size, objective)
 
 
 @dataclass(frozen=True)
@@ -107,7 +112,7 @@ def choose(cfg: Config, shape: Shape, *, total_steps: int | None = None, max_val
     total = total_steps or planned
     eval_every = pick("train.eval_every", t.eval_every, lambda: _eval_every(total, plan.steps_per_epoch, max_validations))
     save_every = pick("train.save_every", t.save_every, lambda: _save_every(eval_every, shape.method))
-    lr = pick("train.lr", t.lr, lambda: _lr(shape.method, shape.n_params))
+    lr = pick("train.lr", t.lr, lambda: _lr(shape.method, shape.n_params, shape.objective))
     adapter = shape.method != "full"
     r = pick("method.r", m.r, lambda: _rank(shape.trained_tokens)) if adapter else m.r
     alpha = pick("method.alpha", m.alpha, lambda: Choice(2 * r, "2 x r")) if adapter else m.alpha
@@ -155,8 +160,11 @@ def _batch(shape: Shape) -> Choice:
     return Choice(per_process, reason)
 
 
-def _lr(method: str, n_params: int) -> Choice:
+def _lr(method: str, n_params: int, objective: str = "sft") -> Choice:
     size = f"{n_params / 1e9:.2g}B parameters" if n_params >= 1e9 else f"{n_params / 1e6:.0f}M parameters"
+    if objective != "sft":  # a preference pulls on a model that already answers: see PREFERENCE_LORA_LR
+        rate = PREFERENCE_LORA_LR if method in ("lora", "qlora") else PREFERENCE_FULL_LR
+        return Choice(rate, f"{objective} with {method}, {size}")
     if method in ("lora", "qlora"):
         rate = LORA_LR if n_params < LARGE_MODEL else LORA_LR_LARGE
         return Choice(rate, f"{method}, {size}")

@@ -125,8 +125,8 @@ def step_batches(
 
 
 def n_loss_tokens(example: Rendered) -> int:
-    """Positions whose next token is trained (the first token is never predicted)."""
-    return sum(example.loss_mask[1:])
+    """What an example adds to its step's loss denominator: trained positions (SFT), or 1 (a preference pair)."""
+    return example.loss_units
 
 
 def collate_padded(examples: Sequence[Rendered], pad_id: int) -> "dict[str, torch.Tensor]":

@@ -119,20 +119,24 @@ def _train(s: _Session, started: float, on_step, show_progress: bool, loss_fn: L
     # 3. the data, prepared into the run folder and rendered
     splits, train_set, val_set, dropped = _data(cfg, s, tokenizer)
     # 4. the `auto` settings, the method's trainable weights, the plan
-    shape = auto.Shape.of(train_set, _n_params(model), cfg.method.name, cfg.train.grad_accum, acc.num_processes)
+    shape = auto.Shape.of(train_set, _n_params(model), cfg.method.trains, cfg.train.grad_accum, acc.num_processes,
+                       objective=cfg.method.name if cfg.method.preference else "sft")
     cfg, chosen = _choose(s, shape)
     model = methods.apply_method(model, cfg.method)
     _fill_manifest(s, cfg, base, splits, tokenizer)
     _check_resume(s)
+    if cfg.method.preference:  # the reference's log-probabilities, from the model before any step
+        loss_fn = _preference(s, model, tokenizer, train_set, val_set, splits, out, loss_fn)
     plan = batching.StepPlan(len(train_set), cfg.train.batch_size, cfg.train.grad_accum, acc.num_processes)
     total = plan.total_steps(cfg.train.epochs, cfg.train.max_steps)
     # 5. optimizer, schedule, accelerate; restore on resume
     collate = _train_collate(tokenizer, cfg, model, acc.device)
+    eval_collate = _collate(tokenizer, cfg, model)
     samples = _sampler(s, model, tokenizer, splits.validation, out)
     if cfg.train.time_budget:
         model = acc.prepare(model)  # measured as it trains (DDP and all); the optimizer comes after
         cfg, chosen, total = _budget(s, shape, chosen, model, acc, train_set, val_set, plan, total, collate,
-                                     samples, started, loss_fn)
+                                     eval_collate, samples, started, loss_fn)
     estimate = progress.estimate(acc.unwrap_model(model), train_set, plan, total, cfg)
     out.line(progress.plan_line(len(train_set), len(val_set), dropped, plan, total, estimate))
     for line in (auto.plan_line(chosen), (s.manifest.get("budget") or {}).get("line")):
@@ -152,7 +156,7 @@ def _train(s: _Session, started: float, on_step, show_progress: bool, loss_fn: L
     steps = batching.step_batches(train_set, plan, seed=cfg.train.seed, start_step=state.step,
                                   total_steps=_last_step(total, state), collate=collate, rank=acc.process_index,
                                   group_by_length=_group_by_length(cfg))
-    hooks, bar = _hooks(s, model, optimizer, scheduler, val_set, collate, out, on_step, total, state, samples)
+    hooks, bar = _hooks(s, model, optimizer, scheduler, val_set, eval_collate, out, on_step, total, state, samples)
     try:
         with trackers.running(acc, s.paths, cfg, s.manifest, state.step, out.line):
             with bar:
@@ -198,7 +202,7 @@ def _session(config, overrides, name, resume) -> _Session:
         import torch
 
         torch.set_num_threads(cfg.train.threads)
-    methods.check_method(cfg.method.name)
+    methods.check_method(cfg.method.trains)
     methods.check_fused_kernels(cfg.train.fused_kernels)
     acc = Accelerator(cpu=not _cuda(), mixed_precision=_mixed_precision(cfg.train.mixed_precision))
     s = _resume_session(cfg, resume_run, acc) if resume_run is not None else _new_session(cfg, name, acc)
@@ -279,6 +283,8 @@ def _check_config(cfg: Config) -> None:
         (below(cfg.method.r, 1), "method.r must be >= 1"),
         (below(cfg.method.alpha, 1), "method.alpha must be >= 1"),
         (t.sample_answers < 0, "train.sample_answers must be >= 0"),
+        (cfg.method.beta is not None and not cfg.method.beta > 0, "method.beta must be > 0"),
+        (cfg.method.sft_weight < 0, "method.sft_weight must be >= 0"),
         (t.sample_max_tokens < 1, "train.sample_max_tokens must be >= 1"),
         (t.time_budget is not None and t.max_steps is not None,
          "train.time_budget and train.max_steps are both set: a budget plans the steps itself; unset one of them"),
@@ -330,7 +336,7 @@ def _load_model(cfg: Config, acc):
 
     with acc.main_process_first():  # a GGUF model is converted once, by the main process
         folder = local_folder(cfg.model.name, allow_pickle=cfg.model.allow_pickle)
-    if cfg.method.name == "qlora":
+    if cfg.method.trains == "qlora":
         model, tokenizer = methods.load_quantized(folder), load_tokenizer(folder)
     else:
         model, tokenizer = load_model(str(folder), dtype=cfg.model.dtype, allow_pickle=cfg.model.allow_pickle)
@@ -355,12 +361,28 @@ def _data(cfg: Config, s: _Session, tokenizer):
     from tunesmith.data.render import render_example
 
     splits = _splits(cfg, s, tokenizer)
+    _check_kind(cfg, splits.train)
     train_set, dropped = _render(splits.train, tokenizer, cfg.data.max_length, render_example)
     val_set, _ = _render(splits.validation, tokenizer, cfg.data.max_length, render_example)
     if not train_set:
         raise TrainError(f"no trainable rows in {cfg.data.train}: every example has no tokens to learn from",
                          f"run `tunesmith data check {cfg.data.train}`")
     return splits, train_set, val_set, dropped
+
+
+def _check_kind(cfg: Config, examples: list[dict]) -> None:
+    """Preference pairs go to dpo / simpo, other examples to SFT methods: one line when they do not."""
+    pairs = sum(1 for ex in examples if "chosen" in ex)
+    if cfg.method.preference and pairs < len(examples):
+        raise TrainError(f"method.name={cfg.method.name} trains on preference pairs, but {cfg.data.train} holds "
+                         f"{'answers to imitate' if not pairs else f'{len(examples) - pairs} examples that are not pairs'} "
+                         "(no chosen / rejected answers)",
+                         f"build pairs from it with `tunesmith data pairs {cfg.data.train} --out pairs.jsonl`, "
+                         "or train it with method.name=lora")
+    if not cfg.method.preference and pairs:
+        raise TrainError(f"{cfg.data.train} holds preference pairs (chosen / rejected answers), which "
+                         f"method.name={cfg.method.name} cannot train on",
+                         "set method.name=dpo (or simpo), with method.weights=" + cfg.method.trains)
 
 
 def _render(examples: list[dict], tokenizer, max_length: int, render_example) -> tuple[list, int]:
@@ -383,6 +405,38 @@ def _splits(cfg: Config, s: _Session, tokenizer):
 
     with tempfile.TemporaryDirectory(prefix="tunesmith-resume-data-") as scratch:  # compare, never overwrite
         return splits_for_training(cfg.data, Path(scratch), tokenizer, cfg.train.seed)
+
+
+def _preference(s: _Session, model, tokenizer, train_set, val_set, splits, out, loss_fn):
+    """Ready a dpo / simpo run: dropout off, the reference's log-probabilities on every pair (read back
+    on resume), the objective in the manifest; returns the loss to train with."""
+    from tunesmith.train import preference
+
+    cfg, acc = s.config, s.accelerator
+    obj = preference.Objective.of(cfg.method)
+    preference.disable_dropout(model)  # the policy must score as the reference does at step 0
+    s.manifest["objective"] = dataclasses.asdict(obj)
+    what = {"dpo": f"dpo ({obj.loss} loss), beta {obj.beta:g}", "simpo": f"simpo, beta {obj.beta:g}, gamma {obj.gamma:g}"}
+    line = what[obj.name] + (f", sft_weight {obj.sft_weight:g}" if obj.sft_weight else "")
+    if obj.needs_reference:
+        layout = preference.shared_layout(model)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        start = time.perf_counter()
+
+        def compute(pairs):
+            return preference.reference_logps(model, pairs, acc, pad_id=pad, shared=layout is not None, layout=layout,
+                                              batch_size=cfg.train.batch_size)
+
+        fresh = preference.attach_reference(s.paths.dir, {"train": train_set, "validation": val_set}, compute,
+                                            splits.card.get("fingerprint"), is_main=acc.is_main_process)
+        n = len(train_set) + len(val_set)
+        line += (f"; reference: the base's log-probabilities of {n} pairs, computed once "
+                 f"({time.perf_counter() - start:.1f} s; no reference model in memory)" if fresh
+                 else f"; reference: the log-probabilities of {n} pairs read back from {preference.REFERENCE_FILE}")
+    else:
+        line += "; reference-free"
+    out.line(line)
+    return loss_fn or preference.make_loss(obj)
 
 
 # ------------------------------------------------------------------ 4. auto settings and the time budget
@@ -433,8 +487,8 @@ def _sampler(s: _Session, model, tokenizer, validation: list[dict], out) -> Call
     return sample
 
 
-def _budget(s: _Session, shape, chosen, model, acc, train_set, val_set, plan, total: int, collate, samples,
-            started: float, loss_fn) -> tuple[Config, dict, int]:
+def _budget(s: _Session, shape, chosen, model, acc, train_set, val_set, plan, total: int, collate, eval_collate,
+            samples, started: float, loss_fn) -> tuple[Config, dict, int]:
     """Plan the steps that fit in train.time_budget from a measured step (and validation); returns the
     config with the cadence chosen for that length, the choices, and the step count."""
     budget = auto.parse_duration(s.config.train.time_budget)
@@ -447,7 +501,7 @@ def _budget(s: _Session, shape, chosen, model, acc, train_set, val_set, plan, to
                                             collate=collate, rank=acc.process_index,
                                             group_by_length=_group_by_length(s.config))))
     step_seconds = time_step(model, acc, first, loss_fn)
-    eval_seconds = _validation_seconds(s, model, acc, val_set, collate, samples)
+    eval_seconds = _validation_seconds(s, model, acc, val_set, eval_collate, samples)
     spent = time.time() - started
     if acc.num_processes > 1:  # every process plans (and refuses) alike: the main process's measurements
         from accelerate.utils import broadcast_object_list
@@ -487,7 +541,7 @@ def _validation_seconds(s: _Session, model, acc, val_set, collate, samples) -> f
     batches = list(batching.eval_batches(val_set, s.config.train.batch_size, collate, rank=acc.process_index,
                                          world_size=acc.num_processes))
     start = time.perf_counter()
-    evaluate(model, iter(batches[:1]), acc, _eval_fn())
+    evaluate(model, iter(batches[:1]), acc, _eval_fn(s.config))
     seconds = (time.perf_counter() - start) * len(batches)
     if samples is not None:
         start = time.perf_counter()
@@ -605,18 +659,23 @@ def _start(s: _Session, state: LoopState) -> None:
 # ------------------------------------------------------------------ 6. hooks
 
 
-def _collate(tokenizer):
+def _collate(tokenizer, cfg: Config | None = None, model=None):
+    """Validation batches: padded examples, or preference pairs one to a row."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if cfg is not None and cfg.method.preference:
+        return _pair_collate(pad, model, packed=False)
     return lambda examples: batching.collate_padded(examples, pad)
 
 
 def _train_collate(tokenizer, cfg: Config, model, device):
     """Packed rows (attention kept inside each example) when train.packing, else padded micro-batches."""
-    if not cfg.train.packing:
-        return _collate(tokenizer)
     from tunesmith.train import packing
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if cfg.method.preference:
+        return _pair_collate(pad, model, packed=cfg.train.packing, max_length=cfg.data.max_length, device=device)
+    if not cfg.train.packing:
+        return _collate(tokenizer)
     dtype = packing.mask_dtype(model)
     costs = packing.device_costs(device)
     layout = packing.attention_layout(model)  # refuses architectures a block mask cannot keep apart
@@ -624,7 +683,32 @@ def _train_collate(tokenizer, cfg: Config, model, device):
                                                           dtype=dtype, layout=layout, **costs)
 
 
-def _eval_fn():
+def _pair_collate(pad: int, model, *, packed: bool, max_length: int = 0, device=None):
+    """Pairs sharing their prompt in a block mask (several to a row when packed), or, for models a block
+    mask cannot describe, two plain rows a pair."""
+    from tunesmith.train import packing, preference
+
+    layout = preference.shared_layout(model)
+    dtype = packing.mask_dtype(model)
+    if not packed or layout is None:
+        return lambda pairs: preference.collate_pairs([[p] for p in pairs], pad_id=pad, dtype=dtype, layout=layout,
+                                                      shared=layout is not None)
+    costs = packing.device_costs(device)
+
+    def collate(pairs):  # a pair's row holds its prompt once and both answers: up to 2 x max_length
+        lengths = [len(p.input_ids) for p in pairs]
+        plan = packing.plan_rows(lengths, 2 * max_length, **costs)
+        return [preference.collate_pairs([[pairs[i] for i in row] for row in p.rows], pad_id=pad, dtype=dtype,
+                                         layout=layout) for p in plan.passes]
+
+    return collate
+
+
+def _eval_fn(cfg: Config | None = None):
+    if cfg is not None and cfg.method.preference:
+        from tunesmith.train import preference
+
+        return preference.make_eval(preference.Objective.of(cfg.method))
     from tunesmith.train.loss import causal_lm_eval  # logits only where a label is trained, in chunks
 
     return causal_lm_eval
@@ -642,7 +726,7 @@ def _hooks(s: _Session, model, optimizer, scheduler, val_set, collate, out, on_s
     def evaluate_now() -> dict:
         batches = batching.eval_batches(val_set, cfg.train.batch_size, collate, rank=acc.process_index,
                                         world_size=acc.num_processes)
-        return evaluate(model, batches, acc, _eval_fn())
+        return evaluate(model, batches, acc, _eval_fn(cfg))
 
     def step(st: LoopState, metrics: dict) -> bool:
         bar.update(st.step, metrics)
@@ -736,11 +820,11 @@ def _write_final(s: _Session, model, tokenizer, state: LoopState) -> Path:
     if acc.is_main_process:
         try:
             with atomic_dir(s.paths.final, overwrite=True) as tmp:
-                methods.save_deliverable(unwrapped, tokenizer, tmp, s.config.method.name)
+                methods.save_deliverable(unwrapped, tokenizer, tmp, s.config.method.trains)
         except OSError as e:
             if not is_disk_full(e):
                 raise
-            need, free = _deliverable_bytes(unwrapped, s.config.method.name), shutil.disk_usage(s.paths.dir).free
+            need, free = _deliverable_bytes(unwrapped, s.config.method.trains), shutil.disk_usage(s.paths.dir).free
             raise TrainError(f"disk full while writing {s.paths.final}: it needs about {need / 1e6:,.1f} MB, "
                              f"{free / 1e6:,.1f} MB are free; the checkpoints are intact",
                              f"free some space, then `tunesmith train --resume {s.paths.name}` writes final/ "

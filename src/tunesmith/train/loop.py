@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 if TYPE_CHECKING:
     import torch
 
-LossFn = Callable[[Any, dict], "tuple[torch.Tensor, torch.Tensor]"]
-EvalFn = Callable[[Any, dict], "tuple[torch.Tensor, torch.Tensor, torch.Tensor]"]
+# (loss summed over the micro-batch, what it is averaged over[, {metric: summed the same way}])
+LossFn = Callable[[Any, dict], "tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, dict]"]
+# (loss sum, tokens, correct tokens), or {"loss": sum, "tokens" | "pairs": count, metric: sum, ...}
+EvalFn = Callable[[Any, dict], "tuple[torch.Tensor, torch.Tensor, torch.Tensor] | dict"]
 
 
 @dataclass
@@ -85,7 +87,7 @@ def train_loop(model, optimizer, scheduler, accelerator, steps: Iterable, args: 
     for batch in steps:
         started = time.perf_counter()
         since = time.time()
-        loss = _one_step(model, optimizer, accelerator, batch, loss_fn)
+        loss, extra = _one_step(model, optimizer, accelerator, batch, loss_fn)
         if not math.isfinite(loss):
             state.stop_reason = "non_finite"
             _log(hooks, [{"step": state.step + 1, "split": "train", "loss": str(loss)}])
@@ -96,6 +98,7 @@ def train_loop(model, optimizer, scheduler, accelerator, steps: Iterable, args: 
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
         metrics = _step_metrics(state, batch, loss, scheduler, grad_norm, time.perf_counter() - started, accelerator)
+        metrics.update(extra)
         _log(hooks, [metrics])
         state.elapsed += time.time() - since  # before the checkpoint _after_step may write carries it
         since = time.time()
@@ -140,23 +143,31 @@ class _NoOptimizer:
             p.grad = None
 
 
-def _one_step(model, optimizer, accelerator, batch, loss_fn: LossFn) -> float:
-    """Forward and backward over this process's micro-batches; returns the step's mean loss over all processes."""
+def _one_step(model, optimizer, accelerator, batch, loss_fn: LossFn) -> tuple[float, dict]:
+    """Forward and backward over this process's micro-batches; returns the step's mean loss over all
+    processes, and the mean of each metric the loss function sums alongside (a preference loss's)."""
     import torch
 
     world = accelerator.num_processes
     total = torch.zeros((), device=accelerator.device)
+    sums: dict[str, torch.Tensor] = {}
     optimizer.zero_grad(set_to_none=True)
     for i, micro in enumerate(batch.micro):
         micro = _to(micro, accelerator.device)
         last = i == len(batch.micro) - 1
         sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
         with sync, accelerator.autocast():
-            loss_sum, _ = loss_fn(model, micro)
+            loss_sum, _, *more = loss_fn(model, micro)
             # DDP averages gradients over processes: scale by world so the result is sum / all tokens.
             accelerator.backward(loss_sum * world / batch.n_loss_tokens)
         total += loss_sum.detach().float()
-    return float(accelerator.reduce(total, reduction="sum")) / batch.n_loss_tokens
+        for key, value in (more[0] if more else {}).items():
+            sums[key] = sums.get(key, 0) + value.detach().float()
+    if not sums:
+        return float(accelerator.reduce(total, reduction="sum")) / batch.n_loss_tokens, {}
+    keys = sorted(sums)
+    reduced = accelerator.reduce(torch.stack([total, *(sums[k] for k in keys)]), reduction="sum").tolist()
+    return reduced[0] / batch.n_loss_tokens, {k: round(v / batch.n_loss_tokens, 6) for k, v in zip(keys, reduced[1:])}
 
 
 def _step_metrics(state: LoopState, batch, loss: float, scheduler, grad_norm, seconds: float, accelerator) -> dict:
@@ -236,7 +247,9 @@ def _validate(state: LoopState, args: LoopArgs, hooks: Hooks) -> bool:
 def evaluate(model, batches: Iterator[dict], accelerator, eval_fn: EvalFn | None = None) -> dict:
     """Mean loss and next-token accuracy over trained labels, summed over every process.
 
-    `eval_fn(model, batch) -> (loss_sum, n_tokens, n_correct)`; default: train/loss.py's causal_lm_eval.
+    `eval_fn(model, batch) -> (loss_sum, n_tokens, n_correct)`, or a dict of sums with the count
+    under "tokens" or "pairs" (a preference eval); default: train/loss.py's causal_lm_eval. Every
+    summed metric comes back as its mean over the count.
     """
     import torch
 
@@ -244,18 +257,24 @@ def evaluate(model, batches: Iterator[dict], accelerator, eval_fn: EvalFn | None
         from tunesmith.train.loss import causal_lm_eval as eval_fn
     was_training = model.training
     model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss, tokens, correct
+    sums: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for batch in batches:
             batch = _to(batch, accelerator.device)
             with accelerator.autocast():
-                loss_sum, n, correct = eval_fn(model, batch)
-            sums += torch.stack([loss_sum.double(), n.double(), correct.double()])
+                out = eval_fn(model, batch)
+            if not isinstance(out, dict):
+                out = {"loss": out[0], "tokens": out[1], "token_accuracy": out[2]}
+            for key, value in out.items():
+                sums[key] = sums.get(key, 0) + value.double()
     model.train(was_training)
-    sums = accelerator.reduce(sums, reduction="sum")
-    tokens = max(float(sums[1]), 1.0)
-    return {"loss": round(float(sums[0]) / tokens, 6), "token_accuracy": round(float(sums[2]) / tokens, 6),
-            "tokens": int(sums[1])}
+    keys = sorted(sums) or ["loss", "token_accuracy", "tokens"]
+    values = torch.stack([torch.as_tensor(sums.get(k, 0.0), dtype=torch.float64, device=accelerator.device) for k in keys])
+    totals = dict(zip(keys, accelerator.reduce(values, reduction="sum").tolist()))
+    unit = "pairs" if "pairs" in totals else "tokens"
+    count = max(totals[unit], 1.0)
+    return {"loss": round(totals.pop("loss") / count, 6),
+            **{k: round(v / count, 6) for k, v in totals.items() if k != unit}, unit: int(totals[unit])}
 
 
 def _log(hooks: Hooks, rows: list[dict]) -> None:

@@ -106,7 +106,7 @@ def checkpoint_activations(model) -> None:
 
 def apply_method(model, method_cfg) -> Any:
     """Make exactly the method's weights trainable; returns the model to train."""
-    if method_cfg.name in ("lora", "qlora"):
+    if method_cfg.trains in ("lora", "qlora"):
         return adapters.apply_lora(model, method_cfg)
     for p in model.parameters():
         p.requires_grad_(True)

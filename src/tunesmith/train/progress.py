@@ -31,7 +31,7 @@ def estimate(model, train_set, plan, total_steps: int, cfg) -> Estimate:
     tokens = sum(len(e.input_ids) for e in train_set)
     loss_tokens = sum(sum(e.loss_mask[1:]) for e in train_set)
     trainable, total = _counts(model)
-    full = cfg.method.name == "full"
+    full = cfg.method.trains == "full"
     steps_tokens = tokens / max(plan.steps_per_epoch, 1) * total_steps
     flops = (6 if full else 4) * total * steps_tokens
     seconds = flops / (_matmul_rate() * CPU_EFFICIENCY * max(plan.world_size, 1))
@@ -101,6 +101,9 @@ def validation_line(step: int, result: dict | None, best: str, samples: list[dic
     """'step 40: validation loss 1.2345 (best)' and one indented line per sample answer, cut to fit."""
     head = (f"step {step}: validation loss {result['loss']:.4f}{best}" if result is not None
             else f"step {step}: before training")
+    if result is not None and "reward_accuracy" in result:  # a preference run
+        head += (f", reward accuracy {100 * result['reward_accuracy']:.1f}%, "
+                 f"margin {result['reward_margin']:.3f}")
     lines = [head]
     for i, row in enumerate(samples or [], 1):
         text = " ".join(row["answer"].split()) or "(empty)"

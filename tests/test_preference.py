@@ -1,0 +1,125 @@
+"""Preference tuning: shared-prompt pairs score as their two conversations do, the losses' math, and DPO / SimPO runs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import peak_weights
+from tunesmith.data.render import render, render_pair
+from tunesmith.train import preference as P
+
+
+def _pairs_data(n: int = 6) -> list[dict]:
+    return [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"}],
+             "chosen": f"{i} plus {i} is {2 * i}.", "rejected": "I do not know, sorry. " * (1 + i % 3)}
+            for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), attn_implementation="sdpa").eval()
+    peak_weights(model, seed=0)
+    return model, tok
+
+
+def _direct_logps(model, tok, example: dict) -> list[float]:
+    """Each answer's summed log-probability from its whole conversation, scored alone (the reference)."""
+    out = []
+    for side in ("chosen", "rejected"):
+        r = render(example["messages"] + [{"role": "assistant", "content": example[side]}], tok)
+        ids = torch.tensor([r.input_ids])
+        with torch.no_grad():
+            lp = torch.log_softmax(model(ids).logits.float(), -1)[0]
+        out.append(sum(lp[t - 1, ids[0, t]].item() for t in range(1, len(r.input_ids)) if r.loss_mask[t]))
+    return out
+
+
+def test_a_pair_shares_its_prompt_and_keeps_each_conversations_ids(tiny):
+    _, tok = tiny
+    ex = _pairs_data(1)[0]
+    pair = render_pair(ex, tok)
+    for side, ids, mask in (("chosen", pair.chosen, pair.chosen_mask), ("rejected", pair.rejected, pair.rejected_mask)):
+        whole = render(ex["messages"] + [{"role": "assistant", "content": ex[side]}], tok)
+        assert pair.prompt + ids == whole.input_ids
+        assert [0] * len(pair.prompt) + mask == whole.loss_mask
+    assert pair.loss_units == 1 and len(pair.prompt) > 5
+
+
+@pytest.mark.parametrize("layout", ["one pair a row", "two pairs a row", "all in one row", "unshared rows"])
+def test_shared_and_packed_log_probabilities_equal_each_conversation_scored_alone(tiny, layout):
+    model, tok = tiny
+    examples = _pairs_data(4)
+    pairs = [render_pair(e, tok) for e in examples]
+    rows = {"one pair a row": [[p] for p in pairs], "two pairs a row": [pairs[:2], pairs[2:]],
+            "all in one row": [pairs], "unshared rows": [[p] for p in pairs]}[layout]
+    batch = P.collate_pairs(rows, pad_id=tok.pad_token_id, shared=layout != "unshared rows")
+    with torch.no_grad():
+        logps, counts = P.pair_logps(model, batch)
+    expected = torch.tensor([_direct_logps(model, tok, e) for e in examples])
+    assert (logps - expected).abs().max().item() < 1e-4
+    assert counts.tolist() == [[sum(p.chosen_mask), sum(p.rejected_mask)] for p in pairs]
+
+
+def test_a_sliding_window_layer_sees_the_same_window_in_a_shared_row():
+    positions = torch.tensor([[0, 1, 2, 3, 2, 3, 4]])  # prompt 0-1, chosen 2-3, rejected 2-4
+    branch = torch.tensor([[0, 0, 1, 1, 2, 2, 2]])
+    block = torch.zeros_like(positions)
+    mask = P.branch_mask(block, branch, positions, window=2)[0, 0]
+    seen = (mask == 0).int().tolist()
+    assert seen[3] == [0, 0, 1, 1, 0, 0, 0]  # chosen's second token: itself and the one before
+    assert seen[4] == [0, 1, 0, 0, 1, 0, 0]  # rejected's first: the prompt's last and itself, not chosen
+    assert seen[6] == [0, 0, 0, 0, 0, 1, 1]
+
+
+def test_chunked_log_probabilities_and_their_gradients_equal_autograd():
+    torch.manual_seed(0)
+    h = torch.randn(37, 16, requires_grad=True)
+    w = torch.randn(50, 16, requires_grad=True)
+    y = torch.randint(0, 50, (37,))
+    g = torch.randn(37)
+    out = P.linear_log_probs(h, w, y, chunk_size=8)
+    (out * g).sum().backward()
+    gh, gw = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    ref = torch.log_softmax(h @ w.T, -1).gather(1, y[:, None]).squeeze(1)
+    (ref * g).sum().backward()
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert torch.allclose(gh, h.grad, atol=1e-5) and torch.allclose(gw, w.grad, atol=1e-5)
+
+
+def test_the_losses_follow_their_papers():
+    logps = torch.tensor([[-10.0, -14.0], [-8.0, -6.0]], dtype=torch.float64)
+    ref = torch.tensor([[-11.0, -12.0], [-8.0, -7.0]], dtype=torch.float64)
+    counts = torch.tensor([[5, 7], [4, 2]])
+    beta = 0.1
+    loss, rc, rr = P.loss_terms(P.Objective("dpo", beta=beta), logps, counts, ref)
+    h = beta * torch.tensor([(1 - -2), (0 - 1)], dtype=torch.float64)
+    assert torch.allclose(loss, -torch.nn.functional.logsigmoid(h))
+    assert torch.allclose(rc - rr, h)
+    loss, _, _ = P.loss_terms(P.Objective("dpo", loss="ipo", beta=beta), logps, counts, ref)
+    h = torch.tensor([1 / 5 - -2 / 7, 0 / 4 - 1 / 2], dtype=torch.float64)
+    assert torch.allclose(loss, (h - 1 / (2 * beta)) ** 2)
+    loss, _, _ = P.loss_terms(P.Objective("simpo", beta=2.0, gamma=0.5), logps, counts, None)
+    h = 2.0 * torch.tensor([-10 / 5 - -14 / 7, -8 / 4 - -6 / 2], dtype=torch.float64) - 0.5
+    assert torch.allclose(loss, -torch.nn.functional.logsigmoid(h))
+    loss, _, _ = P.loss_terms(P.Objective("dpo", beta=beta, sft_weight=0.5), logps, counts, ref)
+    base, _, _ = P.loss_terms(P.Objective("dpo", beta=beta), logps, counts, ref)
+    assert torch.allclose(loss - base, 0.5 * torch.tensor([10 / 5, 8 / 4], dtype=torch.float64))
+
+
+def test_at_step_zero_the_policy_is_the_reference(tiny):
+    model, tok = tiny
+    pairs = [render_pair(e, tok) for e in _pairs_data(3)]
+    batch = P.collate_pairs([[p] for p in pairs], pad_id=tok.pad_token_id)
+    with torch.no_grad():
+        logps, counts = P.pair_logps(model, batch)
+    for name, loss_kind, first in (("dpo", "sigmoid", math.log(2)), ("dpo", "ipo", 25.0)):
+        loss, _, _ = P.loss_terms(P.Objective(name, loss=loss_kind, beta=0.1), logps, counts, logps.double())
+        assert loss.tolist() == pytest.approx([first] * 3, abs=1e-6)
