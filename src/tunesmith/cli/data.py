@@ -13,7 +13,8 @@ from tunesmith.cli.common import console, err_console, print_json, print_table
 data_app = typer.Typer(help="Check, prepare and preview training data.", no_args_is_help=True)
 TABLE_ROWS = 50
 
-FORMAT_HELP = "input format (messages, sharegpt, alpaca, prompt-completion, input-output, text); default: detect"
+FORMAT_HELP = ("input format (messages, sharegpt, alpaca, prompt-completion, input-output, text, preference, "
+               "openai-preference); default: detect")
 MAP_HELP = "rename fields before detection, e.g. input=question,output=answer"
 
 
@@ -234,7 +235,7 @@ def preview_cmd(
         console.print(f"no usable examples in {file}; run `tunesmith data check {file}`")
         raise typer.Exit(1)
     for p in previews:
-        console.rule(f"line {p.line}: {p.tokens} tokens, {p.trained} trained" + (f", {p.truncated} cut" if p.truncated else ""))
+        console.rule(f"line {p.line}{f' ({p.side})' if p.side else ''}: {p.tokens} tokens, {p.trained} trained" + (f", {p.truncated} cut" if p.truncated else ""))
         text = Text()
         for chunk, trained in p.runs:
             text.append(chunk, style="bold black on green" if trained else "dim")

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tunesmith.data.context import combined
-from tunesmith.data.dedup import NEAR_THRESHOLD, Fingerprints, Groups, cross_matches, input_output
-from tunesmith.data.formats import Reader
+from tunesmith.data.dedup import NEAR_THRESHOLD, PAIR_KINDS, Fingerprints, Groups, cross_matches, input_output
+from tunesmith.data.formats import PREFERENCE_FORMATS, Reader, is_preference
 from tunesmith.data.pii import find_pii
+from tunesmith.data.preference import PairRules
 from tunesmith.data.rules import ERROR, RULES, Finding, finding, is_error
 
 SAMPLE_ROWS = 200  # usable examples kept for the speed measurement
@@ -62,6 +63,7 @@ class _Pass:
     findings: list[Finding] = field(default_factory=list)
     error_rows: int = 0
     sample: list[dict] = field(default_factory=list)
+    pairs: PairRules = field(default_factory=PairRules)  # preference pairs only
 
 
 def check(path: str | Path, options: CheckOptions | None = None) -> Report:
@@ -75,7 +77,10 @@ def check(path: str | Path, options: CheckOptions | None = None) -> Report:
     # too few rows per database to tell its schema from copied text)
     table = combined(fp.shared(), other.fp.shared()) if other and opts.near and len(fp) and len(other.fp) else None
     groups = fp.groups(table)
-    state.findings += duplicate_findings(groups, state.lines)
+    pairs = reader.format in PREFERENCE_FORMATS
+    state.findings += duplicate_findings(groups, state.lines, pairs=pairs)
+    if pairs:
+        state.findings += state.pairs.findings()
     leaks = None
     if other is not None:
         leak_findings, leaks = leak_check(fp, state.lines, other)
@@ -106,18 +111,33 @@ def _usable_row(row, fp: Fingerprints, state: _Pass, opts: CheckOptions) -> None
     fp.add(*input_output(example))
     state.lines.append(row.line)
     state.findings += pii_findings(example, row.fields, row.line)
+    if is_preference(example):
+        state.pairs.add(example)
     if opts.tokenizer is not None:
-        from tunesmith.data.stats import measure
-
-        counts = measure(example, opts.tokenizer, opts.max_length)
-        state.tokens.append(counts)
-        state.findings += length_findings(counts, row.line, opts.max_length, "messages" in example)
+        state.findings += _token_findings(example, row.line, state, opts)
     if len(state.sample) < SAMPLE_ROWS:
         state.sample.append(example)
 
 
+def _token_findings(example: dict, line: int, state: _Pass, opts: CheckOptions) -> list[Finding]:
+    """Measure the example's tokens (both sequences of a pair) into `state`; the length findings."""
+    from tunesmith.data import preference
+    from tunesmith.data.stats import both, measure, measure_pair
+
+    if is_preference(example):
+        sides = measure_pair(example, opts.tokenizer, opts.max_length)
+        state.tokens.append(both(*sides))
+        return preference.length_findings(sides, line, opts.max_length)
+    counts = measure(example, opts.tokenizer, opts.max_length)
+    state.tokens.append(counts)
+    return length_findings(counts, line, opts.max_length, "messages" in example)
+
+
 def pii_findings(example: dict, fields: list[str], line: int) -> list[Finding]:
+    """pii.* per text of the example; `fields` names each (a pair's: its prompt's, then its two answers')."""
     texts = [m["content"] for m in example["messages"]] if "messages" in example else [example["text"]]
+    if is_preference(example):
+        texts += [example["chosen"], example["rejected"]]
     out = []
     for i, text in enumerate(texts):
         label = fields[i] if i < len(fields) else ""
@@ -140,10 +160,13 @@ def length_findings(counts, line: int, max_length: int | None, chat: bool) -> li
     return out
 
 
-def duplicate_findings(g: Groups, lines: list[int]) -> list[Finding]:
-    """dup.exact, dup.conflict, dup.near and dup.near_input, each citing the earlier row it matches."""
+def duplicate_findings(g: Groups, lines: list[int], *, pairs: bool = False) -> list[Finding]:
+    """dup.exact, dup.conflict, dup.near and dup.near_input, each citing the earlier row it matches.
+
+    `pairs`: the rows are preference pairs, and only copies of whole pairs (exact, near) are found.
+    """
     return [finding(lines[i], "", f"dup.{g.kind_of(i)}", duplicate_message(g, i, lines[g.partner[i]]))
-            for i in map(int, g.kind.nonzero()[0])]
+            for i in map(int, g.kind.nonzero()[0]) if not pairs or g.kind_of(i) in PAIR_KINDS]
 
 
 def duplicate_message(g: Groups, i: int, line: int) -> str:
@@ -216,6 +239,9 @@ def summarise(path: Path, reader: Reader, state: _Pass, issues: list[Finding], o
         "tokens": None, "tokenizer": opts.tokenizer_name if opts.tokenizer is not None else None,
         "notes": list(opts.notes), "against": leaks,
     }
+    if reader.format in PREFERENCE_FORMATS:
+        summary["pairs"] = {k: v for k, v in state.pairs.length_gap().items() if k != "warn"}
+        summary["pairs"]["contradictions"] = by_rule.get("pair.contradict", 0)
     summary["rows_with_errors"] = min(summary["rows_with_errors"], reader.rows_read)
     if state.tokens:
         from tunesmith.data.stats import summarise as token_summary

@@ -48,6 +48,9 @@ SPOOL_MEMORY = 2 << 20  # bytes per temporary file kept in memory; past that it 
 BATCH = 2048
 SNIPPET_WORDS = 12
 KINDS = ("", "exact", "conflict", "near", "near_input")  # what a row is to the row it cites (Groups.kind)
+# The kinds that matter between preference pairs: copies of a whole pair. Several pairs on one
+# prompt are how preference data is made, not a conflict (`preference` finds contradicting ones).
+PAIR_KINDS = ("exact", "near")
 SYMBOLS = "<>=!+-*/%^&|~"  # punctuation that changes meaning ("x > 5" is not "x < 5"): kept, as words of their own
 _QUIET = "".join(c for c in string.punctuation if c not in SYMBOLS)
 _PUNCT = str.maketrans({c: " " for c in _QUIET})
@@ -70,17 +73,25 @@ def normal_bytes(text: str) -> bytes:
 
 
 def input_output(example: dict) -> tuple[str, str]:
-    """(everything before the last assistant turn, the last assistant turn) of a canonical example."""
+    """(everything before the last assistant turn, the last assistant turn) of a canonical example.
+
+    A preference pair's output is both answers, in order: a copy of a pair is a copy of the whole
+    pair, and the same prompt with other answers is another pair.
+    """
     if "messages" not in example:
         return example.get("text", ""), ""
     messages = example["messages"]
+    if "chosen" in example:
+        before = "\n".join(f"{m['role']}: {m['content']}" for m in messages if m["role"] != "system")
+        return before, f"chosen: {example['chosen']}\nrejected: {example['rejected']}"
     last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
     before = "\n".join(f"{m['role']}: {m['content']}" for m in messages[:last] if m["role"] != "system")
     after = messages[last]["content"] if last < len(messages) else ""
     return before, after
 
 
-def _key(data: bytes) -> int:
+def key(data: bytes) -> int:
+    """An 8-byte hash of `data` (of normalised text: the same text has the same key)."""
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
@@ -275,8 +286,8 @@ class Fingerprints:
     def add(self, input_text: str, output_text: str) -> int:
         """Fingerprint one row; returns its position."""
         ni, no = normal_bytes(input_text), normal_bytes(output_text)
-        self._exact.append(_key(ni + b"\x00" + no))
-        self._input.append(_key(ni))
+        self._exact.append(key(ni + b"\x00" + no))
+        self._input.append(key(ni))
         if self.near:
             self._pending.append((ni, no))
             if len(self._pending) >= BATCH:
@@ -451,8 +462,8 @@ def cross_matches(a: Fingerprints, b: Fingerprints) -> CrossMatches:
     Context is counted over both files together: a schema that the training rows share is context
     in the test rows too, however few of them there are.
     """
-    exact = _lookup(a.exact_keys(), b.exact_keys())
-    same_input = _lookup(a.input_keys(), b.input_keys())
+    exact = lookup(a.exact_keys(), b.exact_keys())
+    same_input = lookup(a.input_keys(), b.input_keys())
     near, in_sim, out_sim = np.full(len(a), -1), np.zeros(len(a)), np.zeros(len(a))
     if not (a.near and b.near and len(a) and len(b)):
         return CrossMatches(exact, same_input, near, in_sim, out_sim)
@@ -479,7 +490,7 @@ def cross_matches(a: Fingerprints, b: Fingerprints) -> CrossMatches:
                         lambda i, j, sims: explain(inputs_a, i, inputs_b, j, sims))
 
 
-def _lookup(keys: np.ndarray, table: np.ndarray) -> np.ndarray:
+def lookup(keys: np.ndarray, table: np.ndarray) -> np.ndarray:
     """Position in `table` of each key (its first occurrence), or -1."""
     if not len(table):
         return np.full(len(keys), -1)

@@ -1,7 +1,9 @@
 """Input formats: detect one from the keys, and normalise every row to canonical chat messages.
 
-Canonical examples are `{"messages": [{"role", "content"[, "weight"]}, ...], "line": N}` or
-`{"text": "...", "line": N}`. The formats and one example line each are in docs/data-formats.md.
+Canonical examples are `{"messages": [{"role", "content"[, "weight"]}, ...], "line": N}`,
+`{"text": "...", "line": N}`, or a preference pair `{"messages": [the prompt, ending with a user
+turn], "chosen": "...", "rejected": "...", "line": N}` (`is_preference`). The formats and one
+example line each are in docs/data-formats.md.
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
                   "assistant": "assistant", "model": "assistant", "chatgpt": "assistant", "bard": "assistant"}
 PAIRS = (("input", "output"), ("question", "answer"), ("prompt", "response"))
-FORMATS = ("messages", "sharegpt", "alpaca", "prompt-completion", "input-output", "text")
+FORMATS = ("messages", "sharegpt", "alpaca", "prompt-completion", "input-output", "text", "preference",
+           "openai-preference")
+PREFERENCE_FORMATS = ("preference", "openai-preference")
 ALIASES = {"chat": "messages", "openai": "messages", "conversations": "sharegpt", "completion": "prompt-completion",
-           "pairs": "input-output", "question-answer": "input-output", "prompt-response": "input-output"}
+           "pairs": "input-output", "question-answer": "input-output", "prompt-response": "input-output",
+           "dpo": "preference", "trl-preference": "preference", "openai-dpo": "openai-preference"}
 DETECT_ROWS = 50  # detection looks at this many readable rows
 # Half of a UTF-16 surrogate pair, from a JSON escape such as "\ud800": not a character, so
 # neither a tokenizer nor a UTF-8 file can hold it.
@@ -82,6 +87,12 @@ def resolve_format(name: str | None) -> str | None:
 def detect_format(obj: dict) -> str | None:
     """The format a row's keys say it is in, or None."""
     keys = obj.keys()
+    # before the others: TRL's pairs share "prompt" with prompt-completion, and exports such as
+    # UltraFeedback's carry a "messages" column beside "chosen" and "rejected"
+    if "preferred_output" in keys or "non_preferred_output" in keys:
+        return "openai-preference"
+    if "chosen" in keys or "rejected" in keys:
+        return "preference"
     if "messages" in keys:
         return "messages"
     if "conversations" in keys:
@@ -174,10 +185,17 @@ def read_examples(path: str | Path, *, format: str | None = None, mapping: Any =
 # ------------------------------------------------------------------ normalising one row
 
 
+def is_preference(example: dict) -> bool:
+    """Is this canonical example a preference pair (prompt `messages`, `chosen`, `rejected`)?"""
+    return "chosen" in example
+
+
 def normalise(obj: dict, fmt: str, line: int, *, system: str | None = None) -> Row:
     """One source row in format `fmt` -> a Row with a canonical example, or with the findings that stop it."""
     if fmt == "text":
         return _text_row(obj, line)
+    if fmt in PREFERENCE_FORMATS:
+        return _pair_row(obj, fmt, line, system=system)
     build = {"messages": _from_messages, "sharegpt": _from_sharegpt, "alpaca": _from_alpaca,
              "prompt-completion": _from_pair, "input-output": _from_pair}[fmt]
     messages, fields, findings = build(obj, line, fmt)
@@ -255,38 +273,48 @@ def _from_sharegpt(obj: dict, line: int, fmt: str):
     return _turns(obj, "conversations", "from", "value", line, lambda r: SHAREGPT_ROLES.get(r.lower()))
 
 
-def _turns(obj: dict, key: str, role_key: str, text_key: str, line: int, role_of):
-    turns, problem = _list_field(obj, key, line)
+def _turns(obj: dict, key: str, role_key: str, text_key: str, line: int, role_of, *, label: str | None = None):
+    """obj[key] as canonical messages, each message's source field, and the problems; `label` names the field."""
+    turns, problem = _list_field(obj, key, line, label=label)
     if problem:
         return None, [], [problem]
     messages, fields, problems = [], [], []
     for i, turn in enumerate(turns):
-        label = f"{key}[{i}]"
+        label_i = f"{label or key}[{i}]"
         if not isinstance(turn, dict):
-            problems.append(finding(line, label, "field.type", f"'{label}' is a {_type(turn)}, not an object"))
+            problems.append(finding(line, label_i, "field.type", f"'{label_i}' is a {_type(turn)}, not an object"))
             continue
-        message, found = _turn(turn, label, role_key, text_key, line, role_of)
+        message, found = _turn(turn, label_i, role_key, text_key, line, role_of)
         problems += found
         if message is not None:
             messages.append(message)
-            fields.append(f"{label}.{text_key}")
+            fields.append(f"{label_i}.{text_key}")
     return (None if problems else messages), fields, problems
 
 
-def _list_field(obj: dict, key: str, line: int) -> tuple[list, Finding | None]:
-    value = obj.get(key)
-    if isinstance(value, str) and value.lstrip().startswith("["):  # a JSON list in a CSV cell
-        try:
-            value = json.loads(value)
-        except (json.JSONDecodeError, RecursionError):
-            return [], finding(line, key, "field.type", f"'{key}' is text that is not a valid JSON list")
+def _list_field(obj: dict, key: str, line: int, *, label: str | None = None) -> tuple[list, Finding | None]:
+    label = label or key
+    try:
+        value = json_list(obj.get(key))
+    except ValueError:
+        return [], finding(line, label, "field.type", f"'{label}' is text that is not a valid JSON list")
     if key not in obj:
-        return [], finding(line, key, "field.missing", f"'{key}' is missing")
+        return [], finding(line, label, "field.missing", f"'{label}' is missing")
     if not isinstance(value, list):
-        return [], finding(line, key, "field.type", f"'{key}' is a {_type(value)}, not a list of messages")
+        return [], finding(line, label, "field.type", f"'{label}' is a {_type(value)}, not a list of messages")
     if not value:
-        return [], finding(line, key, "field.empty", f"'{key}' is an empty list")
+        return [], finding(line, label, "field.empty", f"'{label}' is an empty list")
     return value, None
+
+
+def json_list(value: Any) -> Any:
+    """A JSON list held as text (a CSV cell) parsed, any other value as it is; ValueError for text that is not JSON."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            return json.loads(value)
+        except RecursionError as e:
+            raise ValueError("nested too deeply") from e  # json.JSONDecodeError is a ValueError already
+    return value
 
 
 def _turn(turn: dict, label: str, role_key: str, text_key: str, line: int, role_of):
@@ -311,8 +339,12 @@ def _turn(turn: dict, label: str, role_key: str, text_key: str, line: int, role_
     return message, []
 
 
-def check_conversation(messages: list[dict], fields: list[str], line: int) -> list[Finding]:
-    """Order rules: system only first; user and assistant alternate from a user turn; an assistant is trained."""
+def check_conversation(messages: list[dict], fields: list[str], line: int, *, prompt: bool = False) -> list[Finding]:
+    """Order rules: system only first; user and assistant alternate from a user turn; an assistant is trained.
+
+    `prompt`: the conversation is a preference pair's prompt, which has no assistant turn to train
+    and must end with the user turn the answers reply to (`pair.prompt`).
+    """
     problems: list[Finding] = []
     body = messages[1:] if messages and messages[0]["role"] == "system" else messages
     for i, m in enumerate(body):
@@ -324,6 +356,12 @@ def check_conversation(messages: list[dict], fields: list[str], line: int) -> li
                     if m["role"] == "system" else f"'{m['role']}' at position {index + 1} where '{expected}' should be")
             problems.append(finding(line, label, "role.order", what))
             break
+    if prompt:
+        if not problems and (not body or body[-1]["role"] != "user"):
+            what = ("the prompt has no user turn" if not body
+                    else "the prompt ends with an assistant turn, not the user turn the answers reply to")
+            problems.append(finding(line, fields[-1].rsplit(".", 1)[0] if body and fields else "", "pair.prompt", what))
+        return problems
     trained = [m for m in body if m["role"] == "assistant" and m.get("weight", 1)]
     if not trained:
         what = "no assistant turn" if not any(m["role"] == "assistant" for m in body) else "every assistant turn has weight 0"
@@ -331,3 +369,143 @@ def check_conversation(messages: list[dict], fields: list[str], line: int) -> li
     elif not problems and body and body[-1]["role"] == "user":
         problems.append(finding(line, fields[-1] if fields else "", "turn.ends_with_user", "the conversation ends with a user turn"))
     return problems
+
+
+# ------------------------------------------------------------------ preference pairs
+
+
+def _pair_row(obj: dict, fmt: str, line: int, *, system: str | None = None) -> Row:
+    """A preference row -> {"messages": the prompt, "chosen", "rejected", "line"}, every problem at once.
+
+    The prompt follows the order rules and ends with a user turn (`check_conversation(prompt=True)`);
+    the answers are two different texts (`pair.same`). `fields` names the prompt's source fields,
+    then the chosen and the rejected answer's.
+    """
+    parse = _openai_pair if fmt == "openai-preference" else _trl_pair
+    prompt, fields, answers, problems = parse(obj, line)
+    if prompt is not None:
+        row_system = obj.get("system")
+        system = row_system.strip() if isinstance(row_system, str) and row_system.strip() else system
+        with_prompt = with_system(prompt, system)
+        if len(with_prompt) > len(prompt):
+            fields.insert(0, "system" if row_system else "--system")
+        prompt = with_prompt
+        problems += check_conversation(prompt, fields, line, prompt=True)
+    (chosen, chosen_field), (rejected, rejected_field) = answers
+    if chosen is not None and rejected is not None and chosen.split() == rejected.split():
+        problems.append(finding(line, rejected_field, "pair.same", "'chosen' and 'rejected' are the same answer"))
+    if prompt is None or chosen is None or rejected is None or any(is_error(f) for f in problems):
+        return Row(line, None, fields, problems)
+    example = {"messages": prompt, "chosen": chosen, "rejected": rejected, "line": line}
+    return Row(line, example, fields + [chosen_field, rejected_field], problems)
+
+
+def _role(raw: str) -> str | None:
+    return raw if raw in ROLES else None
+
+
+def _trl_pair(obj: dict, line: int):
+    """TRL's pairs: a prompt (text or messages; tunesmith's own splits call it "messages") and two answers."""
+    key = "prompt" if "prompt" in obj else "messages" if "messages" in obj else None
+    if key is None:
+        return _implicit_pair(obj, line)
+    prompt, fields, problems = _prompt(obj, key, line)
+    answers = [_answer(obj, side, line) for side in ("chosen", "rejected")]
+    problems += [p for _, _, found in answers for p in found]
+    return prompt, fields, [(text, label) for text, label, _ in answers], problems
+
+
+def _openai_pair(obj: dict, line: int):
+    """OpenAI's DPO format: input.messages, then preferred_output and non_preferred_output (one assistant message each)."""
+    prompt, fields, problems = None, [], []
+    given = obj.get("input")
+    if "input" not in obj:
+        problems.append(finding(line, "input", "field.missing", "'input' is missing"))
+    elif not isinstance(given, dict):
+        problems.append(finding(line, "input", "field.type", f"'input' is a {_type(given)}, not an object with 'messages'"))
+    else:
+        prompt, fields, found = _turns(given, "messages", "role", "content", line, _role, label="input.messages")
+        problems += found
+    answers = [_answer(obj, side, line) for side in ("preferred_output", "non_preferred_output")]
+    problems += [p for _, _, found in answers for p in found]
+    return _bare(prompt), fields, [(text, label) for text, label, _ in answers], problems
+
+
+def _prompt(obj: dict, key: str, line: int) -> tuple[list | None, list[str], list[Finding]]:
+    """obj[key] as prompt messages: a string is one user turn, a list is a conversation."""
+    value = _list_or_text(obj[key])
+    if not isinstance(value, list):
+        text, problem = _string(obj, key, line)
+        return (None, [], [problem]) if problem else ([{"role": "user", "content": text}], [key], [])
+    messages, fields, problems = _turns({key: value}, key, "role", "content", line, _role)
+    return _bare(messages), fields, problems
+
+
+def _answer(obj: dict, side: str, line: int) -> tuple[str | None, str, list[Finding]]:
+    """(the answer text, its field, its problems): a string, or a list of exactly one assistant message."""
+    value = _list_or_text(obj.get(side))
+    if not isinstance(value, list):
+        text, problem = _string(obj, side, line)
+        return (None, side, [problem]) if problem else (text, side, [])
+    if len(value) != 1:
+        what = "is an empty list" if not value else f"holds {len(value)} messages"
+        return None, side, [finding(line, side, "pair.answer", f"'{side}' {what}, not one assistant message")]
+    messages, fields, problems = _turns({side: value}, side, "role", "content", line, _role)
+    if problems:
+        return None, side, problems
+    if messages[0]["role"] != "assistant":
+        return None, fields[0], [finding(line, fields[0].rsplit(".", 1)[0], "pair.answer",
+                                         f"'{side}' is a '{messages[0]['role']}' message, not an assistant one")]
+    return messages[0]["content"], fields[0], []
+
+
+def _list_or_text(value: Any) -> Any:
+    """A JSON list held as text (a CSV cell) parsed; text that only looks like one (it starts with "[") kept."""
+    try:
+        return json_list(value)
+    except ValueError:
+        return value
+
+
+def _implicit_pair(obj: dict, line: int):
+    """Only "chosen" and "rejected", two whole conversations: the prompt is what they share before the last turn."""
+    conversations, fields, problems = {}, {}, []
+    for side in ("chosen", "rejected"):
+        value = _list_or_text(obj.get(side))
+        if side in obj and not isinstance(value, list):  # an answer as text needs its prompt
+            if not any(p.field == "prompt" for p in problems):
+                problems.append(finding(line, "prompt", "field.missing",
+                                        f"'prompt' is missing ('{side}' is not a whole conversation)"))
+            continue
+        conversations[side], fields[side], found = _turns({side: value} if side in obj else {}, side, "role",
+                                                          "content", line, _role)
+        problems += found
+    answers = [(None, "chosen"), (None, "rejected")]
+    if problems:
+        return None, [], answers, problems
+    chosen, rejected = conversations["chosen"], conversations["rejected"]
+    problem = _prefix_problem(chosen, rejected, fields, line)
+    if problem:
+        return None, [], answers, [problem]
+    answers = [(chosen[-1]["content"], fields["chosen"][-1]), (rejected[-1]["content"], fields["rejected"][-1])]
+    return _bare(chosen[:-1]), fields["chosen"][:-1], answers, []
+
+
+def _prefix_problem(chosen: list[dict], rejected: list[dict], fields: dict, line: int) -> Finding | None:
+    """pair.prefix unless both conversations end with an assistant turn and are the same before it."""
+    for side, messages in (("chosen", chosen), ("rejected", rejected)):
+        if messages[-1]["role"] != "assistant":
+            return finding(line, fields[side][-1].rsplit(".", 1)[0], "pair.prefix",
+                           f"'{side}' ends with a '{messages[-1]['role']}' turn, not the assistant answer")
+    same = [(a["role"], a["content"]) == (b["role"], b["content"]) for a, b in zip(chosen[:-1], rejected[:-1])]
+    if len(chosen) == len(rejected) and all(same):
+        return None
+    at = same.index(False) if not all(same) else min(len(chosen), len(rejected)) - 1
+    return finding(line, f"rejected[{at}]", "pair.prefix",
+                   f"'chosen' and 'rejected' differ at message {at + 1} (of {len(chosen)} and {len(rejected)}), "
+                   "before their last assistant turn")
+
+
+def _bare(messages: list[dict] | None) -> list[dict] | None:
+    """Prompt messages without `weight`: nothing in a prompt is trained."""
+    return None if messages is None else [{"role": m["role"], "content": m["content"]} for m in messages]

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from tunesmith.data.dedup import NEAR_THRESHOLD, Fingerprints, input_output
-from tunesmith.data.formats import Reader
+from tunesmith.data.dedup import NEAR_THRESHOLD, PAIR_KINDS, Fingerprints, input_output
+from tunesmith.data.formats import PREFERENCE_FORMATS, Reader
 from tunesmith.data.rules import is_error
 from tunesmith.errors import DataError
 from tunesmith.io import (Keep, atomic_dir, atomic_write_json, atomic_write_jsonl, replace_clash, sha256_file,
@@ -151,6 +151,7 @@ def _dedup(got: _Collected, *, drop_near: bool) -> list[list[dict]]:
     for ex in got.kept:
         fp.add(*input_output(ex))
     g = fp.groups()
+    pairs = got.format in PREFERENCE_FORMATS
     kept = []
     for i, ex in enumerate(got.kept):
         kind, partner = g.kind_of(i), got.kept[int(g.partner[i])] if g.partner[i] >= 0 else None
@@ -161,7 +162,7 @@ def _dedup(got: _Collected, *, drop_near: bool) -> list[list[dict]]:
                                                           f"{g.why(i).describe()} (>= {NEAR_THRESHOLD} each)"))
         else:
             kept.append(i)
-            if kind:
+            if kind and (not pairs or kind in PAIR_KINDS):
                 got.flagged[f"dup.{kind}"] = got.flagged.get(f"dup.{kind}", 0) + 1
     groups: dict[int, list[dict]] = {}
     for i in kept:
@@ -198,8 +199,8 @@ def _target(n: int, percent: int) -> int:
 
 
 def canonical(example: dict) -> dict:
-    """The example without bookkeeping keys: what training sees."""
-    return {k: example[k] for k in ("messages", "text") if k in example}
+    """The example without bookkeeping keys: what training sees (a pair's prompt `messages`, `chosen`, `rejected`)."""
+    return {k: example[k] for k in ("messages", "chosen", "rejected", "text") if k in example}
 
 
 def fingerprint(parts: dict[str, list[dict]]) -> str:
@@ -225,7 +226,7 @@ def _card(path: Path, got: _Collected, parts: dict[str, list[dict]], pct, seed: 
         "rejected_by_reason": dict(sorted(reasons.items())),
         "kept_with_warnings": dict(sorted(got.flagged.items())),
         "splits": {name: len(rows) for name, rows in parts.items()}, "split_percent": list(pct), "seed": seed,
-        "rules_applied": _rules(near, system, mapping),
+        "rules_applied": _rules(near, system, mapping, got.format in PREFERENCE_FORMATS),
         "fingerprint": fingerprint(parts),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -234,9 +235,11 @@ def _card(path: Path, got: _Collected, parts: dict[str, list[dict]], pct, seed: 
     return card
 
 
-def _rules(near: str, system: str | None, mapping: Any) -> list[str]:
-    rules = ["normalise to chat messages", "reject rows with errors (see `tunesmith data check`)",
-             "drop exact duplicates (normalised input + output)",
+def _rules(near: str, system: str | None, mapping: Any, pairs: bool = False) -> list[str]:
+    rules = ["normalise to preference pairs (prompt messages, chosen, rejected)" if pairs else "normalise to chat messages",
+             "reject rows with errors (see `tunesmith data check`)",
+             "drop exact duplicates (normalised prompt + chosen + rejected)" if pairs
+             else "drop exact duplicates (normalised input + output)",
              f"{'drop' if near == 'drop' else 'keep'} near duplicates (input beyond the shared context and answer "
              f"both near copies: word-bigram Jaccard >= {NEAR_THRESHOLD})",
              "keep rows with the same input, near duplicates and rows with near-copy inputs inside one split",

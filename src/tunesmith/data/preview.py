@@ -19,6 +19,7 @@ class Preview:
     tokens: int
     trained: int
     truncated: int
+    side: str = ""  # of a preference pair: "chosen" or "rejected"
 
 
 def preview_example(example: dict, tokenizer, *, max_length: int | None = None) -> Preview:
@@ -31,16 +32,24 @@ def preview_example(example: dict, tokenizer, *, max_length: int | None = None) 
             text = tokenizer.decode(r.input_ids[start:i], skip_special_tokens=False)
             runs.append((text, bool(r.loss_mask[start])))
             start = i
-    return Preview(example.get("line", 0), runs, len(r.input_ids), r.n_trained, r.truncated)
+    return Preview(example.get("line", 0), runs, len(r.input_ids), r.n_trained, r.truncated, example.get("side", ""))
 
 
 def preview_file(path: str | Path, tokenizer, *, n: int = 3, max_length: int | None = None, format: str | None = None,
                  mapping: Any = None, system: str | None = None) -> list[Preview]:
-    """The first `n` usable examples of a file, rendered."""
+    """The first `n` usable examples of a file, rendered; a preference pair as its two sequences."""
     out: list[Preview] = []
     for row in Reader(path, format=format, mapping=mapping, system=system):
         if row.example is not None:
-            out.append(preview_example(row.example, tokenizer, max_length=max_length))
+            out += [preview_example(example, tokenizer, max_length=max_length) for example in _sequences(row.example)]
             if len(out) >= n:
                 break
     return out
+
+
+def _sequences(example: dict) -> list[dict]:
+    """The example itself, or a pair's prompt + chosen and prompt + rejected (as the pair is trained)."""
+    if "chosen" not in example:
+        return [example]
+    return [{"messages": [*example["messages"], {"role": "assistant", "content": example[side]}],
+             "line": example["line"], "side": side} for side in ("chosen", "rejected")]

@@ -120,6 +120,10 @@ def add_estimate(summary: dict, sample: list[dict], model_spec: str, method: str
 
     if not sample or not summary.get("tokens"):
         return summary
+    if "chosen" in sample[0]:  # a preference step (two sequences, and a reference model) is not what this measures
+        summary["notes"].append("no time-per-epoch estimate for preference pairs: the speed probe measures "
+                                "supervised fine-tuning steps only")
+        return summary
     model, tokenizer = load_model(model_spec)
     # a fixed rank: `auto` is chosen by a training run from its own split, and a step's time hardly depends on it
     speed = measure_speed(model, tokenizer, sample, method_cfg=MethodConfig(name=method, r=16, alpha=32), max_length=max_length,

@@ -32,6 +32,15 @@ RULES: dict[str, tuple[str, str]] = {
     "role.order": (ERROR, "a conversation is an optional system message, then user and assistant turns in turn"),
     "turn.no_assistant": (ERROR, "add an assistant answer: it is what the model learns"),
     "turn.ends_with_user": (WARNING, "the last user message has no answer and teaches nothing; remove it or answer it"),
+    "pair.prompt": (ERROR, "a preference prompt is an optional system message, then user and assistant turns, "
+                           "ending with the user turn that both answers reply to"),
+    "pair.answer": (ERROR, "an answer is a string, or a list of one {\"role\": \"assistant\", \"content\": ...} message"),
+    "pair.prefix": (ERROR, "without a 'prompt', 'chosen' and 'rejected' are whole conversations that differ only in "
+                           "their last assistant turn; or give the prompt and the two answers apart"),
+    "pair.same": (ERROR, "the pair teaches no preference; write a worse answer as 'rejected' or remove the row"),
+    "pair.contradict": (WARNING, "the two rows prefer opposite answers and cancel out in training; keep the one that is right"),
+    "pair.length_gap": (WARNING, "preference tuning learns a length gap as 'longer (or shorter) is better'; "
+                                 "balance the lengths of chosen and rejected answers"),
     "dup.exact": (WARNING, "remove the copy; `data prepare` drops exact duplicates"),
     "dup.near": (WARNING, "input and answer are near copies of another row's, which over-weights one example; "
                           "kept unless `data prepare --near-duplicates drop`"),

@@ -19,10 +19,25 @@ class RowTokens:
 
 
 def measure(example: dict, tokenizer, max_length: int | None) -> RowTokens:
+    """Counts of one example; a preference pair's are both its sequences' together (a preference step runs both)."""
+    if "chosen" in example:
+        return both(*measure_pair(example, tokenizer, max_length))
     full = render_example(example, tokenizer)
     mask = full.loss_mask
     limit = len(mask) if max_length is None else min(max_length, len(mask))
     return RowTokens(len(mask), sum(mask), len(mask) - limit, sum(mask[:limit]), _last_run(mask))
+
+
+def measure_pair(example: dict, tokenizer, max_length: int | None) -> tuple[RowTokens, RowTokens]:
+    """Counts of a preference pair's two sequences: the prompt plus the chosen, and plus the rejected answer."""
+    return tuple(measure({"messages": [*example["messages"], {"role": "assistant", "content": example[side]}]},
+                         tokenizer, max_length) for side in ("chosen", "rejected"))
+
+
+def both(a: RowTokens, b: RowTokens) -> RowTokens:
+    """Two sequences counted as one row: totals added, `answer` the longer one's."""
+    return RowTokens(a.total + b.total, a.trained + b.trained, a.truncated + b.truncated,
+                     a.kept_trained + b.kept_trained, max(a.answer, b.answer))
 
 
 def _last_run(mask: list[int]) -> int:
