@@ -123,3 +123,89 @@ def test_at_step_zero_the_policy_is_the_reference(tiny):
     for name, loss_kind, first in (("dpo", "sigmoid", math.log(2)), ("dpo", "ipo", 25.0)):
         loss, _, _ = P.loss_terms(P.Objective(name, loss=loss_kind, beta=0.1), logps, counts, logps.double())
         assert loss.tolist() == pytest.approx([first] * 3, abs=1e-6)
+
+
+# ------------------------------------------------------------------ runs on the tiny model
+
+
+def pairs_files(folder, n_train: int = 24, n_val: int = 6, seed: int = 0):
+    """'What is a plus b?': the right sum chosen over a refusal, in TRL's standard format."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n_train + n_val):
+        a, b = rng.randint(1, 99), rng.randint(1, 99)
+        rows.append({"prompt": f"What is {a} plus {b}?", "chosen": f"{a} plus {b} is {a + b}.",
+                     "rejected": f"I cannot add {a} and {b}."})
+    folder.mkdir(parents=True, exist_ok=True)
+    train, val = folder / "train.jsonl", folder / "val.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows[:n_train]))
+    val.write_text("".join(json.dumps(r) + "\n" for r in rows[n_train:]))
+    return train, val
+
+
+def _train_rows(run) -> list[dict]:
+    return [r for r in map(json.loads, (run.dir / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"]
+
+
+def _run(tiny_model_dir, tmp_path, *sets, on_step=None, resume=None, name="dpo"):
+    from train_helpers import overrides
+    from tunesmith.train.finetune import finetune
+
+    train, val = pairs_files(tmp_path / "data")
+    cfg = overrides(tiny_model_dir, train, val, tmp_path / "runs") + ["method.name=dpo", *sets]
+    return finetune(None, overrides=tuple(cfg), name=name if resume is None else None, resume=resume,
+                    on_step=on_step, show_progress=False)
+
+
+FIRST_LOSSES = {  # the first three training losses on the tiny model (train_helpers.overrides, lr 1e-3)
+    "dpo": [0.693147, 0.66226, 0.628585],
+    "ipo": [25.0, 24.466257, 23.900009],
+    "simpo": [0.895216, 0.861524, 0.785798],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FIRST_LOSSES))
+def test_a_preference_run_learns_the_preference_with_pinned_first_losses(tiny_model_dir, tmp_path, kind):
+    sets = {"dpo": [], "ipo": ["method.loss=ipo"], "simpo": ["method.name=simpo"]}[kind]
+    run = _run(tiny_model_dir, tmp_path, *sets, "train.max_steps=6")
+    rows = _train_rows(run)
+    assert [r["loss"] for r in rows[:3]] == pytest.approx(FIRST_LOSSES[kind], abs=1e-4)
+    assert rows[-1]["reward_margin"] > rows[0]["reward_margin"]
+    validation = [r for r in map(json.loads, (run.dir / "metrics.jsonl").read_text().splitlines())
+                  if r["split"] == "validation"]
+    assert validation[-1]["reward_accuracy"] == 1.0 and validation[-1]["pairs"] == 6
+    manifest = json.loads((run.dir / "manifest.json").read_text())
+    assert manifest["objective"]["name"] == ("simpo" if kind == "simpo" else "dpo")
+    assert (run.dir / P.REFERENCE_FILE).exists() == (kind != "simpo")
+    assert (run.final / "adapter_config.json").exists()
+
+
+def test_a_resumed_dpo_run_equals_an_uninterrupted_one(tiny_model_dir, tmp_path):
+    whole = _run(tiny_model_dir, tmp_path / "a", "train.max_steps=6", "train.save_every=2")
+    stopped = _run(tiny_model_dir, tmp_path / "b", "train.max_steps=6", "train.save_every=2",
+                   on_step=lambda st, m: st.step == 4)
+    assert stopped.status == "stopped"
+    reference = json.loads((stopped.dir / P.REFERENCE_FILE).read_text())
+    resumed = _run(tiny_model_dir, tmp_path / "b", "train.max_steps=6", "train.save_every=2", resume=stopped.dir)
+    assert json.loads((resumed.dir / P.REFERENCE_FILE).read_text()) == reference  # read back, not recomputed
+    assert [r["loss"] for r in _train_rows(resumed)] == pytest.approx([r["loss"] for r in _train_rows(whole)], abs=1e-6)
+
+
+def test_pairs_and_sft_data_go_to_their_own_methods(tiny_model_dir, tmp_path):
+    from train_helpers import overrides, sums_dataset
+    from tunesmith.errors import ConfigError, TrainError
+    from tunesmith.train.finetune import finetune
+
+    sft_train, sft_val = sums_dataset(tmp_path / "sft")
+    with pytest.raises(TrainError, match="trains on preference pairs.*tunesmith data pairs"):
+        finetune(None, overrides=tuple(overrides(tiny_model_dir, sft_train, sft_val, tmp_path / "r1") + ["method.name=dpo"]),
+                 show_progress=False)
+    train, val = pairs_files(tmp_path / "pairs")
+    with pytest.raises(TrainError, match="holds preference pairs.*method.name=dpo"):
+        finetune(None, overrides=tuple(overrides(tiny_model_dir, train, val, tmp_path / "r2")), show_progress=False)
+    with pytest.raises(ConfigError, match="method.beta must be > 0"):
+        finetune(None, overrides=tuple(overrides(tiny_model_dir, train, val, tmp_path / "r3") + ["method.name=dpo",
+                                                                                                  "method.beta=0"]),
+                 show_progress=False)

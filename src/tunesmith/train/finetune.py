@@ -798,7 +798,7 @@ def _finish(s: _Session, model, tokenizer, state: LoopState, started: float, out
             f"lower train.lr (now {s.config.train.lr}) or check the data with `tunesmith data check`")
     status = "stopped" if state.stop_reason == "stopped" else "completed"  # a time budget completes the run
     final = _write_final(s, model, tokenizer, state) if status == "completed" else None
-    summary = progress.summary(state, time.time() - started)
+    summary = progress.summary(state, time.time() - started, "pairs" if s.config.method.preference else "tokens")
     _finish_manifest(s, state, status, final=final, summary=summary)
     if acc.is_main_process:
         line = progress.stop_line(state, s.manifest.get("budget", {}).get("steps"))

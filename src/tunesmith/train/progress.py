@@ -80,8 +80,10 @@ def plan_line(n_train: int, n_val: int, dropped: int, plan, total: int, est: Est
     return text
 
 
-def summary(state, wall_seconds: float) -> dict[str, Any]:
+def summary(state, wall_seconds: float, unit: str = "tokens") -> dict[str, Any]:
+    """The run's figures; `unit` is what its loss is averaged over: trained tokens, or pairs (dpo / simpo)."""
     secs = max(state.train_seconds, 1e-9)
+    per = {"tokens": "loss_tokens_per_s", "pairs": "pairs_per_s"}[unit]
     return {
         "steps": state.step,
         "wall_seconds": round(wall_seconds, 1),
@@ -89,7 +91,7 @@ def summary(state, wall_seconds: float) -> dict[str, Any]:
         "best_step": state.best_step,
         "best_val_loss": state.best_val_loss,
         "tokens_per_s": round(state.tokens / secs, 1),
-        "loss_tokens_per_s": round(state.loss_tokens / secs, 1),
+        per: round(state.loss_tokens / secs, 1),
         "padding_waste": round(1 - state.tokens / state.slots, 4) if state.slots else 0.0,
     }
 
@@ -133,8 +135,14 @@ def summary_line(state, s: dict, final, paths: RunPaths) -> str:
     best = f"{s['best_val_loss']:.4f} (step {s['best_step']})" if s["best_val_loss"] is not None else "n/a (no validation set)"
     where = final if final is not None else f"none (stopped; resume with `tunesmith train --resume {paths.name}`)"
     return (f"done: {s['steps']} steps in {_duration(s['wall_seconds'])}, best validation loss {best}, "
-            f"{s['tokens_per_s']:.0f} tokens/s ({s['loss_tokens_per_s']:.0f} trained tokens/s, "
+            f"{s['tokens_per_s']:.0f} tokens/s ({_per_second(s)}, "
             f"{100 * s['padding_waste']:.1f}% padding), deliverable: {where}")
+
+
+def _per_second(s: dict) -> str:
+    if "pairs_per_s" in s:
+        return f"{s['pairs_per_s']:.1f} pairs/s"
+    return f"{s['loss_tokens_per_s']:.0f} trained tokens/s"
 
 
 def _mean(xs: list[float]) -> float:
