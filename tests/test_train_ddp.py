@@ -20,10 +20,14 @@ def _losses(run_dir: Path) -> list[tuple[int, str, float]]:
     return [(r["step"], r["split"], r["loss"]) for r in rows]
 
 
-def test_two_processes_match_one(tiny_model_dir, tmp_path, store_home):
-    train, val = sums_dataset(tmp_path / "data")
+@pytest.mark.parametrize("method", ["lora", "dpo"])
+def test_two_processes_match_one(tiny_model_dir, tmp_path, store_home, method):
+    from test_preference import pairs_files
+
+    train, val = (sums_dataset if method == "lora" else pairs_files)(tmp_path / "data")
     # Dropout off: its masks depend on how many elements each process draws, the one legitimate difference.
-    common = overrides(tiny_model_dir, train, val, tmp_path / "runs", max_steps=4, eval_every=2) + ["method.dropout=0"]
+    common = overrides(tiny_model_dir, train, val, tmp_path / "runs", max_steps=4, eval_every=2) + [
+        "method.dropout=0", f"method.name={method}"]
     sets = [a for kv in common for a in ("--set", kv)]
     env = {**os.environ, "TUNESMITH_HOME": str(store_home), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     launch = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
