@@ -209,3 +209,18 @@ def test_pairs_and_sft_data_go_to_their_own_methods(tiny_model_dir, tmp_path):
         finetune(None, overrides=tuple(overrides(tiny_model_dir, train, val, tmp_path / "r3") + ["method.name=dpo",
                                                                                                   "method.beta=0"]),
                  show_progress=False)
+
+
+def test_eval_on_a_pairs_file_reports_preference_accuracy_for_base_and_tuned(tiny_model_dir, tmp_path):
+    from tunesmith.evaluate.workflow import compare
+
+    run = _run(tiny_model_dir, tmp_path, "train.max_steps=12", "train.lr=3e-3")
+    test, _ = pairs_files(tmp_path / "test", n_train=10, n_val=0, seed=7)
+    result = compare(test, run=run.dir, strategies="base,tuned", probe="none", max_new_tokens=4, quiet=True)
+    report = result.report
+    base = report["strategies"]["base"]["preference_accuracy"]
+    tuned = report["strategies"]["tuned"]["preference_accuracy"]
+    assert 0.0 <= base <= 1.0 and tuned > base, (base, tuned)
+    interval = report["intervals"]["tuned"]["preference_accuracy"]
+    assert interval is not None and interval["low"] <= tuned - base <= interval["high"]
+    assert report["examples"][0]["reference"].endswith(".")  # the chosen answer is the reference

@@ -128,14 +128,21 @@ def _table(rows: dict, intervals: dict, title: str | None = None):
     """A rich table of metrics per strategy and ROUGE-L against base with its interval (timing where the rows have it)."""
     from rich.table import Table
 
-    table = Table("strategy", "exact match", "token F1", "ROUGE-L", "BLEU", "loss", "vs base (ROUGE-L, 95% CI)",
+    pairs = any(row.get("preference_accuracy") is not None for row in rows.values())  # a preference test file
+    extra = ("preference accuracy", "vs base (preference, 95% CI)") if pairs else ()
+    table = Table("strategy", "exact match", "token F1", "ROUGE-L", "BLEU", "loss", "vs base (ROUGE-L, 95% CI)", *extra,
                   "s / example", "tokens", title=title)
     for name, row in rows.items():
-        ci = (intervals.get(name) or {}).get("rouge_l")
-        vs = f"{ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]" if ci else "-"
-        table.add_row(name, *(_num(row.get(m)) for m in ("exact_match", "token_f1", "rouge_l", "bleu", "loss")), vs,
+        cells = [_vs((intervals.get(name) or {}).get("rouge_l"))]
+        if pairs:
+            cells += [_num(row.get("preference_accuracy")), _vs((intervals.get(name) or {}).get("preference_accuracy"))]
+        table.add_row(name, *(_num(row.get(m)) for m in ("exact_match", "token_f1", "rouge_l", "bleu", "loss")), *cells,
                       _num(row.get("seconds_per_example"), ".2f"), str(row.get("tokens_generated", "-")))
     return table
+
+
+def _vs(ci: dict | None) -> str:
+    return f"{ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]" if ci else "-"
 
 
 def _num(v, fmt: str = ".3f") -> str:

@@ -202,7 +202,9 @@ def _notes(report: dict) -> str:
 
 
 def _metric_names(report: dict) -> list[str]:
-    return list(TABLE_METRICS) + [m for m in report.get("metrics", {}) if m not in TABLE_METRICS]
+    """The table's metrics: the standard ones, then any other a strategy has (user metrics, preference accuracy)."""
+    has = {m for row in (report.get("strategies") or {}).values() for m, v in row.items() if v is not None}
+    return list(TABLE_METRICS) + [m for m in report.get("metrics", {}) if m not in TABLE_METRICS and m in has]
 
 
 def _cell(row: dict, ci: dict | None, metric: str) -> str:
