@@ -107,6 +107,30 @@ def step_pack(ctx: Ctx) -> None:
     assert min(expected) > 1.0  # real losses, not zeros
 
 
+def step_pairs(ctx: Ctx) -> None:
+    """Preference pairs sharing their prompt (one to a row, and packed) score each answer as its whole
+    conversation scored alone does, to 1e-4: the branch mask with this family's windows and layer types."""
+    import torch
+
+    from transformers import AutoModelForCausalLM
+
+    from test_preference import _direct_logps, _pairs_data
+    from tunesmith.data.render import render_pair
+    from tunesmith.train import preference as P
+
+    model, tok = AutoModelForCausalLM.from_pretrained(str(ctx.model_dir), dtype=torch.float32).eval(), ctx.tokenizer
+    examples = _pairs_data(3)
+    pairs = [render_pair(e, tok) for e in examples]
+    expected = torch.tensor([_direct_logps(model, tok, e) for e in examples])
+    layout = P.shared_layout(model)
+    dtype = model.get_input_embeddings().weight.dtype
+    for rows in ([[p] for p in pairs], [pairs]):
+        batch = P.collate_pairs(rows, pad_id=tok.pad_token_id, dtype=dtype, layout=layout, shared=layout is not None)
+        with torch.no_grad():
+            logps, _ = P.pair_logps(model, batch)
+        assert (logps - expected).abs().max().item() < 1e-4, (logps, expected)
+
+
 def step_train_lora(ctx: Ctx) -> None:
     run = ctx.lora_run
     assert (run.status, run.steps) == ("completed", 2)
@@ -231,6 +255,7 @@ def step_gguf(ctx: Ctx) -> None:
 STEPS: dict[str, Callable[[Ctx], None] | None] = {
     "render": step_render,
     "pack": step_pack,
+    "pairs": step_pairs,
     "train-lora": step_train_lora,
     "train-full": step_train_full,
     "resume": step_resume,

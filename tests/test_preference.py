@@ -163,12 +163,14 @@ FIRST_LOSSES = {  # the first three training losses on the tiny model (train_hel
     "dpo": [0.693147, 0.66226, 0.628585],
     "ipo": [25.0, 24.466257, 23.900009],
     "simpo": [0.895216, 0.861524, 0.785798],
+    "dpo-full": [0.693147, 0.676663, 0.659661],  # lr 1e-4
 }
 
 
 @pytest.mark.parametrize("kind", sorted(FIRST_LOSSES))
 def test_a_preference_run_learns_the_preference_with_pinned_first_losses(tiny_model_dir, tmp_path, kind):
-    sets = {"dpo": [], "ipo": ["method.loss=ipo"], "simpo": ["method.name=simpo"]}[kind]
+    sets = {"dpo": [], "ipo": ["method.loss=ipo"], "simpo": ["method.name=simpo"],
+            "dpo-full": ["method.weights=full", "train.lr=1e-4"]}[kind]
     run = _run(tiny_model_dir, tmp_path, *sets, "train.max_steps=6")
     rows = _train_rows(run)
     assert [r["loss"] for r in rows[:3]] == pytest.approx(FIRST_LOSSES[kind], abs=1e-4)
@@ -179,7 +181,7 @@ def test_a_preference_run_learns_the_preference_with_pinned_first_losses(tiny_mo
     manifest = json.loads((run.dir / "manifest.json").read_text())
     assert manifest["objective"]["name"] == ("simpo" if kind == "simpo" else "dpo")
     assert (run.dir / P.REFERENCE_FILE).exists() == (kind != "simpo")
-    assert (run.final / "adapter_config.json").exists()
+    assert (run.final / ("model.safetensors" if kind == "dpo-full" else "adapter_config.json")).exists()
 
 
 def test_a_resumed_dpo_run_equals_an_uninterrupted_one(tiny_model_dir, tmp_path):
