@@ -1,4 +1,5 @@
-"""`tunesmith data check | prepare | preview`: the data quality report, leak-free splits, and the loss mask made visible."""
+"""`tunesmith data check | prepare | preview | pairs`: the data quality report, leak-free splits, the loss mask made
+visible, and preference pairs built from input/output data."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import typer
 
 from tunesmith.cli.common import console, err_console, print_json, print_table
 
-data_app = typer.Typer(help="Check, prepare and preview training data.", no_args_is_help=True)
+data_app = typer.Typer(help="Check, prepare and preview training data; build preference pairs.", no_args_is_help=True)
 TABLE_ROWS = 50
 
 FORMAT_HELP = ("input format (messages, sharegpt, alpaca, prompt-completion, input-output, text, preference, "
@@ -241,3 +242,55 @@ def preview_cmd(
             text.append(chunk, style="bold black on green" if trained else "dim")
         console.print(text)
     console.print("[bold black on green] highlighted [/] = trained (loss taken), [dim]dim[/] = context only")
+
+
+@data_app.command("pairs")
+def pairs_cmd(
+    file: Path = typer.Argument(..., help="input/output (SFT) data: its answers become the chosen ones"),
+    out: Path = typer.Option(..., "--out", "-o", help="the pairs file (.jsonl) to write, or to continue: only one "
+                             "this command made from FILE with the same settings is ever continued, nothing else replaced"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="the model that samples the rejected answers "
+                                        "(default: the embedded smollm2-135m-instruct)"),
+    run: Optional[str] = typer.Option(None, "--run", help="sample with a trained run (name or folder) instead of --model"),
+    seed: int = typer.Option(0, "--seed", help="sampling seed: the same seed writes the same file"),
+    temperature: float = typer.Option(0.8, "--temperature", help="sampling temperature (0 = greedy)"),
+    top_p: float = typer.Option(0.95, "--top-p", help="nucleus sampling threshold"),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="longest sampled answer in tokens"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="the first N examples only"),
+    format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
+    map: Optional[str] = typer.Option(None, "--map", help=MAP_HELP),
+    system: Optional[str] = typer.Option(None, "--system", help="system prompt added to conversations without one"),
+    device: str = typer.Option("auto", "--device", help="auto (a CUDA GPU when present), cpu, cuda or cuda:N"),
+    json_out: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+) -> None:
+    """Build preference pairs from FILE: chosen = its answer, rejected = a sampled one (seeded, resumable)."""
+    from tunesmith.data.formats import parse_mapping, resolve_format
+    from tunesmith.data.pairs import SKIPPED, PairOptions, build_pairs, check_options
+
+    options = PairOptions(model=model, run=run, seed=seed, temperature=temperature, top_p=top_p,
+                          max_new_tokens=max_new_tokens, limit=limit, format=format, mapping=map, system=system,
+                          device=device)
+    resolve_format(format), parse_mapping(map), check_options(options)  # usage errors before any work
+    _existing(file)
+    with _pair_progress(out, quiet=json_out) as advance:
+        summary = build_pairs(file, out, options, progress=advance)
+    if json_out:
+        return print_json({**summary.__dict__, "out": str(summary.out)})
+    again = f", {summary.resumed} of them there before" if summary.resumed else ""
+    console.print(f"{summary.written} pairs in {out}{again} (rejected answers sampled by {summary.model})", markup=False)
+    for why, n in summary.skipped.items():
+        console.print(f"skipped {n} example(s): {SKIPPED[why]}", markup=False, style="yellow")
+
+
+@contextlib.contextmanager
+def _pair_progress(out: Path, *, quiet: bool) -> Iterator[Callable[[int, int], None]]:
+    """A callback taking (pairs done, total): a bar with the time remaining on stderr unless `quiet`."""
+    if quiet:
+        yield lambda done, total: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err_console, transient=True) as bar:
+        task = bar.add_task(f"sampling rejected answers into {out.name}", total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
