@@ -153,6 +153,19 @@ def test_prepare_keeps_whole_pairs_and_load_split_returns_them(tmp_path):
     assert len(same_prompt) == 2 and len(set(same_prompt)) == 1  # one prompt's pairs never cross splits
 
 
+def test_splits_for_training_gives_canonical_pairs_with_token_counts(tmp_path, tokenizer):
+    from tunesmith.config import DataConfig
+    from tunesmith.data.prepare import splits_for_training
+
+    train = jsonl(tmp_path, [FORMATS["openai-preference"]] + [{"input": {"messages": msgs((USER, f"q {i}"))},
+                  "preferred_output": msgs((ASSISTANT, f"good {i}")), "non_preferred_output": msgs((ASSISTANT, "bad"))}
+                  for i in range(9)])
+    splits = splits_for_training(DataConfig(train=str(train), system="Be brief."), tmp_path / "run-data", tokenizer)
+    every = splits.train + splits.validation + splits.test
+    assert len(every) == 10 and all(is_preference(e) and e["messages"][0]["role"] == "system" for e in every)
+    assert splits.card["format"] == "openai-preference" and splits.card["tokens"]["train"]["rows"] == len(splits.train)
+
+
 # ------------------------------------------------------------------ data pairs
 
 SFT = [{"messages": msgs((USER, f"Question {i}: what is {i} plus {i}?"), (ASSISTANT, f"It is {2 * i}."))} for i in range(11)]
@@ -161,17 +174,15 @@ SFT[3] = {"messages": msgs(("system", "Be exact."), (USER, "Hi"), (ASSISTANT, "H
 
 @pytest.fixture(scope="module")
 def sampler(tiny_model_dir, one_thread):
-    """The tiny model loaded once, behind the loader `data pairs` calls (runs.deliverable.resolve)."""
+    """The tiny model loaded once, through the loader `data pairs` uses, and given to every later call; the loads."""
     from tunesmith.data import pairs
-    from tunesmith.models.engine import Engine
-    from tunesmith.runs.deliverable import resolve
 
-    model, tokenizer = resolve(str(tiny_model_dir)).load(device="cpu")
+    loaded = pairs._engine(pairs.PairOptions(model=str(tiny_model_dir), device="cpu"))
     loads = []
 
     def engine(options):
         loads.append(options)
-        return Engine(model, tokenizer, max_batch=pairs.BATCH), tokenizer
+        return loaded
 
     saved = pairs._engine
     pairs._engine = engine
@@ -292,7 +303,8 @@ def test_data_pairs_cli(tmp_path, tiny_model_dir, sampler):
     result = invoke("data", "pairs", source, "--out", tmp_path / "p.jsonl", "--model", tiny_model_dir,
                     "--max-new-tokens", "4")
     assert result.exit_code == 0 and "4 pairs in" in result.output and "4 of them there before" in result.output
-    assert invoke("data", "check", tmp_path / "p.jsonl").exit_code == 0
+    result = invoke("data", "check", tmp_path / "p.jsonl")
+    assert result.exit_code == 0 and "4 pairs: chosen answers" in result.output
     assert invoke("data", "pairs", source, "--out", source, "--model", tiny_model_dir).exit_code == 2
     assert invoke("data", "pairs", source, "--model", tiny_model_dir).exit_code == 2  # --out is required
     assert invoke("data", "pairs", source, "--out", tmp_path / "x.jsonl", "--top-p", "0").exit_code == 2

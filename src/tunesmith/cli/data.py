@@ -153,12 +153,17 @@ def _print_report(report) -> None:
                       f"p95 {t['p95']}, max {t['max']}; {t['trainable_tokens']:,} trainable tokens; "
                       f"{t['rows_truncated']} row(s) over max_length {t['max_length']} ({t['tokens_cut']:,} tokens cut)",
                       markup=False)
+    if s.get("pairs", {}).get("pairs"):
+        p = s["pairs"]
+        console.print(f"{p['pairs']} pairs: chosen answers {p['chosen_chars']:.0f} characters on average, rejected "
+                      f"{p['rejected_chars']:.0f} (ratio {p['ratio']:.2f}); chosen is the longer in "
+                      f"{p['chosen_longer']:.0%}; {p['contradictions']} contradicting pair(s)", markup=False)
     for note in s.get("notes", []):
         console.print(f"note: {note}", markup=False, style="yellow")
-    _print_verdict(s["verdict"], measured=bool(s.get("tokens")))
+    _print_verdict(s["verdict"], measured=bool(s.get("tokens")), pairs="pairs" in s)
 
 
-def _print_verdict(v: dict, *, measured: bool) -> None:
+def _print_verdict(v: dict, *, measured: bool, pairs: bool = False) -> None:
     colour = {"ready": "green", "enough-to-start": "green", "too-little": "yellow", "fix-data": "red"}[v["level"]]
     console.print(f"[bold {colour}]verdict: {v['message']}[/] ({'; '.join(v['reasons'])})")
     e = v.get("estimate")
@@ -170,7 +175,7 @@ def _print_verdict(v: dict, *, measured: bool) -> None:
         if e.get("busy"):
             console.print(f"[yellow]the machine was busy (load {e['load_average']} on {e['cpu_cores']} cores): "
                           "the estimate is pessimistic; try --threads 1, or measure again when it is idle[/]")
-    elif v["level"] != "fix-data":
+    elif v["level"] != "fix-data" and not pairs:  # no estimate for pairs (see readiness.add_estimate)
         more = "a measured time per epoch" if measured else "token statistics and a measured time per epoch"
         console.print(f"[dim]add --model NAME for {more}[/]")
 
@@ -293,4 +298,13 @@ def _pair_progress(out: Path, *, quiet: bool) -> Iterator[Callable[[int, int], N
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err_console, transient=True) as bar:
         task = bar.add_task(f"sampling rejected answers into {out.name}", total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
+        started = False
+
+        def advance(done: int, total: int) -> None:
+            nonlocal started
+            if not started:  # the pairs already there are no measure of speed: the time remaining counts from here
+                bar.reset(task, total=total, completed=done)
+                started = True
+            bar.update(task, completed=done)
+
+        yield advance
