@@ -20,6 +20,8 @@ _LAZY = {
     "Sampling": ("tunesmith.models.engine", "Sampling"),
     "compare": ("tunesmith.evaluate", "compare"),
     "finetune": ("tunesmith.train.finetune", "finetune"),
+    "build_pairs": ("tunesmith.data.pairs", "build_pairs"),
+    "PairOptions": ("tunesmith.data.pairs", "PairOptions"),
 }
 
 

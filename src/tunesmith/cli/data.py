@@ -1,4 +1,5 @@
-"""`tunesmith data check | prepare | preview`: the data quality report, leak-free splits, and the loss mask made visible."""
+"""`tunesmith data check | prepare | preview | pairs`: the data quality report, leak-free splits, the loss mask made
+visible, and preference pairs built from input/output data."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import typer
 
 from tunesmith.cli.common import console, err_console, print_json, print_table
 
-data_app = typer.Typer(help="Check, prepare and preview training data.", no_args_is_help=True)
+data_app = typer.Typer(help="Check, prepare and preview training data; build preference pairs.", no_args_is_help=True)
 TABLE_ROWS = 50
 
 FORMAT_HELP = ("input format (messages, sharegpt, alpaca, prompt-completion, input-output, text, preference, "
@@ -152,12 +153,17 @@ def _print_report(report) -> None:
                       f"p95 {t['p95']}, max {t['max']}; {t['trainable_tokens']:,} trainable tokens; "
                       f"{t['rows_truncated']} row(s) over max_length {t['max_length']} ({t['tokens_cut']:,} tokens cut)",
                       markup=False)
+    if s.get("pairs", {}).get("pairs"):
+        p = s["pairs"]
+        console.print(f"{p['pairs']} pairs: chosen answers {p['chosen_chars']:.0f} characters on average, rejected "
+                      f"{p['rejected_chars']:.0f} (ratio {p['ratio']:.2f}); chosen is the longer in "
+                      f"{p['chosen_longer']:.0%}; {p['contradictions']} contradicting pair(s)", markup=False)
     for note in s.get("notes", []):
         console.print(f"note: {note}", markup=False, style="yellow")
-    _print_verdict(s["verdict"], measured=bool(s.get("tokens")))
+    _print_verdict(s["verdict"], measured=bool(s.get("tokens")), pairs="pairs" in s)
 
 
-def _print_verdict(v: dict, *, measured: bool) -> None:
+def _print_verdict(v: dict, *, measured: bool, pairs: bool = False) -> None:
     colour = {"ready": "green", "enough-to-start": "green", "too-little": "yellow", "fix-data": "red"}[v["level"]]
     console.print(f"[bold {colour}]verdict: {v['message']}[/] ({'; '.join(v['reasons'])})")
     e = v.get("estimate")
@@ -169,7 +175,7 @@ def _print_verdict(v: dict, *, measured: bool) -> None:
         if e.get("busy"):
             console.print(f"[yellow]the machine was busy (load {e['load_average']} on {e['cpu_cores']} cores): "
                           "the estimate is pessimistic; try --threads 1, or measure again when it is idle[/]")
-    elif v["level"] != "fix-data":
+    elif v["level"] != "fix-data" and not pairs:  # no estimate for pairs (see readiness.add_estimate)
         more = "a measured time per epoch" if measured else "token statistics and a measured time per epoch"
         console.print(f"[dim]add --model NAME for {more}[/]")
 
@@ -241,3 +247,64 @@ def preview_cmd(
             text.append(chunk, style="bold black on green" if trained else "dim")
         console.print(text)
     console.print("[bold black on green] highlighted [/] = trained (loss taken), [dim]dim[/] = context only")
+
+
+@data_app.command("pairs")
+def pairs_cmd(
+    file: Path = typer.Argument(..., help="input/output (SFT) data: its answers become the chosen ones"),
+    out: Path = typer.Option(..., "--out", "-o", help="the pairs file (.jsonl) to write, or to continue: only one "
+                             "this command made from FILE with the same settings is ever continued, nothing else replaced"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="the model that samples the rejected answers "
+                                        "(default: the embedded smollm2-135m-instruct)"),
+    run: Optional[str] = typer.Option(None, "--run", help="sample with a trained run (name or folder) instead of --model"),
+    seed: int = typer.Option(0, "--seed", help="sampling seed: the same seed writes the same file"),
+    temperature: float = typer.Option(0.8, "--temperature", help="sampling temperature (0 = greedy)"),
+    top_p: float = typer.Option(0.95, "--top-p", help="nucleus sampling threshold"),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="longest sampled answer in tokens"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="the first N examples only"),
+    format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
+    map: Optional[str] = typer.Option(None, "--map", help=MAP_HELP),
+    system: Optional[str] = typer.Option(None, "--system", help="system prompt added to conversations without one"),
+    device: str = typer.Option("auto", "--device", help="auto (a CUDA GPU when present), cpu, cuda or cuda:N"),
+    json_out: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+) -> None:
+    """Build preference pairs from FILE: chosen = its answer, rejected = a sampled one (seeded, resumable)."""
+    from tunesmith.data.formats import parse_mapping, resolve_format
+    from tunesmith.data.pairs import SKIPPED, PairOptions, build_pairs, check_options
+
+    options = PairOptions(model=model, run=run, seed=seed, temperature=temperature, top_p=top_p,
+                          max_new_tokens=max_new_tokens, limit=limit, format=format, mapping=map, system=system,
+                          device=device)
+    resolve_format(format), parse_mapping(map), check_options(options)  # usage errors before any work
+    _existing(file)
+    with _pair_progress(out, quiet=json_out) as advance:
+        summary = build_pairs(file, out, options, progress=advance)
+    if json_out:
+        return print_json({**summary.__dict__, "out": str(summary.out)})
+    again = f", {summary.resumed} of them there before" if summary.resumed else ""
+    console.print(f"{summary.written} pairs in {out}{again} (rejected answers sampled by {summary.model})", markup=False)
+    for why, n in summary.skipped.items():
+        console.print(f"skipped {n} example(s): {SKIPPED[why]}", markup=False, style="yellow")
+
+
+@contextlib.contextmanager
+def _pair_progress(out: Path, *, quiet: bool) -> Iterator[Callable[[int, int], None]]:
+    """A callback taking (pairs done, total): a bar with the time remaining on stderr unless `quiet`."""
+    if quiet:
+        yield lambda done, total: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err_console, transient=True) as bar:
+        task = bar.add_task(f"sampling rejected answers into {out.name}", total=None)
+        started = False
+
+        def advance(done: int, total: int) -> None:
+            nonlocal started
+            if not started:  # the pairs already there are no measure of speed: the time remaining counts from here
+                bar.reset(task, total=total, completed=done)
+                started = True
+            bar.update(task, completed=done)
+
+        yield advance
