@@ -419,13 +419,11 @@ def _preference(s: _Session, model, tokenizer, train_set, val_set, splits, out, 
     what = {"dpo": f"dpo ({obj.loss} loss), beta {obj.beta:g}", "simpo": f"simpo, beta {obj.beta:g}, gamma {obj.gamma:g}"}
     line = what[obj.name] + (f", sft_weight {obj.sft_weight:g}" if obj.sft_weight else "")
     if obj.needs_reference:
-        layout = preference.shared_layout(model)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         start = time.perf_counter()
 
         def compute(pairs):
-            return preference.reference_logps(model, pairs, acc, pad_id=pad, shared=layout is not None, layout=layout,
-                                              batch_size=cfg.train.batch_size)
+            return preference.reference_logps(model, pairs, acc, pad_id=pad, batch_size=cfg.train.batch_size)
 
         fresh = preference.attach_reference(s.paths.dir, {"train": train_set, "validation": val_set}, compute,
                                             splits.card.get("fingerprint"), is_main=acc.is_main_process)

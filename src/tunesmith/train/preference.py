@@ -83,15 +83,24 @@ def score_pairs(model, tokenizer, examples: Sequence[dict], *, batch_size: int =
                 on_batch=None) -> list[tuple[float, float, int, int]]:
     """Per preference example: (chosen summed log-prob, rejected summed log-prob, chosen tokens, rejected tokens).
 
-    For evaluation: one pair a row, no gradient, the model in eval mode on its own device.
+    For evaluation: rendered through the one renderer, then scored by `score_rendered`.
     """
-    import torch
-
     from tunesmith.data.render import render_pair
 
     pairs = [render_pair(ex, tokenizer, max_length=max_length) for ex in examples]
-    layout = shared_layout(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return score_rendered(model, pairs, pad_id=pad, batch_size=batch_size, on_batch=on_batch)
+
+
+def score_rendered(model, pairs: Sequence[RenderedPair], *, pad_id: int = 0, batch_size: int = 8, autocast=None,
+                   on_batch=None) -> list[tuple[float, float, int, int]]:
+    """(chosen log-prob, rejected log-prob, chosen tokens, rejected tokens) of each pair: one pair a row, in
+    order, the model in eval mode on its own device, no gradient (`autocast`: a context manager factory)."""
+    import contextlib
+
+    import torch
+
+    layout = shared_layout(model)
     dtype = model.get_input_embeddings().weight.dtype
     out: list[tuple[float, float, int, int]] = []
     was_training = model.training
@@ -100,11 +109,12 @@ def score_pairs(model, tokenizer, examples: Sequence[dict], *, batch_size: int =
         with torch.no_grad():
             for start in range(0, len(pairs), batch_size):
                 chunk = pairs[start : start + batch_size]
-                batch = collate_pairs([[p] for p in chunk], pad_id=pad, dtype=dtype, layout=layout,
+                batch = collate_pairs([[p] for p in chunk], pad_id=pad_id, dtype=dtype, layout=layout,
                                       shared=layout is not None)
-                batch = {k: _to(v, model.device) for k, v in batch.items()}
-                logps, counts = pair_logps(model, batch)
-                out += [(float(lp[0]), float(lp[1]), int(n[0]), int(n[1])) for lp, n in zip(logps.tolist(), counts.tolist())]
+                batch = {k: _to(v, model.device) for k, v in batch.items() if k != "ref"}
+                with (autocast or contextlib.nullcontext)():
+                    logps, counts = pair_logps(model, batch)
+                out += [(lp[0], lp[1], n[0], n[1]) for lp, n in zip(logps.double().tolist(), counts.tolist())]
                 if on_batch:
                     on_batch(len(chunk))
     finally:
@@ -384,36 +394,22 @@ def _metric_sums(logps, chosen, rejected) -> dict:
 # ------------------------------------------------------------------ the reference
 
 
-def reference_logps(model, pairs: Sequence[RenderedPair], accelerator, *, pad_id: int = 0, shared: bool = True,
-                    layout=None, batch_size: int = 8, on_batch=None) -> list[tuple[float, float]]:
-    """The model's summed log-probabilities of each pair's (chosen, rejected), in eval mode, no gradient.
+def reference_logps(model, pairs: Sequence[RenderedPair], accelerator, *, pad_id: int = 0, batch_size: int = 8,
+                    on_batch=None) -> list[tuple[float, float]]:
+    """The model's summed log-probabilities of each pair's (chosen, rejected) (`score_rendered`).
 
-    One pair a row, in order. Every process scores its share (every world_size-th pair) and the
-    shares are summed over processes, so each ends with all of them.
+    Every process scores its share (every world_size-th pair) and the shares are summed over
+    processes, so each ends with all of them.
     """
     import torch
 
     world, rank = accelerator.num_processes, accelerator.process_index
-    out = torch.zeros(len(pairs), 2, dtype=torch.float64, device=accelerator.device)
     mine = list(range(rank, len(pairs), world))
-    unwrapped = accelerator.unwrap_model(model)
-    dtype = unwrapped.get_input_embeddings().weight.dtype
-    was_training = unwrapped.training
-    unwrapped.eval()
-    try:
-        with torch.no_grad():
-            for start in range(0, len(mine), batch_size):
-                chunk = mine[start : start + batch_size]
-                batch = collate_pairs([[pairs[i]] for i in chunk], pad_id=pad_id, dtype=dtype, layout=layout,
-                                      shared=shared)
-                batch = {k: _to(v, accelerator.device) for k, v in batch.items() if k != "ref"}
-                with accelerator.autocast():
-                    logps, _ = pair_logps(unwrapped, batch)
-                out[chunk] = logps.double()
-                if on_batch:
-                    on_batch(len(chunk))
-    finally:
-        unwrapped.train(was_training)
+    scores = score_rendered(accelerator.unwrap_model(model), [pairs[i] for i in mine], pad_id=pad_id,
+                            batch_size=batch_size, autocast=accelerator.autocast, on_batch=on_batch)
+    out = torch.zeros(len(pairs), 2, dtype=torch.float64, device=accelerator.device)
+    if mine:
+        out[mine] = torch.tensor([s[:2] for s in scores], dtype=torch.float64, device=accelerator.device)
     if world > 1:
         out = accelerator.reduce(out, reduction="sum")
     return [(float(c), float(r)) for c, r in out.tolist()]
