@@ -102,19 +102,21 @@ def score_rendered(model, pairs: Sequence[RenderedPair], *, pad_id: int = 0, bat
 
     layout = shared_layout(model)
     dtype = model.get_input_embeddings().weight.dtype
-    out: list[tuple[float, float, int, int]] = []
+    out: list[tuple[float, float, int, int]] = [(0.0, 0.0, 0, 0)] * len(pairs)
+    order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i].input_ids))  # similar lengths share a batch
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, len(pairs), batch_size):
-                chunk = pairs[start : start + batch_size]
-                batch = collate_pairs([[p] for p in chunk], pad_id=pad_id, dtype=dtype, layout=layout,
+            for start in range(0, len(order), batch_size):
+                chunk = order[start : start + batch_size]
+                batch = collate_pairs([[pairs[i]] for i in chunk], pad_id=pad_id, dtype=dtype, layout=layout,
                                       shared=layout is not None)
                 batch = {k: _to(v, model.device) for k, v in batch.items() if k != "ref"}
                 with (autocast or contextlib.nullcontext)():
                     logps, counts = pair_logps(model, batch)
-                out += [(lp[0], lp[1], n[0], n[1]) for lp, n in zip(logps.double().tolist(), counts.tolist())]
+                for i, lp, n in zip(chunk, logps.double().tolist(), counts.tolist()):
+                    out[i] = (lp[0], lp[1], n[0], n[1])
                 if on_batch:
                     on_batch(len(chunk))
     finally:
