@@ -9,7 +9,8 @@ SmolLM2-135M-Instruct + LoRA (r 16, all-linear), fp32:
            reference pass's layout
   plain    two rows a pair (prompt | chosen, prompt | rejected), 2D padding mask: TRL's layout
 Printed per layout: rows x length, slots, forward (with grad), backward, and a no-grad forward
-(what the reference pass pays), the fastest of --repeats. --profile adds torch.profiler's top
+(what the reference pass pays; also with the LoRA adapter disabled, which gives the same numbers
+at step 0 since B = 0), the fastest of --repeats. --profile adds torch.profiler's top
 operators of one packed forward + backward.
 """
 
@@ -30,6 +31,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--layouts", help="comma-separated subset of packed,shared,plain (default all)")
     a = p.parse_args()
     import tempfile
 
@@ -65,12 +67,14 @@ def main() -> None:
     }
     useful = sum(len(x.input_ids) for x in pairs)
     print(f"8 pairs, {useful} useful tokens (prompt once), {a.threads} threads, fastest of {a.repeats}")
-    print(f"  {'layout':<8} {'passes':>6} {'rows x T':>12} {'slots':>6} {'fwd s':>6} {'bwd s':>6} {'nograd s':>8}")
+    print(f"  {'layout':<8} {'passes':>6} {'rows x T':>12} {'slots':>6} {'fwd s':>6} {'bwd s':>6} {'nograd s':>8} {'no LoRA s':>9}")
     obj = preference.Objective("dpo")
     for name, batches in layouts.items():
-        fwd, bwd, nograd = ([] for _ in range(3))
+        if a.layouts and name not in a.layouts.split(","):
+            continue
+        fwd, bwd, nograd, bare = ([] for _ in range(4))
         for _ in range(a.repeats):
-            f = b = n = 0.0
+            f = b = n = m = 0.0
             for batch in batches:
                 start = time.perf_counter()
                 logps, counts = preference.pair_logps(model, batch)
@@ -83,12 +87,16 @@ def main() -> None:
                 with torch.no_grad():
                     preference.pair_logps(model, batch)
                 n += time.perf_counter() - start
+                start = time.perf_counter()
+                with torch.no_grad(), model.disable_adapter():
+                    preference.pair_logps(model, batch)
+                m += time.perf_counter() - start
             model.zero_grad(set_to_none=True)
-            fwd.append(f), bwd.append(b), nograd.append(n)
+            fwd.append(f), bwd.append(b), nograd.append(n), bare.append(m)
         shapes = "+".join(f"{x['input_ids'].shape[0]}x{x['input_ids'].shape[1]}" for x in batches)
         slots = sum(x["input_ids"].numel() for x in batches)
         print(f"  {name:<8} {len(batches):>6} {shapes:>12} {slots:>6} {min(fwd):>6.2f} {min(bwd):>6.2f} "
-              f"{min(nograd):>8.2f}", flush=True)
+              f"{min(nograd):>8.2f} {min(bare):>9.2f}", flush=True)
     if a.profile:
         from torch.profiler import ProfilerActivity, profile
 
