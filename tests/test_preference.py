@@ -226,3 +226,14 @@ def test_eval_on_a_pairs_file_reports_preference_accuracy_for_base_and_tuned(tin
     interval = report["intervals"]["tuned"]["preference_accuracy"]
     assert interval is not None and interval["low"] <= tuned - base <= interval["high"]
     assert report["examples"][0]["reference"].endswith(".")  # the chosen answer is the reference
+
+
+@pytest.mark.parametrize("pack", [None, 200])
+def test_scoring_pairs_packed_or_one_a_row_gives_each_pair_its_own_numbers(tiny, pack):
+    model, tok = tiny
+    examples = _pairs_data(6)
+    pairs = [render_pair(e, tok) for e in examples]
+    scores = P.score_rendered(model, pairs, pad_id=tok.pad_token_id, batch_size=4, pack=pack)
+    expected = [_direct_logps(model, tok, e) for e in examples]
+    assert [s[:2] for s in scores] == [pytest.approx(e, abs=1e-4) for e in expected]
+    assert [s[2:] for s in scores] == [(sum(p.chosen_mask), sum(p.rejected_mask)) for p in pairs]

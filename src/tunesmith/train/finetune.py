@@ -423,7 +423,8 @@ def _preference(s: _Session, model, tokenizer, train_set, val_set, splits, out, 
         start = time.perf_counter()
 
         def compute(pairs):
-            return preference.reference_logps(model, pairs, acc, pad_id=pad, batch_size=cfg.train.batch_size)
+            return preference.reference_logps(model, pairs, acc, pad_id=pad, batch_size=cfg.train.batch_size,
+                                              pack=2 * cfg.data.max_length if cfg.train.packing else None)
 
         fresh = preference.attach_reference(s.paths.dir, {"train": train_set, "validation": val_set}, compute,
                                             splits.card.get("fingerprint"), is_main=acc.is_main_process)

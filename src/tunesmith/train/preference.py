@@ -93,32 +93,45 @@ def score_pairs(model, tokenizer, examples: Sequence[dict], *, batch_size: int =
 
 
 def score_rendered(model, pairs: Sequence[RenderedPair], *, pad_id: int = 0, batch_size: int = 8, autocast=None,
-                   on_batch=None) -> list[tuple[float, float, int, int]]:
-    """(chosen log-prob, rejected log-prob, chosen tokens, rejected tokens) of each pair: one pair a row, in
-    order, the model in eval mode on its own device, no gradient (`autocast`: a context manager factory)."""
+                   pack: int | None = None, on_batch=None) -> list[tuple[float, float, int, int]]:
+    """(chosen log-prob, rejected log-prob, chosen tokens, rejected tokens) of each pair, in order; the model in
+    eval mode on its own device, no gradient (`autocast`: a context manager factory).
+
+    pack=None: one pair a row, longest first (similar lengths share a batch). pack=N: each group of
+    `batch_size` pairs packed into rows of at most N tokens as training packs them (fewer slots).
+    """
     import contextlib
 
     import torch
 
+    from tunesmith.train import packing
+
     layout = shared_layout(model)
     dtype = model.get_input_embeddings().weight.dtype
     out: list[tuple[float, float, int, int]] = [(0.0, 0.0, 0, 0)] * len(pairs)
-    order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i].input_ids))  # similar lengths share a batch
+    if pack and layout is not None:
+        groups = [list(range(i, min(i + batch_size, len(pairs)))) for i in range(0, len(pairs), batch_size)]
+        costs = packing.device_costs(model.device)
+        passes = [[[g[i] for i in row] for row in p.rows]
+                  for g in groups for p in packing.plan_rows([len(pairs[i].input_ids) for i in g], pack, **costs).passes]
+    else:
+        order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i].input_ids))
+        passes = [[[i] for i in order[i : i + batch_size]] for i in range(0, len(order), batch_size)]
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, len(order), batch_size):
-                chunk = order[start : start + batch_size]
-                batch = collate_pairs([[pairs[i]] for i in chunk], pad_id=pad_id, dtype=dtype, layout=layout,
-                                      shared=layout is not None)
+            for rows in passes:
+                batch = collate_pairs([[pairs[i] for i in row] for row in rows], pad_id=pad_id, dtype=dtype,
+                                      layout=layout, shared=layout is not None)
                 batch = {k: _to(v, model.device) for k, v in batch.items() if k != "ref"}
                 with (autocast or contextlib.nullcontext)():
                     logps, counts = pair_logps(model, batch)
-                for i, lp, n in zip(chunk, logps.double().tolist(), counts.tolist()):
+                flat = [i for row in rows for i in row]  # collate_pairs numbers the pairs row by row
+                for i, lp, n in zip(flat, logps.double().tolist(), counts.tolist()):
                     out[i] = (lp[0], lp[1], n[0], n[1])
                 if on_batch:
-                    on_batch(len(chunk))
+                    on_batch(len(flat))
     finally:
         model.train(was_training)
     return out
@@ -397,7 +410,7 @@ def _metric_sums(logps, chosen, rejected) -> dict:
 
 
 def reference_logps(model, pairs: Sequence[RenderedPair], accelerator, *, pad_id: int = 0, batch_size: int = 8,
-                    on_batch=None) -> list[tuple[float, float]]:
+                    pack: int | None = None, on_batch=None) -> list[tuple[float, float]]:
     """The model's summed log-probabilities of each pair's (chosen, rejected) (`score_rendered`).
 
     Every process scores its share (every world_size-th pair) and the shares are summed over
@@ -408,7 +421,7 @@ def reference_logps(model, pairs: Sequence[RenderedPair], accelerator, *, pad_id
     world, rank = accelerator.num_processes, accelerator.process_index
     mine = list(range(rank, len(pairs), world))
     scores = score_rendered(accelerator.unwrap_model(model), [pairs[i] for i in mine], pad_id=pad_id,
-                            batch_size=batch_size, autocast=accelerator.autocast, on_batch=on_batch)
+                            batch_size=batch_size, autocast=accelerator.autocast, pack=pack, on_batch=on_batch)
     out = torch.zeros(len(pairs), 2, dtype=torch.float64, device=accelerator.device)
     if mine:
         out[mine] = torch.tensor([s[:2] for s in scores], dtype=torch.float64, device=accelerator.device)
