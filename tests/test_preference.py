@@ -114,15 +114,58 @@ def test_the_losses_follow_their_papers():
     assert torch.allclose(loss - base, 0.5 * torch.tensor([10 / 5, 8 / 4], dtype=torch.float64))
 
 
-def test_at_step_zero_the_policy_is_the_reference(tiny):
-    model, tok = tiny
-    pairs = [render_pair(e, tok) for e in _pairs_data(3)]
-    batch = P.collate_pairs([[p] for p in pairs], pad_id=tok.pad_token_id)
+def test_at_step_zero_the_policy_is_the_reference(tiny_model_dir):
+    """The reference pass (eval mode, packed, no gradient) and a training step's loss (train mode, LoRA with
+    dropout configured, packed differently) agree at step 0: DPO's first loss is log 2, IPO's 1 / (2 beta)^2."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunesmith.models.adapters import apply_lora
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    peak_weights(model, seed=1)
+    lora = SimpleNamespace(r=8, alpha=16, dropout=0.3, target_modules="all-linear", use_rslora=False, use_dora=False)
+    model = apply_lora(model, lora)
+    assert P.disable_dropout(model) > 0
+    P.check_starts_as_base(model)
+    pairs = [render_pair(e, tok) for e in _pairs_data(5)]
+    for p, ref in zip(pairs, P.score_rendered(model, pairs, pad_id=tok.pad_token_id, batch_size=2, pack=400)):
+        p.ref = ref[:2]
+    model.train()
+    batch = P.collate_pairs([pairs[:3], pairs[3:]], pad_id=tok.pad_token_id)
+    for obj, first in ((P.Objective("dpo"), math.log(2)), (P.Objective("dpo", loss="ipo", beta=0.1), 25.0)):
+        loss, n, metrics = P.make_loss(obj)(model, batch)
+        assert int(n) == 5 and float(loss) / 5 == pytest.approx(first, abs=1e-4)
+        assert float(metrics["reward_margin"]) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_a_final_logit_soft_cap_is_applied_where_logits_are_made(tmp_path):
+    """Gemma 2 soft-caps its logits (cap * tanh(logits / cap)): pairs and the SFT loss score as its forward does."""
+    from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM
+
+    from conftest import TOKENIZER_DIR
+    from tunesmith.data.render import pad_batch
+    from tunesmith.train.loss import causal_lm_loss, plain_loss
+
+    tok = AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
+    config = Gemma2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=16, final_logit_softcapping=2.0,
+                          pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    model = Gemma2ForCausalLM(config).eval()
+    peak_weights(model, seed=0)  # logits far beyond the cap: tanh is far from the identity
+    examples = _pairs_data(3)
+    batch = P.collate_pairs([[render_pair(e, tok)] for e in examples], pad_id=tok.pad_token_id, layout=P.shared_layout(model))
     with torch.no_grad():
-        logps, counts = P.pair_logps(model, batch)
-    for name, loss_kind, first in (("dpo", "sigmoid", math.log(2)), ("dpo", "ipo", 25.0)):
-        loss, _, _ = P.loss_terms(P.Objective(name, loss=loss_kind, beta=0.1), logps, counts, logps.double())
-        assert loss.tolist() == pytest.approx([first] * 3, abs=1e-6)
+        logps, _ = P.pair_logps(model, batch)
+        sft = pad_batch([render(e["messages"] + [{"role": "assistant", "content": e["chosen"]}], tok) for e in examples],
+                        tok.pad_token_id)
+        ours, n = causal_lm_loss(model, sft)
+        reference, m = plain_loss(model, sft)
+    assert (logps - torch.tensor([_direct_logps(model, tok, e) for e in examples])).abs().max().item() < 1e-3
+    assert float(ours) == pytest.approx(float(reference), rel=1e-5) and int(n) == int(m)
 
 
 # ------------------------------------------------------------------ runs on the tiny model
@@ -184,14 +227,16 @@ def test_a_preference_run_learns_the_preference_with_pinned_first_losses(tiny_mo
     assert (run.final / ("model.safetensors" if kind == "dpo-full" else "adapter_config.json")).exists()
 
 
-def test_a_resumed_dpo_run_equals_an_uninterrupted_one(tiny_model_dir, tmp_path):
+def test_a_resumed_dpo_run_equals_an_uninterrupted_one(tiny_model_dir, tmp_path, monkeypatch):
     whole = _run(tiny_model_dir, tmp_path / "a", "train.max_steps=6", "train.save_every=2")
     stopped = _run(tiny_model_dir, tmp_path / "b", "train.max_steps=6", "train.save_every=2",
                    on_step=lambda st, m: st.step == 4)
     assert stopped.status == "stopped"
-    reference = json.loads((stopped.dir / P.REFERENCE_FILE).read_text())
+    def never(*args, **kwargs):
+        raise AssertionError("a resume reads the reference back, it never recomputes it")
+
+    monkeypatch.setattr(P, "reference_logps", never)
     resumed = _run(tiny_model_dir, tmp_path / "b", "train.max_steps=6", "train.save_every=2", resume=stopped.dir)
-    assert json.loads((resumed.dir / P.REFERENCE_FILE).read_text()) == reference  # read back, not recomputed
     assert [r["loss"] for r in _train_rows(resumed)] == pytest.approx([r["loss"] for r in _train_rows(whole)], abs=1e-6)
 
 
@@ -207,6 +252,14 @@ def test_pairs_and_sft_data_go_to_their_own_methods(tiny_model_dir, tmp_path):
     train, val = pairs_files(tmp_path / "pairs")
     with pytest.raises(TrainError, match="holds preference pairs.*method.name=dpo"):
         finetune(None, overrides=tuple(overrides(tiny_model_dir, train, val, tmp_path / "r2")), show_progress=False)
+    with pytest.raises(TrainError, match=r"val.jsonl holds preference pairs"):
+        finetune(None, overrides=tuple(overrides(tiny_model_dir, sft_train, val, tmp_path / "r4")), show_progress=False)
+    for bad, says in (("method.weights=full", "method.weights applies to dpo / simpo"),
+                      ("method.beta=0.2", "method.beta applies to dpo / simpo"),
+                      ("method.gamma=1", "method.gamma applies to simpo")):
+        with pytest.raises(ConfigError, match=says):
+            finetune(None, overrides=tuple(overrides(tiny_model_dir, sft_train, sft_val, tmp_path / "r5") + [bad]),
+                     show_progress=False)
     with pytest.raises(ConfigError, match="method.beta must be > 0"):
         finetune(None, overrides=tuple(overrides(tiny_model_dir, train, val, tmp_path / "r3") + ["method.name=dpo",
                                                                                                   "method.beta=0"]),
@@ -237,3 +290,18 @@ def test_scoring_pairs_packed_or_one_a_row_gives_each_pair_its_own_numbers(tiny,
     expected = [_direct_logps(model, tok, e) for e in examples]
     assert [s[:2] for s in scores] == [pytest.approx(e, abs=1e-4) for e in expected]
     assert [s[2:] for s in scores] == [(sum(p.chosen_mask), sum(p.rejected_mask)) for p in pairs]
+
+
+def test_ultrafeedback_rows_carry_the_prompt_in_both_conversations(tmp_path):
+    from tunesmith.data.formats import read_examples
+
+    user = {"role": "user", "content": "Name a colour."}
+    row = {"prompt": "Name a colour.", "prompt_id": "x1", "score_chosen": 8.0, "score_rejected": 3.0,
+           "chosen": [user, {"role": "assistant", "content": "Blue."}],
+           "rejected": [user, {"role": "assistant", "content": "No."}],
+           "messages": [user, {"role": "assistant", "content": "Blue."}]}
+    path = tmp_path / "uf.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    result = read_examples(path)
+    assert result.format == "preference" and not result.findings
+    assert result.examples[0]["messages"] == [user] and result.examples[0]["rejected"] == "No."

@@ -71,7 +71,7 @@ class MethodConfig:
     gamma: float = opt(0.5, "simpo: the target reward margin")
     r: int | Auto = opt("auto", "LoRA rank; auto = from the trained tokens (docs/auto.md)")
     alpha: int | Auto = opt("auto", "LoRA alpha (scale = alpha / r); auto = 2 x r")
-    dropout: float = opt(0.05, "LoRA dropout")
+    dropout: float = opt(0.05, "LoRA dropout (off for dpo / simpo: the policy must score as the reference did)")
     target_modules: str = opt("all-linear", "LoRA target modules: 'all-linear' or a comma-separated list")
     use_rslora: bool = opt(False, "rank-stabilised LoRA (scale = alpha / sqrt(r))")
     use_dora: bool = opt(False, "weight-decomposed LoRA (DoRA)")

@@ -407,7 +407,9 @@ def _role(raw: str) -> str | None:
 def _trl_pair(obj: dict, line: int):
     """TRL's pairs: a prompt (text or messages; tunesmith's own splits call it "messages") and two answers."""
     key = "prompt" if "prompt" in obj else "messages" if "messages" in obj else None
-    if key is None:
+    if key is None or all(_is_conversation(obj.get(side)) for side in ("chosen", "rejected")):
+        # UltraFeedback's rows: a prompt beside two whole conversations, which carry it themselves
+        # (as TRL's maybe_extract_prompt reads them)
         return _implicit_pair(obj, line)
     prompt, fields, problems = _prompt(obj, key, line)
     answers = [_answer(obj, side, line) for side in ("chosen", "rejected")]
@@ -465,6 +467,13 @@ def _list_or_text(value: Any) -> Any:
         return json_list(value)
     except ValueError:
         return value
+
+
+def _is_conversation(value: Any) -> bool:
+    """A whole conversation (it has a turn that is not the assistant's), not just an answer."""
+    value = _list_or_text(value)
+    return isinstance(value, list) and any(isinstance(m, dict) and m.get("role") not in ("assistant", "gpt")
+                                           for m in value)
 
 
 def _implicit_pair(obj: dict, line: int):

@@ -49,7 +49,9 @@ def preview_file(path: str | Path, tokenizer, *, n: int = 3, max_length: int | N
 
 def _sequences(example: dict) -> list[dict]:
     """The example itself, or a pair's prompt + chosen and prompt + rejected (as the pair is trained)."""
+    from tunesmith.data.render import pair_conversations
+
     if "chosen" not in example:
         return [example]
-    return [{"messages": [*example["messages"], {"role": "assistant", "content": example[side]}],
-             "line": example["line"], "side": side} for side in ("chosen", "rejected")]
+    return [{"messages": c, "line": example["line"], "side": side}
+            for side, c in zip(("chosen", "rejected"), pair_conversations(example))]

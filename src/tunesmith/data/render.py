@@ -237,9 +237,7 @@ def render_pair(example: dict, tokenizer, *, max_length: int | None = None) -> R
     boundary differently, so it is found, not assumed). `max_length` bounds each conversation
     (prompt + one answer), as for an SFT example: the answers are cut at the end.
     """
-    prompt = [{**m, "weight": 0} if m["role"] == "assistant" else m for m in example["messages"]]  # only the answer trains
-    chosen = render(prompt + [{"role": "assistant", "content": example["chosen"]}], tokenizer)
-    rejected = render(prompt + [{"role": "assistant", "content": example["rejected"]}], tokenizer)
+    chosen, rejected = (render(c, tokenizer) for c in pair_conversations(example))
     limit = min(_first_trained(chosen), _first_trained(rejected))
     shared = 0
     while shared < limit and chosen.input_ids[shared] == rejected.input_ids[shared]:
@@ -251,6 +249,13 @@ def render_pair(example: dict, tokenizer, *, max_length: int | None = None) -> R
         cut += len(r.input_ids) - keep
         sides.append((r.input_ids[shared:keep], r.loss_mask[shared:keep]))
     return RenderedPair(chosen.input_ids[:shared], *sides[0], *sides[1], truncated=cut)
+
+
+def pair_conversations(example: dict) -> tuple[list[Message], list[Message]]:
+    """A preference pair as the two conversations it is trained as: the prompt (its own assistant turns
+    untrained) then the chosen answer, and then the rejected one."""
+    prompt = [{**m, "weight": 0} if m["role"] == "assistant" else m for m in example["messages"]]
+    return tuple(prompt + [{"role": "assistant", "content": example[side]}] for side in ("chosen", "rejected"))
 
 
 def _first_trained(r: Rendered) -> int:

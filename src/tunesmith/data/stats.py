@@ -30,8 +30,9 @@ def measure(example: dict, tokenizer, max_length: int | None) -> RowTokens:
 
 def measure_pair(example: dict, tokenizer, max_length: int | None) -> tuple[RowTokens, RowTokens]:
     """Counts of a preference pair's two sequences: the prompt plus the chosen, and plus the rejected answer."""
-    return tuple(measure({"messages": [*example["messages"], {"role": "assistant", "content": example[side]}]},
-                         tokenizer, max_length) for side in ("chosen", "rejected"))
+    from tunesmith.data.render import pair_conversations
+
+    return tuple(measure({"messages": c}, tokenizer, max_length) for c in pair_conversations(example))
 
 
 def both(a: RowTokens, b: RowTokens) -> RowTokens:

@@ -285,6 +285,7 @@ def _check_config(cfg: Config) -> None:
         (t.sample_answers < 0, "train.sample_answers must be >= 0"),
         (cfg.method.beta is not None and not cfg.method.beta > 0, "method.beta must be > 0"),
         (cfg.method.sft_weight < 0, "method.sft_weight must be >= 0"),
+        *_unused_method_keys(cfg.method),
         (t.sample_max_tokens < 1, "train.sample_max_tokens must be >= 1"),
         (t.time_budget is not None and t.max_steps is not None,
          "train.time_budget and train.max_steps are both set: a budget plans the steps itself; unset one of them"),
@@ -299,6 +300,19 @@ def _check_config(cfg: Config) -> None:
     problems += trackers.missing(t.log_to)
     if problems:
         raise ConfigError("; ".join(problems), problems=problems)
+
+
+def _unused_method_keys(m) -> list[tuple[bool, str]]:
+    """Method keys set for a method that does not read them: each one a line, never silently ignored."""
+    sft = not m.preference
+    return [
+        (sft and m.weights != "lora", f"method.weights applies to dpo / simpo; for method.name={m.name} the name says "
+                                      "which weights train (lora | full | qlora)"),
+        (sft and m.beta is not None, f"method.beta applies to dpo / simpo, not method.name={m.name}"),
+        (sft and m.sft_weight != 0, f"method.sft_weight applies to dpo / simpo, not method.name={m.name}"),
+        (m.name != "dpo" and m.loss != "sigmoid", f"method.loss applies to dpo, not method.name={m.name}"),
+        (m.name != "simpo" and m.gamma != 0.5, f"method.gamma applies to simpo, not method.name={m.name}"),
+    ]
 
 
 def _run_name(cfg: Config, name: str | None, acc) -> str:
@@ -361,7 +375,8 @@ def _data(cfg: Config, s: _Session, tokenizer):
     from tunesmith.data.render import render_example
 
     splits = _splits(cfg, s, tokenizer)
-    _check_kind(cfg, splits.train)
+    for part, examples in (("train", splits.train), ("validation", splits.validation)):
+        _check_kind(cfg, examples, part)
     train_set, dropped = _render(splits.train, tokenizer, cfg.data.max_length, render_example)
     val_set, _ = _render(splits.validation, tokenizer, cfg.data.max_length, render_example)
     if not train_set:
@@ -370,17 +385,21 @@ def _data(cfg: Config, s: _Session, tokenizer):
     return splits, train_set, val_set, dropped
 
 
-def _check_kind(cfg: Config, examples: list[dict]) -> None:
+def _check_kind(cfg: Config, examples: list[dict], part: str = "train") -> None:
     """Preference pairs go to dpo / simpo, other examples to SFT methods: one line when they do not."""
-    pairs = sum(1 for ex in examples if "chosen" in ex)
+    from tunesmith.data.formats import is_preference
+
+    pairs = sum(1 for ex in examples if is_preference(ex))
+    where = cfg.data.validation if part == "validation" and cfg.data.validation else cfg.data.train
+    what = "" if where == cfg.data.validation or part == "train" else f" (its {part} split)"
     if cfg.method.preference and pairs < len(examples):
-        raise TrainError(f"method.name={cfg.method.name} trains on preference pairs, but {cfg.data.train} holds "
+        raise TrainError(f"method.name={cfg.method.name} trains on preference pairs, but {where}{what} holds "
                          f"{'answers to imitate' if not pairs else f'{len(examples) - pairs} examples that are not pairs'} "
                          "(no chosen / rejected answers)",
-                         f"build pairs from it with `tunesmith data pairs {cfg.data.train} --out pairs.jsonl`, "
-                         "or train it with method.name=lora")
+                         f"build pairs from it with `tunesmith data pairs {where} --out pairs.jsonl`, "
+                         f"or train it with method.name={cfg.method.trains}")
     if not cfg.method.preference and pairs:
-        raise TrainError(f"{cfg.data.train} holds preference pairs (chosen / rejected answers), which "
+        raise TrainError(f"{where}{what} holds preference pairs (chosen / rejected answers), which "
                          f"method.name={cfg.method.name} cannot train on",
                          "set method.name=dpo (or simpo), with method.weights=" + cfg.method.trains)
 
@@ -426,8 +445,19 @@ def _preference(s: _Session, model, tokenizer, train_set, val_set, splits, out, 
             return preference.reference_logps(model, pairs, acc, pad_id=pad, batch_size=cfg.train.batch_size,
                                               pack=2 * cfg.data.max_length if cfg.train.packing else None)
 
+        if s.resume_from is None:
+            preference.check_starts_as_base(model)
+
+        def broadcast(flag: bool) -> bool:
+            from accelerate.utils import broadcast_object_list
+
+            return broadcast_object_list([flag])[0] if acc.num_processes > 1 else flag
+
+        if s.resume_from is None:
+            out.line(f"reference: scoring {len(train_set) + len(val_set)} pairs with the model as it starts ...")
         fresh = preference.attach_reference(s.paths.dir, {"train": train_set, "validation": val_set}, compute,
-                                            splits.card.get("fingerprint"), is_main=acc.is_main_process)
+                                            splits.card.get("fingerprint"), is_main=acc.is_main_process,
+                                            broadcast=broadcast)
         n = len(train_set) + len(val_set)
         line += (f"; reference: the base's log-probabilities of {n} pairs, computed once "
                  f"({time.perf_counter() - start:.1f} s; no reference model in memory)" if fresh

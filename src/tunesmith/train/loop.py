@@ -268,7 +268,12 @@ def evaluate(model, batches: Iterator[dict], accelerator, eval_fn: EvalFn | None
             for key, value in out.items():
                 sums[key] = sums.get(key, 0) + value.double()
     model.train(was_training)
-    keys = sorted(sums) or ["loss", "token_accuracy", "tokens"]
+    keys = sorted(sums)
+    if accelerator.num_processes > 1:  # a process without a batch still reduces every key the others have
+        from accelerate.utils import gather_object
+
+        keys = sorted({k for ks in gather_object([keys]) for k in ks})
+    keys = keys or ["loss", "token_accuracy", "tokens"]
     values = torch.stack([torch.as_tensor(sums.get(k, 0.0), dtype=torch.float64, device=accelerator.device) for k in keys])
     totals = dict(zip(keys, accelerator.reduce(values, reduction="sum").tolist()))
     unit = "pairs" if "pairs" in totals else "tokens"

@@ -9,7 +9,8 @@ peak memory is one (chunk, V) block instead of (B, T, V) logits and their gradie
 Two cases take a plainer path that gives the same numbers:
 - a model wrapped for DDP (its gradient hooks need the wrapper's forward): the model's own
   forward with a boolean `logits_to_keep`, so logits exist only at trained positions;
-- an lm_head that is not a plain Linear (e.g. LoRA on it): logits at trained positions, at once.
+- an lm_head that is not a plain Linear (e.g. LoRA on it), or a model that soft-caps its final
+  logits (Gemma 2: cap * tanh(logits / cap)): logits at trained positions, at once.
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ def causal_lm_loss(model, batch: dict, *, chunk_size: int = CHUNK) -> tuple[torc
     hidden = lm.get_decoder()(**inputs, use_cache=False).last_hidden_state  # (B, T, H)
     selected = hidden[keep]  # (N, H)
     head = lm.get_output_embeddings()
-    if _plain_linear(head):
+    if _plain_linear(head) and final_softcap(lm) is None:
         return linear_cross_entropy(selected, head.weight, targets, chunk_size=chunk_size), keep.sum()
-    return _cross_entropy_sum(head(selected), targets), keep.sum()
+    return _cross_entropy_sum(output_logits(lm, selected), targets), keep.sum()
 
 
 @torch.no_grad()
@@ -64,7 +65,7 @@ def per_row_eval(model, batch: dict, *, chunk_size: int = CHUNK) -> tuple[torch.
     loss = torch.zeros(len(labels), dtype=torch.float32, device=labels.device)
     correct = torch.zeros(len(labels), dtype=torch.long, device=labels.device)
     for start in range(0, len(targets), chunk_size):
-        logits = head(selected[start : start + chunk_size]).float()  # (n, V)
+        logits = output_logits(lm, selected[start : start + chunk_size], head).float()  # (n, V)
         y, r = targets[start : start + chunk_size], rows[start : start + chunk_size]
         loss.index_add_(0, r, F.cross_entropy(logits, y, reduction="none"))
         correct.index_add_(0, r, (logits.argmax(-1) == y).long())
@@ -86,6 +87,20 @@ def linear_cross_entropy(hidden, weight, targets, *, chunk_size: int = CHUNK) ->
 
 
 # ------------------------------------------------------------------ internals
+
+
+def final_softcap(lm) -> float | None:
+    """The model's final-logit soft-cap (Gemma 2's 30.0), or None."""
+    cap = getattr(getattr(lm, "config", None), "final_logit_softcapping", None)
+    return float(cap) if cap else None
+
+
+def output_logits(lm, hidden: torch.Tensor, head=None) -> torch.Tensor:
+    """The causal LM's logits for these hidden states: its lm_head, then its soft-cap when it has one,
+    as the model's own forward computes them."""
+    logits = (head or lm.get_output_embeddings())(hidden)
+    cap = final_softcap(lm)
+    return logits if cap is None else torch.tanh(logits / cap) * cap
 
 
 def _trained_positions(labels: torch.Tensor) -> torch.Tensor:

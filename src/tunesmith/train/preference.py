@@ -263,11 +263,13 @@ def _token_logps(model, batch: dict, chunk_size: int) -> "torch.Tensor":
     """log p(token | what precedes it) for every scored answer token, through the model's decoder."""
     import torch
 
-    from tunesmith.train.loss import _causal_lm, _is_ddp, _plain_linear
+    from tunesmith.train.loss import _causal_lm, _is_ddp, _plain_linear, final_softcap, output_logits
 
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
     frm, targets = batch["score_from"], batch["score_token"]
     B, T = batch["input_ids"].shape
+    if _is_ddp(model) and not torch.is_grad_enabled():  # no gradient hooks to serve: no collective either
+        model = model.module
     if _is_ddp(model):  # the wrapper's forward (its gradient hooks), logits only at predicting positions
         keep = torch.zeros(B * T, dtype=torch.bool, device=frm.device)
         keep[frm] = True
@@ -277,9 +279,9 @@ def _token_logps(model, batch: dict, chunk_size: int) -> "torch.Tensor":
     lm = _causal_lm(model)
     hidden = lm.get_decoder()(**inputs, use_cache=False).last_hidden_state.flatten(0, 1)[frm]  # (N, H)
     head = lm.get_output_embeddings()
-    if _plain_linear(head):
+    if _plain_linear(head) and final_softcap(lm) is None:
         return linear_log_probs(hidden, head.weight, targets, chunk_size=chunk_size)
-    return torch.log_softmax(head(hidden).float(), -1).gather(1, targets[:, None]).squeeze(1)
+    return torch.log_softmax(output_logits(lm, hidden).float(), -1).gather(1, targets[:, None]).squeeze(1)
 
 
 def linear_log_probs(hidden, weight, targets, *, chunk_size: int = CHUNK) -> "torch.Tensor":
@@ -366,7 +368,8 @@ def loss_terms(obj: Objective, logps: "torch.Tensor", counts: "torch.Tensor", re
                              "this is a tunesmith bug: the reference is computed before the first step")
         delta = logps - ref.to(logps.dtype)  # (P, 2): policy - reference
         rewards = obj.beta * delta
-        if obj.loss == "ipo":
+        if obj.loss == "ipo":  # per-token log-ratios, in the loss and in the rewards logged (as TRL)
+            rewards = obj.beta * delta / n
             h = delta[:, 0] / n[:, 0] - delta[:, 1] / n[:, 1]
             loss = (h - 1 / (2 * obj.beta)) ** 2
         else:
@@ -431,15 +434,20 @@ def reference_logps(model, pairs: Sequence[RenderedPair], accelerator, *, pad_id
 
 
 def attach_reference(run_dir: Path, splits: dict[str, list[RenderedPair]], compute, fingerprint: str | None,
-                     *, is_main: bool = True) -> bool:
+                     *, is_main: bool = True, broadcast=None) -> bool:
     """Give every pair its reference log-probabilities: read from the run folder, or computed and saved.
 
     `compute(pairs) -> [(chosen, rejected)]` runs on every process; the file is written by the
-    main process (atomically). Returns True when they were computed now.
+    main process (atomically), which alone decides whether it is read back (`broadcast(flag)` gives
+    its decision to every process). Returns True when they were computed now.
     """
     path = run_dir / REFERENCE_FILE
-    saved = _read_reference(path, fingerprint, {k: len(v) for k, v in splits.items()})
+    saved = _read_reference(path, fingerprint, {k: len(v) for k, v in splits.items()}) if is_main else None
     computed = saved is None
+    if broadcast is not None:  # every process computes (a collective) or none: the main process decides
+        computed = broadcast(computed)
+        if not computed and saved is None:
+            saved = _read_reference(path, fingerprint, {k: len(v) for k, v in splits.items()})
     if computed:
         saved = {name: compute(pairs) for name, pairs in splits.items()}
         if is_main:
@@ -475,7 +483,24 @@ def disable_dropout(model) -> int:
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout) and m.p > 0:
             m.p, on = 0.0, on + 1
+        config = getattr(m, "config", None)
+        for key in ("attention_dropout", "attn_pdrop", "resid_pdrop", "embd_pdrop"):  # passed functionally
+            if getattr(config, key, 0) and isinstance(getattr(config, key), float):
+                setattr(config, key, 0.0)
+                on += 1
+        if isinstance(getattr(m, "attention_dropout", None), float) and m.attention_dropout > 0:
+            m.attention_dropout, on = 0.0, on + 1
     return on
+
+
+def check_starts_as_base(model) -> None:
+    """The reference is the model before any step: true for adapters only while they start at zero
+    (LoRA's and DoRA's B matrices); refuse an initialisation that is not the base."""
+    for name, p in model.named_parameters():
+        if "lora_B" in name and p.detach().abs().max().item() != 0:
+            raise TrainError(f"the LoRA adapter does not start at zero ({name}), so the model before the first step "
+                             "is not the base and cannot be DPO's reference",
+                             "use the default LoRA initialisation for dpo")
 
 
 def _to(v, device):
