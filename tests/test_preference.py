@@ -305,3 +305,15 @@ def test_ultrafeedback_rows_carry_the_prompt_in_both_conversations(tmp_path):
     result = read_examples(path)
     assert result.format == "preference" and not result.findings
     assert result.examples[0]["messages"] == [user] and result.examples[0]["rejected"] == "No."
+
+
+def test_the_bundled_dpo_example_reads_as_pairs():
+    from pathlib import Path
+
+    from tunesmith.config import load_config
+    from tunesmith.data.formats import read_examples
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / "support-faq" / "dpo.yaml")
+    assert cfg.method.name == "dpo" and cfg.method.trains == "lora"
+    result = read_examples(cfg.data.train)
+    assert result.format == "preference" and len(result.examples) == 96 and not result.findings

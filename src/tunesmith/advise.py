@@ -48,7 +48,7 @@ def advise(data: str | Path | None = None, *, changes_often: bool = False, goal:
     facts = _data_facts(data, format, mapping)
     inputs = {"data": str(data) if data else None, "changes_often": changes_often, "goal": goal, "budget": budget}
     choice, reasons = decide(facts, changes_often=changes_often, goal=goal, budget=budget)
-    return Advice(choice, reasons, next_commands(choice, data), facts, inputs)
+    return Advice(choice, reasons, next_commands(choice, data, pairs=bool(facts and facts.get("pairs"))), facts, inputs)
 
 
 def _data_facts(data, format, mapping) -> dict | None:
@@ -58,7 +58,8 @@ def _data_facts(data, format, mapping) -> dict | None:
 
     s = check(data, CheckOptions(format=format, mapping=mapping)).summary
     return {"usable_rows": s["usable_rows"], "rows_read": s["rows_read"], "errors": s["errors"],
-            "verdict": s["verdict"]["level"], "verdict_message": s["verdict"]["message"]}
+            "verdict": s["verdict"]["level"], "verdict_message": s["verdict"]["message"],
+            "pairs": bool(s.get("pairs"))}
 
 
 def decide(facts: dict | None, *, changes_often: bool, goal: str | None, budget: str | None) -> tuple[str, list[str]]:
@@ -103,9 +104,10 @@ def _data_ok(facts: dict | None) -> tuple[bool, str]:
     return True, f"{facts['usable_rows']} usable examples: enough to fine-tune on"
 
 
-def next_commands(choice: str, data: str | Path | None) -> list[str]:
+def next_commands(choice: str, data: str | Path | None, *, pairs: bool = False) -> list[str]:
     """What to run next for each recommendation: real commands whose arguments parse (a test runs
-    each through the CLI's parser), shell-quoted; FILE stands for the data when none was given."""
+    each through the CLI's parser), shell-quoted; FILE stands for the data when none was given.
+    Preference pairs (`pairs`) train with dpo."""
     from tunesmith.models.store import BUILTIN_NAME
 
     file = str(data) if data else "FILE"
@@ -116,14 +118,15 @@ def next_commands(choice: str, data: str | Path | None) -> list[str]:
                     ["tunesmith", "compare", "--data", f"{PREPARED}/test.jsonl", "--train", f"{PREPARED}/train.jsonl",
                      "--strategies", strategies, "--out", f"reports/{choice}"]]
     else:
-        run = _run_name(file)
+        run = _run_name(file, "dpo" if pairs else "lora")
         strategies = "base,prompt,tuned" if choice == "fine-tune" else "base,rag,tuned,tuned+rag"
-        commands = [check, ["tunesmith", "train", "--set", f"data.train={file}", "--name", run],
+        method = ["--set", "method.name=dpo"] if pairs else []
+        commands = [check, ["tunesmith", "train", "--set", f"data.train={file}", *method, "--name", run],
                     ["tunesmith", "eval", run, "--strategies", strategies]]
     return [shlex.join(c) for c in commands]
 
 
-def _run_name(file: str) -> str:
+def _run_name(file: str, method: str = "lora") -> str:
     """A valid run name from the data file's name: 'support faq.jsonl' -> 'support-faq-lora'."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(file).name.split(".")[0]).strip("-._")
-    return f"{stem[:80] or 'my'}-lora"
+    return f"{stem[:80] or 'my'}-{method}"
