@@ -60,7 +60,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import _peak_rss_mb, tiny_model  # noqa: E402  (the same tiny model and RSS reading)
+from train_throughput import _peak_rss_mb, _write, tiny_model  # noqa: E402  (the same tiny model, RSS reading, JSONL writer)
 
 ROOT = Path(__file__).resolve().parents[1]
 FAQ = ROOT / "examples" / "support-faq" / "faq.jsonl"
@@ -104,11 +104,6 @@ def build_data(folder: Path, *, n_pairs: int, seed: int) -> dict[str, Path]:
     return {"train": _write(folder / "train.jsonl", pairs[8 : 8 + n_pairs]),
             "validation": _write(folder / "validation.jsonl", pairs[:4]),
             "test": _write(folder / "test.jsonl", pairs[4:8])}
-
-
-def _write(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def read_pairs(path: str) -> list[dict]:

@@ -105,6 +105,7 @@ def score_rendered(model, pairs: Sequence[RenderedPair], *, pad_id: int = 0, bat
     import torch
 
     from tunesmith.train import packing
+    from tunesmith.train.loop import _to
 
     layout = shared_layout(model)
     dtype = model.get_input_embeddings().weight.dtype
@@ -124,7 +125,7 @@ def score_rendered(model, pairs: Sequence[RenderedPair], *, pad_id: int = 0, bat
             for rows in passes:
                 batch = collate_pairs([[pairs[i] for i in row] for row in rows], pad_id=pad_id, dtype=dtype,
                                       layout=layout, shared=layout is not None)
-                batch = {k: _to(v, model.device) for k, v in batch.items() if k != "ref"}
+                batch = _to({k: v for k, v in batch.items() if k != "ref"}, model.device)
                 with (autocast or contextlib.nullcontext)():
                     logps, counts = pair_logps(model, batch)
                 flat = [i for row in rows for i in row]  # collate_pairs numbers the pairs row by row
@@ -501,7 +502,3 @@ def check_starts_as_base(model) -> None:
             raise TrainError(f"the LoRA adapter does not start at zero ({name}), so the model before the first step "
                              "is not the base and cannot be DPO's reference",
                              "use the default LoRA initialisation for dpo")
-
-
-def _to(v, device):
-    return {k: x.to(device) for k, x in v.items()} if isinstance(v, dict) else v.to(device)
