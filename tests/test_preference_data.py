@@ -309,3 +309,46 @@ def test_data_pairs_cli(tmp_path, tiny_model_dir, sampler):
     assert invoke("data", "pairs", source, "--model", tiny_model_dir).exit_code == 2  # --out is required
     assert invoke("data", "pairs", source, "--out", tmp_path / "x.jsonl", "--top-p", "0").exit_code == 2
     assert invoke("data", "pairs", source, "--out", tmp_path / "x.jsonl", "--run", "r", "--model", "m").exit_code == 2
+
+
+TOPICS = [("How long does a building permit take?", "About ten weeks from a complete application."),
+          ("How long is a building permit valid?", "Work must start within two years of the decision."),
+          ("What does a kitchen renovation cost?", "Between 150 and 300 thousand kronor for most kitchens."),
+          ("What does a bathroom renovation cost?", "Usually 200 thousand kronor including tiles and plumbing."),
+          ("What does a bathroom renovation cost in total?", "Usually 200 thousand kronor including tiles and pipes."),
+          ("Do you work on weekends?", "Our office is open Monday to Friday.")]
+
+
+def test_similar_pairs_take_another_prompts_answer_and_load_no_model(tmp_path, sampler):
+    from tunesmith.data.pairs import PairOptions, build_pairs, record_path
+
+    source = jsonl(tmp_path, [{"input": q, "output": a} for q, a in TOPICS], "faq.jsonl")
+    loads = len(sampler)
+    summary = build_pairs(source, tmp_path / "p.jsonl", PairOptions(rejected="similar"))
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    by_prompt = {r["prompt"]: r["rejected"] for r in rows}
+    answers = dict(TOPICS)
+    assert len(sampler) == loads and summary.written == len(TOPICS) and summary.skipped == {}
+    assert all(r["rejected"] in answers.values() and r["rejected"] != r["chosen"] for r in rows)
+    # the nearest question whose answer is not a near copy of this one's
+    assert by_prompt[TOPICS[0][0]] == TOPICS[1][1] and by_prompt[TOPICS[1][0]] == TOPICS[0][1]
+    assert by_prompt[TOPICS[3][0]] not in (TOPICS[3][1], TOPICS[4][1])  # 3 and 4: the same answer, reworded
+    assert json.loads(record_path(tmp_path / "p.jsonl").read_text())["settings"]["rejected"] == "similar"
+    first = (tmp_path / "p.jsonl").read_bytes()
+    assert build_pairs(source, tmp_path / "q.jsonl", PairOptions(rejected="similar", limit=2)).written == 2
+    assert build_pairs(source, tmp_path / "q.jsonl", PairOptions(rejected="similar")).written == len(TOPICS)
+    assert (tmp_path / "q.jsonl").read_bytes() == first  # a limit never changes a pair; a rerun goes on
+    with pytest.raises(DataError, match=r"other settings .*rejected 'similar', now 'sample'"):
+        build_pairs(source, tmp_path / "p.jsonl", PairOptions())
+
+
+def test_similar_pairs_refuse_a_model_and_skip_examples_with_only_alike_answers(tmp_path):
+    from tunesmith.data.pairs import PairOptions, _Source, check_options, similar_answers
+    from tunesmith.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no model samples them"):
+        check_options(PairOptions(rejected="similar", model="m"))
+    with pytest.raises(ConfigError, match="expected one of sample, similar"):
+        check_options(PairOptions(rejected="other"))
+    same = [_Source(i, msgs((USER, f"q {i}")), "the same answer every time") for i in (1, 2)]
+    assert similar_answers(same) == {1: ("", "alike"), 2: ("", "alike")}

@@ -266,15 +266,17 @@ def pairs_cmd(
     map: Optional[str] = typer.Option(None, "--map", help=MAP_HELP),
     system: Optional[str] = typer.Option(None, "--system", help="system prompt added to conversations without one"),
     device: str = typer.Option("auto", "--device", help="auto (a CUDA GPU when present), cpu, cuda or cuda:N"),
+    rejected: str = typer.Option("sample", "--rejected", help="sample: the model's sampled answer to the same prompt; "
+                                 "similar: FILE's answer to the most similar other prompt (no model runs)"),
     json_out: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
-    """Build preference pairs from FILE: chosen = its answer, rejected = a sampled one (seeded, resumable)."""
+    """Build preference pairs from FILE: chosen = its answer, rejected = a sampled one or a similar prompt's (resumable)."""
     from tunesmith.data.formats import parse_mapping, resolve_format
     from tunesmith.data.pairs import SKIPPED, PairOptions, build_pairs, check_options
 
     options = PairOptions(model=model, run=run, seed=seed, temperature=temperature, top_p=top_p,
                           max_new_tokens=max_new_tokens, limit=limit, format=format, mapping=map, system=system,
-                          device=device)
+                          device=device, rejected=rejected)
     resolve_format(format), parse_mapping(map), check_options(options)  # usage errors before any work
     _existing(file)
     with _pair_progress(out, quiet=json_out) as advance:
@@ -282,7 +284,8 @@ def pairs_cmd(
     if json_out:
         return print_json({**summary.__dict__, "out": str(summary.out)})
     again = f", {summary.resumed} of them there before" if summary.resumed else ""
-    console.print(f"{summary.written} pairs in {out}{again} (rejected answers sampled by {summary.model})", markup=False)
+    how = "" if rejected == "similar" else "sampled by "
+    console.print(f"{summary.written} pairs in {out}{again} (rejected answers: {how}{summary.model})", markup=False)
     for why, n in summary.skipped.items():
         console.print(f"skipped {n} example(s): {SKIPPED[why]}", markup=False, style="yellow")
 
@@ -297,7 +300,7 @@ def _pair_progress(out: Path, *, quiet: bool) -> Iterator[Callable[[int, int], N
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err_console, transient=True) as bar:
-        task = bar.add_task(f"sampling rejected answers into {out.name}", total=None)
+        task = bar.add_task(f"writing pairs into {out.name}", total=None)
         started = False
 
         def advance(done: int, total: int) -> None:

@@ -1,4 +1,9 @@
-"""`data pairs`: preference pairs from SFT data; the data's answer is chosen, a model's sampled answer rejected.
+"""`data pairs`: preference pairs from SFT data; the data's answer is chosen, another answer rejected.
+
+The rejected answer is a model's sampled answer to the same prompt (`rejected="sample"`: teaches the
+data's answers over what the model says now), or the data's own answer to the most similar other
+prompt (`rejected="similar"`: a plausible, on-topic answer to another question, which teaches the
+model to prefer the answer that fits the question; no model runs).
 
 The output is TRL's standard form, one pair a line, `{"prompt", "chosen", "rejected", "source_line"}`
 (the prompt as text when it is one user turn, else its messages), which the `preference` format
@@ -48,6 +53,11 @@ class PairOptions:
     mapping: Any = None
     system: str | None = None
     device: str = "auto"
+    rejected: str = "sample"  # sample: a model's sampled answer | similar: the answer of the most similar other prompt
+
+
+REJECTED = ("sample", "similar")
+ALIKE = 0.5  # a similar prompt's answer sharing this share of its words (Jaccard) with the chosen one is no rejected answer
 
 
 @dataclass
@@ -64,7 +74,8 @@ class PairSummary:
 
 SKIPPED = {"same": f"the sampled answer was the chosen one {RETRIES + 1} times",
            "empty": f"the sampled answer was empty {RETRIES + 1} times",
-           "long": "the prompt and max_new_tokens do not fit the model's context"}
+           "long": "the prompt and max_new_tokens do not fit the model's context",
+           "alike": f"every other example's answer shares {ALIKE:.0%} of its words or more with this one's"}
 
 
 @dataclass(frozen=True)
@@ -106,10 +117,10 @@ def build_pairs(source: str | Path, out: str | Path, options: PairOptions = Pair
     report()
     # 3. the model, when there is work for it; 4. batch by batch: append its pairs, then record its skips
     if todo:
-        engine, tokenizer = _engine(options)
+        answer = _rejecter(options, examples)
         with open(out, "ab") as f:
             for batch in todo:
-                answers = sample(engine, tokenizer, batch, options)
+                answers = answer(batch)
                 _append(f, _new_rows([ex for ex in batch if is_open(ex)], answers, done, record))
                 atomic_write_json(record_path(out), record)
                 report()
@@ -117,14 +128,61 @@ def build_pairs(source: str | Path, out: str | Path, options: PairOptions = Pair
     skipped: dict[str, int] = {}
     for why in record["skipped"].values():
         skipped[why] = skipped.get(why, 0) + 1
-    return PairSummary(out, len(wanted), len(done), resumed, dict(sorted(skipped.items())),
-                       options.run or options.model or _default_model())
+    return PairSummary(out, len(wanted), len(done), resumed, dict(sorted(skipped.items())), _source_name(options))
+
+
+def _rejecter(options: PairOptions, examples: list[_Source]) -> Callable[[list[_Source]], dict]:
+    """batch -> {line: (rejected answer, why it is none or None)}: sampled by the model, or the similar prompt's."""
+    if options.rejected == "similar":
+        answers = similar_answers(examples)  # over the whole input, so --limit never changes a pair
+        return lambda batch: {ex.line: answers[ex.line] for ex in batch}
+    engine, tokenizer = _engine(options)
+    return lambda batch: sample(engine, tokenizer, batch, options)
+
+
+def similar_answers(examples: list[_Source]) -> dict[int, tuple[str, str | None]]:
+    """line -> (the answer of the most similar other prompt whose answer is not alike, why none or None).
+
+    Prompts are compared by the bundled MiniLM embedding of their user turns (a system prompt
+    they all share would make them all alike); answers sharing ALIKE of their words or more
+    (near-duplicate questions) are passed over, so no pair asks for a preference between two
+    versions of the same answer.
+    """
+    import numpy as np
+
+    from tunesmith.rag.embeddings import Embedder
+
+    texts = ["\n".join(m["content"] for m in ex.prompt if m["role"] != "system") for ex in examples]
+    vectors = Embedder().encode(texts)
+    sim = vectors @ vectors.T  # (N, N) cosine
+    np.fill_diagonal(sim, -np.inf)
+    words = [set(ex.chosen.lower().split()) for ex in examples]
+    out: dict[int, tuple[str, str | None]] = {}
+    for i, ex in enumerate(examples):
+        out[ex.line] = ("", "alike")
+        for j in np.argsort(-sim[i], kind="stable")[:-1]:  # the last is the example itself (-inf)
+            if len(words[i] & words[j]) < ALIKE * len(words[i] | words[j]):
+                out[ex.line] = (examples[j].chosen, None)
+                break
+    return out
+
+
+def _source_name(options: PairOptions) -> str:
+    """Where the rejected answers come from, for the summary line."""
+    if options.rejected == "similar":
+        return "the most similar other prompt's answer"
+    return options.run or options.model or _default_model()
 
 
 def check_options(options: PairOptions) -> None:
     """ConfigError for options out of range, before any work."""
     if options.run and options.model:
         raise ConfigError("give --model or --run, not both", "--run samples with a trained run, --model with a model")
+    if options.rejected not in REJECTED:
+        raise ConfigError(f"--rejected {options.rejected!r}: expected one of {', '.join(REJECTED)}")
+    if options.rejected == "similar" and (options.run or options.model):
+        raise ConfigError("--rejected similar takes the rejected answers from the data: no model samples them",
+                          "drop --model / --run, or use --rejected sample")
     if options.max_new_tokens < 1 or options.temperature < 0 or not 0 < options.top_p <= 1:
         raise ConfigError("--max-new-tokens must be >= 1, --temperature >= 0 and --top-p in (0, 1]")
     if options.limit is not None and options.limit < 1:
@@ -232,8 +290,8 @@ def claim(out: Path, source: Path, settings: dict) -> dict:
         if record.get("source_sha256") != sha:
             raise DataError(f"--out {out} holds pairs made from another input ({record.get('source')}, or it changed "
                             "since): it is never replaced", "choose another --out")
-        changed = [f"{k} {record['settings'].get(k)!r}, now {v!r}" for k, v in settings.items()
-                   if record.get("settings", {}).get(k) != v]
+        before = {"rejected": "sample", **record.get("settings", {})}  # records older than --rejected sampled
+        changed = [f"{k} {before.get(k)!r}, now {v!r}" for k, v in settings.items() if before.get(k) != v]
         if changed:
             raise DataError(f"--out {out} was made with other settings ({'; '.join(changed)})",
                             "rerun with those settings to continue it, or choose another --out")
@@ -294,7 +352,7 @@ def _settings(options: PairOptions) -> dict:
     """What makes the file what it is: a rerun continues only with the same (`limit` may grow)."""
     settings = {k: v for k, v in asdict(options).items() if k not in ("limit", "device", "mapping")}
     settings["mapping"] = dict(sorted(parse_mapping(options.mapping).items()))
-    settings["model"] = None if options.run else options.model or _default_model()
+    settings["model"] = None if options.run or options.rejected == "similar" else options.model or _default_model()
     return {**settings, "batch": BATCH, "retries": RETRIES}
 
 
