@@ -53,7 +53,6 @@ import math
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -61,6 +60,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import _peak_rss_mb, _write, tiny_model  # noqa: E402  (the same tiny model, RSS reading, JSONL writer)
+from train_throughput import run_child as _run_child  # noqa: E402  (the same child runner)
 
 ROOT = Path(__file__).resolve().parents[1]
 FAQ = ROOT / "examples" / "support-faq" / "faq.jsonl"
@@ -322,26 +322,8 @@ def _timed_calls(module, name: str) -> list[float]:
 
 
 def run_child(side: str, spec: dict, workdir: Path) -> dict:
-    """Run one side in a fresh interpreter; its result, plus the child's own max RSS from wait4."""
-    spec = {**spec, "workdir": str(workdir)}
-    spec_path, out_path = workdir / "spec.json", workdir / "result.json"
-    workdir.mkdir(parents=True, exist_ok=True)
-    spec_path.write_text(json.dumps(spec))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(workdir / "datasets-cache"),
-           "TUNESMITH_HOME": spec["home"], "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"),
-                                                                                     os.environ.get("PYTHONPATH")]))}
-    cmd = [sys.executable, __file__, "--child", side, "--spec", str(spec_path), "--out", str(out_path)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0 or not out_path.is_file():
-        sys.stderr.write(output[-6000:])
-        raise SystemExit(f"{side} side failed (exit {proc.returncode})")
-    result = json.loads(out_path.read_text())
-    result["child_maxrss_mb"] = usage.ru_maxrss / 1024
-    return result
+    """One side in a fresh interpreter, through train_throughput's runner (its max RSS from wait4)."""
+    return _run_child(side, spec, workdir, script=__file__)
 
 
 def dpo_loss(final: dict, reference: dict) -> float:

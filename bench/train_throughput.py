@@ -299,15 +299,21 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def run_child(side: str, spec: dict, workdir: Path) -> dict:
-    """Run one side in a fresh interpreter; its result, plus the child's own max RSS from wait4."""
+def run_child(side: str, spec: dict, workdir: Path, script: str = __file__) -> dict:
+    """Run one side (`script --child SIDE`) in a fresh interpreter; its result, plus the child's own max RSS from wait4.
+
+    The benchmarks under bench/ share it: each passes its own `script`.
+    """
     spec = {**spec, "workdir": str(workdir)}
     spec_path, out_path = workdir / "spec.json", workdir / "result.json"
     workdir.mkdir(parents=True, exist_ok=True)
     spec_path.write_text(json.dumps(spec))
+    src = str(Path(__file__).resolve().parents[1] / "src")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "HF_DATASETS_OFFLINE": "1", "TUNESMITH_HOME": spec["home"]}
-    cmd = [sys.executable, __file__, "--child", side, "--spec", str(spec_path), "--out", str(out_path)]
+           "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(workdir / "datasets-cache"),
+           "TUNESMITH_HOME": spec["home"],
+           "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+    cmd = [sys.executable, script, "--child", side, "--spec", str(spec_path), "--out", str(out_path)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
