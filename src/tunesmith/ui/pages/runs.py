@@ -1,0 +1,151 @@
+"""The Runs page: every run in the registry, one run's curves (live through SSE), config, manifest,
+data card and report, and several runs' curves overlaid on one chart.
+
+    GET /runs                              the table (name, status, base, method, best validation loss, steps, created)
+    GET /runs/overlay?name=A&name=B        the chosen runs' curves on one chart
+    GET /runs/{name}                       one run
+    GET /runs/{name}/report                its report.html, when `tunesmith eval` wrote one
+    GET /api/runs                          the table as JSON
+    GET /api/runs/{name}/metrics           every complete metrics.jsonl line
+    GET /api/runs/{name}/metrics/stream    server-sent events: each line as it is appended (see tail_metrics)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import AsyncIterator
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, StreamingResponse
+
+from tunesmith.errors import RunError
+from tunesmith.runs import registry
+from tunesmith.runs.layout import RunPaths, read_metrics
+from tunesmith.runs.store import RunInfo, find_run, list_runs
+from tunesmith.ui.web import ui
+
+LABEL = "Runs"
+POLL_S = 0.4  # how often a live curve looks at metrics.jsonl: a logged step shows well within 2 s
+IDLE_END_S = 3600.0  # a stream with nothing new for an hour ends (the page reconnects when it is open)
+router = APIRouter()
+
+
+def _run(name: str) -> RunInfo:
+    """A registered run by name; never a folder named in the URL (find_run would take one)."""
+    if registry.get(name) is None:
+        names = [r["name"] for r in registry.rows()[:10]]
+        raise RunError(f"unknown run '{name}'", f"known runs: {', '.join(names)}" if names else "no runs yet")
+    return find_run(name)
+
+
+def _row(run: RunInfo) -> dict:
+    d = run.to_dict()
+    return {k: d[k] for k in ("name", "status", "base_model", "method", "best_val_loss", "best_step", "steps",
+                              "created_at")}
+
+
+@router.get("/runs")
+def runs_page(request: Request):
+    return ui(request).render(request, "runs.html", active="runs", runs=[_row(r) for r in list_runs()])
+
+
+@router.get("/api/runs")
+def runs_json() -> dict:
+    return {"runs": [_row(r) for r in list_runs()]}
+
+
+@router.get("/runs/overlay")
+def overlay_page(request: Request, name: list[str] = Query(default=[])):
+    runs = [_row(_run(n)) for n in name]
+    return ui(request).render(request, "runs_overlay.html", active="runs", runs=runs)
+
+
+@router.get("/runs/{name}")
+def run_page(request: Request, name: str):
+    run = _run(name)
+    paths = run.paths
+    config = paths.config.read_text(encoding="utf-8") if paths.config.is_file() else ""
+    card_path = paths.data / "data_card.json"
+    card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else None
+    return ui(request).render(request, "run.html", active="runs", run=_row(run), dir=str(run.dir), config=config,
+                              manifest=json.dumps(run.manifest, indent=2, default=str),
+                              card=json.dumps(card, indent=2) if card else "",
+                              report=(run.dir / "report.html").is_file())
+
+
+@router.get("/runs/{name}/report")
+def run_report(name: str):
+    path = _run(name).dir / "report.html"
+    if not path.is_file():
+        raise RunError(f"run '{name}' has no report yet", f"`tunesmith eval {name}` writes one")
+    # the report is tunesmith's own file, but sandboxed anyway: it never runs script with the UI's cookie
+    return FileResponse(path, media_type="text/html", headers={"Content-Security-Policy": "sandbox"})
+
+
+@router.get("/api/runs/{name}/metrics")
+def run_metrics(name: str) -> dict:
+    run = _run(name)
+    return {"name": run.name, "status": run.status, "rows": read_metrics(run.paths)}
+
+
+@router.get("/api/runs/{name}/metrics/stream")
+async def run_metrics_stream(request: Request, name: str):
+    run = _run(name)
+    return StreamingResponse(_events(request, run.paths), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _events(request: Request, paths: RunPaths) -> AsyncIterator[str]:
+    """Every metrics line so far, then each new one as it lands; a `status` event when the run's status changes."""
+    status = None
+    async for batch in tail_metrics(paths.metrics, is_done=request.is_disconnected):
+        for row in batch:
+            yield f"data: {json.dumps(row)}\n\n"
+        now = _status(paths)
+        if now != status:
+            status = now
+            yield f"event: status\ndata: {json.dumps({'status': now})}\n\n"
+        if not batch:
+            yield ": keep-alive\n\n"  # lets the server notice a client that left
+
+
+def _status(paths: RunPaths) -> str:
+    try:
+        return json.loads(paths.manifest.read_text(encoding="utf-8")).get("status", "?")
+    except (OSError, json.JSONDecodeError):
+        return "?"
+
+
+async def tail_metrics(path: Path, *, is_done, poll_s: float = POLL_S, idle_end_s: float = IDLE_END_S
+                       ) -> AsyncIterator[list[dict]]:
+    """Batches of complete JSON lines appended to `path` (from the start), polling its size every `poll_s`.
+
+    Works for any writer (a run started from the terminal too): only the file is read. A torn
+    last line waits for its newline; a file that shrinks (a resume truncates metrics past its
+    checkpoint) is read again from the start. Yields [] on idle polls; ends when `await is_done()`
+    is true or after `idle_end_s` without news.
+    """
+    offset, pending, idle = 0, b"", 0.0
+    while not await is_done() and idle < idle_end_s:
+        size = path.stat().st_size if path.is_file() else 0
+        if size < offset:
+            offset, pending = 0, b""
+        rows: list[dict] = []
+        if size > offset:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read(size - offset)
+            offset = size
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            for line in lines:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        idle = 0.0 if rows else idle + poll_s
+        yield rows
+        if not rows:
+            await asyncio.sleep(poll_s)

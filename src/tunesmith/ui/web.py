@@ -1,0 +1,78 @@
+"""What every page shares: the UI's settings and state on the app, rendering a template, JSON errors.
+
+A page module reaches everything through `ui(request)`: the workspace, the jobs runner, the
+CSRF secret, and `ui(request).render(request, "name.html", ...)` for its HTML.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+
+from tunesmith.ui.jobs import Jobs
+from tunesmith.ui.workspace import Workspace
+
+HERE = Path(__file__).parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+MB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How one `tunesmith ui` process runs (the CLI's flags)."""
+
+    workspace: Workspace
+    token: str  # the access token (generated at start, or --api-key)
+    state_dir: Path  # where job folders (spec, log, result) are kept
+    host: str = "127.0.0.1"
+    allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")  # Host names accepted on a loopback bind
+    max_upload_bytes: int = 50 * MB  # largest uploaded data file (and so the largest request body)
+    max_body_bytes: int = 1 * MB  # largest request body for everything but an upload
+
+
+@dataclass
+class Ui:
+    """The state of one UI process, at `app.state.ui`."""
+
+    settings: Settings
+    csrf: str  # the CSRF secret pages send back in X-CSRF-Token
+    jobs: Jobs
+    pages: list[tuple[str, str]]  # (module name, nav label) of the pages this UI has, in nav order
+    env: jinja2.Environment
+
+    @property
+    def workspace(self) -> Workspace:
+        return self.settings.workspace
+
+    def render(self, request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+        """`template` (in ui/templates/, extending base.html) with the nav, the CSRF secret and `context`."""
+        page = self.env.get_template(template)
+        html = page.render(request=request, csrf=self.csrf, pages=self.pages, workspace=str(self.workspace.root),
+                           **context)
+        return HTMLResponse(html, status_code=status_code)
+
+
+def ui(request: Request) -> Ui:
+    return request.app.state.ui
+
+
+def environment() -> jinja2.Environment:
+    """Templates with autoescape on: every value from a file or a user is escaped unless marked safe."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return env
+
+
+def error_json(message: str, *, status: int = 400, kind: str = "invalid_request_error",
+               problems: list[str] | None = None) -> dict:
+    """The UI's JSON error body: the serve API's shape, plus every problem of a ConfigError."""
+    body: dict[str, Any] = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    if problems:
+        body["error"]["problems"] = problems
+    return body

@@ -1,0 +1,86 @@
+"""Shared by the UI tests: a UI server on a free port in a thread, and a headless Chromium (Playwright).
+
+    from ui_helpers import browser, ui_server, UiServer    # fixtures and the type
+
+    def test_x(ui_server, browser):
+        page = browser.new_page()
+        page.goto(ui_server.url("/runs"))      # the URL carries the token; the cookie is set on the first visit
+
+`ui_server` serves a fresh workspace (`ui_server.workspace`) with an empty $TUNESMITH_HOME of its
+own; `browser` skips the test with the reason when Chromium or Playwright is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = os.environ.get("TUNESMITH_CHROMIUM", "/usr/bin/chromium")
+TOKEN = "test-token"
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "ui"
+
+
+@dataclass
+class UiServer:
+    base: str  # http://127.0.0.1:PORT
+    workspace: Path
+    home: Path
+    app: object
+
+    def url(self, path: str = "/") -> str:
+        """`path` on this server, with the token (a first visit sets the cookie, then redirects)."""
+        joiner = "&" if "?" in path else "?"
+        return f"{self.base}{path}{joiner}token={TOKEN}"
+
+
+@pytest.fixture
+def ui_server(tmp_path, monkeypatch):
+    from tunesmith.serve.server import start_in_thread
+    from tunesmith.ui.app import create_app
+
+    home, workspace = tmp_path / "home", tmp_path / "workspace"
+    workspace.mkdir()
+    monkeypatch.setenv("TUNESMITH_HOME", str(home))
+    app = create_app(workspace, TOKEN, state_dir=tmp_path / "jobs")
+    server = start_in_thread(app)
+    try:
+        yield UiServer(server.url, workspace, home, app)
+    finally:
+        server.stop()
+
+
+def _playwright_or_skip():
+    if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)) and not shutil.which("chromium"):
+        pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; .ci/run installs it)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("the Playwright Python client is not installed (pip install 'tunesmith[test]')")
+    return sync_playwright
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """A headless Chromium for the whole session (Debian's, through executable_path: Playwright's own
+    browser download is not reachable offline)."""
+    sync_playwright = _playwright_or_skip()
+    executable = CHROMIUM if Path(CHROMIUM).is_file() else shutil.which("chromium")
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=executable, headless=True,
+                                     args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def screenshot(page, name: str) -> Path:
+    """Save the page as docs/ui/<name>.png (the README and docs/ui.md show these)."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
