@@ -4,6 +4,7 @@ Python API the CLI command calls, and returns JSON.
     check_data      = `tunesmith data check` (+ the masking preview and the rows behind duplicates)
     prepare_data    = `tunesmith data prepare`
     train           = `tunesmith train` (a new run, or `--resume RUN`)
+    plan            = the plan `tunesmith train` prints, without training (finetune.plan)
 
 Paths arrive absolute, already confined to the workspace by the page. These functions run in the
 child only: they import torch and transformers (through the data and train code) freely.
@@ -85,3 +86,10 @@ def train(overrides: list[str], name: str | None = None, resume: str | None = No
 
     run = finetune(config, overrides=tuple(overrides), name=name, resume=resume)
     return find_run(run.dir).to_dict() | {"summary": run.summary}
+
+
+def plan(overrides: list[str], config: str | None = None) -> dict[str, Any]:
+    """What `tunesmith train` would do with this config: the plan line, the `auto` choices, time and memory."""
+    from tunesmith.train.finetune import plan as plan_run
+
+    return plan_run(config, overrides=tuple(overrides))

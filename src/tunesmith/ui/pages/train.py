@@ -1,0 +1,98 @@
+"""The Train page: a form generated from the typed config, validated by the config code itself (every
+problem at once, the CLI's messages), the plan before starting, then the run in a job with live
+curves, stop (as Ctrl-C: a checkpoint is saved) and resume (as `tunesmith train --resume RUN`).
+
+    GET  /train                   the form, and the runs that can be resumed
+    POST /api/train/validate      {values} -> {overrides} or the config's problems
+    POST /api/train/plan          {values} -> {job}: finetune.plan in a child (loads the model, renders the data)
+    POST /api/train/start         {values, name} -> {job, run}
+    POST /api/train/resume        {run} -> {job, run}
+
+`values` maps dotted config keys to the form's text; only values that differ from the defaults
+become `--set key=value` items (ui/form.py). Runs are written to <workspace>/runs.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from tunesmith.config import load_config
+from tunesmith.runs.layout import new_run_name
+from tunesmith.runs.store import list_runs
+from tunesmith.train.finetune import check_config
+from tunesmith.ui import form
+from tunesmith.ui.web import ui
+
+LABEL = "Train"
+RUNS_FOLDER = "runs"
+router = APIRouter()
+
+
+class TrainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    values: dict[str, str] = Field(default_factory=dict)
+    name: str | None = None
+
+
+class ResumeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    run: str
+
+
+def _overrides(request: Request, values: dict[str, str]) -> list[str]:
+    """The form as `--set` items, checked as `tunesmith train` checks them before loading anything."""
+    workspace = ui(request).workspace
+    sets = form.overrides(values, workspace.resolve)
+    sets.append(f"output_dir={workspace.root / RUNS_FOLDER}")
+    cfg = load_config(None, sets)  # ConfigError with every type and key problem
+    check_config(cfg)  # ... and every value finetune refuses
+    return sets
+
+
+@router.get("/train")
+def train_page(request: Request):
+    resumable = [r.name for r in list_runs() if r.status in ("stopped", "failed")]
+    return ui(request).render(request, "train.html", active="train", sections=form.fields(),
+                              files=ui(request).workspace.files(), resumable=resumable)
+
+
+@router.post("/api/train/validate")
+def train_validate(request: Request, body: TrainRequest) -> dict:
+    return {"overrides": _overrides(request, body.values)}
+
+
+@router.post("/api/train/plan")
+def train_plan(request: Request, body: TrainRequest) -> dict:
+    sets = _overrides(request, body.values)
+    job = ui(request).jobs.start("plan", "tunesmith.ui.tasks:plan", {"overrides": sets}, title="plan")
+    return {"job": job.id}
+
+
+@router.post("/api/train/start")
+def train_start(request: Request, body: TrainRequest) -> dict:
+    sets = _overrides(request, body.values)
+    name = (body.name or "").strip() or _new_name(request, sets)
+    job = ui(request).jobs.start("train", "tunesmith.ui.tasks:train", {"overrides": sets, "name": name},
+                                 title=f"train {name}", meta={"run": name})
+    return {"job": job.id, "run": name}
+
+
+@router.post("/api/train/resume")
+def train_resume(request: Request, body: ResumeRequest) -> dict:
+    job = ui(request).jobs.start("train", "tunesmith.ui.tasks:train", {"overrides": [], "resume": body.run},
+                                 title=f"resume {body.run}", meta={"run": body.run})
+    return {"job": job.id, "run": body.run}
+
+
+def _new_name(request: Request, sets: list[str]) -> str:
+    """The name finetune would choose, chosen here so the page can follow the run from its first line."""
+    method = load_config(None, sets).method.name
+    folder = ui(request).workspace.root / RUNS_FOLDER
+    name = new_run_name(method, folder)
+    taken = {j.meta.get("run") for j in ui(request).jobs.list("train")}
+    n = 1
+    while name in taken:  # two starts within a second: the first has not made its folder yet
+        n += 1
+        name = f"{new_run_name(method, folder)}-{n}"
+    return name

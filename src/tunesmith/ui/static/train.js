@@ -1,0 +1,98 @@
+// The Train page: the config form -> validate, plan, start a run in a job, follow it live, stop, resume.
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const { api, el } = TS;
+  let current = null; // {job, run, live}
+
+  function values() {
+    const out = {};
+    for (const input of $("train-form").querySelectorAll("[name]")) {
+      if (input.value !== input.dataset.default) out[input.name] = input.value;
+    }
+    return out;
+  }
+
+  function showProblems(error) {
+    const problems = error?.body?.error?.problems || (error ? [error.message] : []);
+    $("problems").replaceChildren(...problems.map((p) => el("li", {}, p)));
+  }
+
+  async function guarded(fn) {
+    showProblems(null);
+    try { await fn(); } catch (e) { if (e instanceof TS.ApiError) showProblems(e); else throw e; }
+  }
+
+  async function plan() {
+    $("plan-lines").replaceChildren(el("p", { class: "muted" }, "loading the model and rendering the data ..."));
+    $("plan-box").hidden = false;
+    const { job } = await api("POST", "/api/train/plan", { values: values() });
+    const done = await TS.waitJob(job);
+    if (done.status !== "done") {
+      $("plan-lines").replaceChildren();
+      $("plan-box").hidden = true;
+      showProblems({ message: done.error, body: { error: { problems: done.problems } } });
+      TS.flash(done.error);
+      return;
+    }
+    const p = done.result;
+    $("plan-lines").replaceChildren(...p.lines.map((line) => el("p", { class: "mono small" }, line)),
+      el("p", {}, `${p.steps} steps, about ${Math.round(p.seconds / 6) / 10} min, peak memory ~${(p.peak_bytes / 1e9).toFixed(1)} GB`));
+  }
+
+  async function start() {
+    const { job, run } = await api("POST", "/api/train/start", { values: values(), name: $("run-name").value || null });
+    follow(job, run);
+  }
+
+  async function resume() {
+    const { job, run } = await api("POST", "/api/train/resume", { run: $("resume-run").value });
+    follow(job, run);
+  }
+
+  async function stop() {
+    if (!current) return;
+    $("stop").disabled = true;
+    await api("POST", `/api/jobs/${encodeURIComponent(current.job)}/stop`);
+    $("train-status").textContent = "stopping: saving a checkpoint ...";
+  }
+
+  // Follow a training job: its output, and the run's curves once the run is registered.
+  async function follow(job, run) {
+    if (current?.live) current.live.close();
+    current = { job, run, live: null };
+    $("live").hidden = false;
+    $("run-link").textContent = run;
+    $("run-link").href = `/runs/${encodeURIComponent(run)}`;
+    $("start").disabled = true;
+    $("stop").disabled = false;
+    for (const id of ["loss-chart", "speed-chart"]) $(id).replaceChildren();
+    const done = await TS.waitJob(job, async (j) => {
+      $("log").textContent = j.log || "";
+      $("log").scrollTop = $("log").scrollHeight;
+      $("train-status").textContent = j.status === "running" ? "training ..." : j.status;
+      if (!current.live && j.status === "running") {
+        try {
+          await api("GET", `/api/runs/${encodeURIComponent(run)}/metrics`, undefined, { quiet: true });
+          current.live = TSRuns.live(run);
+        } catch (e) { /* not registered yet: the model is still loading */ }
+      }
+    }, { every: 1000, log: true });
+    $("start").disabled = false;
+    $("stop").disabled = true;
+    if (done.status === "failed") { TS.flash(done.error); showProblems({ message: done.error }); }
+    $("train-status").textContent = done.status === "done"
+      ? `done: ${done.result.steps} steps, best validation loss ${TS.fmt(done.result.best_val_loss)}`
+      : done.status === "stopped" ? `stopped; resume it from the Train page or with \`tunesmith train --resume ${run}\``
+      : done.error;
+    if (!current.live) {
+      try { current.live = TSRuns.live(run); } catch (e) { /* the run never started */ }
+    }
+  }
+
+  $("start").addEventListener("click", () => guarded(start));
+  $("stop").addEventListener("click", () => guarded(stop));
+  $("plan").addEventListener("click", () => guarded(plan));
+  if ($("resume")) $("resume").addEventListener("click", () => guarded(resume));
+})();
