@@ -84,3 +84,24 @@ def screenshot(page, name: str) -> Path:
     path = SCREENSHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def fake_run(runs: Path, name: str, *, status: str = "completed", steps: int = 20, best: float | None = 1.5,
+             created: str = "2026-12-01T10:00:00", metrics: list[dict] | None = None) -> Path:
+    """A run folder as finetune leaves it (manifest, config, metrics), registered in $TUNESMITH_HOME's registry."""
+    from tunesmith.config import Config, to_yaml
+    from tunesmith.runs.layout import RunPaths, append_metrics, write_manifest
+    from tunesmith.runs.store import register_run
+
+    paths = RunPaths(runs / name)
+    paths.dir.mkdir(parents=True)
+    paths.config.write_text(to_yaml(Config()), encoding="utf-8")
+    manifest = {"name": name, "status": status, "created_at": created, "base_model": "smollm2-135m-instruct",
+                "method": "lora", "steps": steps, "best_val_loss": best, "best_step": steps if best else None}
+    write_manifest(paths, manifest)
+    rows = metrics if metrics is not None else [
+        {"step": s, "split": "train", "loss": 2.0 - s / 100, "lr": 1e-4, "tokens_per_s": 100.0} for s in range(1, steps + 1)
+    ] + [{"step": steps, "split": "validation", "loss": best or 2.0}]
+    append_metrics(paths, rows)
+    register_run(paths.dir, manifest)
+    return paths.dir

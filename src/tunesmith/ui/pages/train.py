@@ -6,7 +6,7 @@ curves, stop (as Ctrl-C: a checkpoint is saved) and resume (as `tunesmith train 
     POST /api/train/validate      {values} -> {overrides} or the config's problems
     POST /api/train/plan          {values} -> {job}: finetune.plan in a child (loads the model, renders the data)
     POST /api/train/start         {values, name} -> {job, run}
-    POST /api/train/resume        {run} -> {job, run}
+    POST /api/train/resume        {run, max_steps?} -> {job, run}
 
 `values` maps dotted config keys to the form's text; only values that differ from the defaults
 become `--set key=value` items (ui/form.py). Runs are written to <workspace>/runs.
@@ -38,6 +38,7 @@ class TrainRequest(BaseModel):
 class ResumeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     run: str
+    max_steps: int | None = Field(None, ge=1)  # lengthen or shorten the run (a key a resume may change)
 
 
 def _overrides(request: Request, values: dict[str, str]) -> list[str]:
@@ -80,7 +81,8 @@ def train_start(request: Request, body: TrainRequest) -> dict:
 
 @router.post("/api/train/resume")
 def train_resume(request: Request, body: ResumeRequest) -> dict:
-    job = ui(request).jobs.start("train", "tunesmith.ui.tasks:train", {"overrides": [], "resume": body.run},
+    sets = [f"train.max_steps={body.max_steps}"] if body.max_steps else []
+    job = ui(request).jobs.start("train", "tunesmith.ui.tasks:train", {"overrides": sets, "resume": body.run},
                                  title=f"resume {body.run}", meta={"run": body.run})
     return {"job": job.id, "run": body.run}
 

@@ -47,7 +47,8 @@
   }
 
   async function resume() {
-    const { job, run } = await api("POST", "/api/train/resume", { run: $("resume-run").value });
+    const steps = $("resume-steps").value ? Number($("resume-steps").value) : null;
+    const { job, run } = await api("POST", "/api/train/resume", { run: $("resume-run").value, max_steps: steps });
     follow(job, run);
   }
 
