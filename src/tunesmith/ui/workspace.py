@@ -64,9 +64,13 @@ class Workspace:
         return path.resolve().relative_to(self.root).as_posix()
 
     def files(self, suffixes: tuple[str, ...] = DATA_SUFFIXES) -> list[str]:
-        """Files under the workspace with one of `suffixes`, sorted; symlinks leading outside are left out."""
+        """Files under the workspace with one of `suffixes`, sorted; symlinks leading outside and run
+        folders (their metrics and data copies) are left out."""
         found: list[str] = []
         for folder, dirs, names in os.walk(self.root, followlinks=False):
+            if "manifest.json" in names and "config.yaml" in names:  # a run folder: the Runs page shows it
+                dirs[:] = []
+                continue
             dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.startswith("."))
             for name in sorted(names):
                 if name.lower().endswith(suffixes):
@@ -87,7 +91,7 @@ class Workspace:
         if not UPLOAD_NAME.match(base) or not base.lower().endswith(DATA_SUFFIXES):
             raise UiPathError(f"cannot upload '{name}': give a plain file name ending in one of "
                               f"{', '.join(DATA_SUFFIXES)}", "rename the file and upload it again")
-        folder = self.root / UPLOADS
+        folder = self.resolve(UPLOADS, must_exist=False)  # refused when uploads/ is a symlink leading out
         folder.mkdir(exist_ok=True)
         stem, dot, suffix = base.partition(".")
         candidate, n = base, 1

@@ -92,9 +92,19 @@ def run_metrics(name: str) -> dict:
 
 @router.get("/api/runs/{name}/metrics/stream")
 async def run_metrics_stream(request: Request, name: str):
-    run = _run(name)
-    return StreamingResponse(_events(request, run.paths), media_type="text/event-stream",
+    return StreamingResponse(_events(request, _streamed(request, name)), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _streamed(request: Request, name: str) -> RunPaths:
+    """A registered run's folder, or the folder a training job of this UI is about to make (the page
+    follows a run from its start, before finetune registers it)."""
+    if registry.get(name) is not None:
+        return _run(name).paths
+    for job in ui(request).jobs.list("train"):
+        if job.meta.get("run") == name and job.meta.get("dir"):
+            return RunPaths(Path(job.meta["dir"]))
+    return _run(name).paths  # refuses with the known runs
 
 
 async def _events(request: Request, paths: RunPaths) -> AsyncIterator[str]:
@@ -104,7 +114,7 @@ async def _events(request: Request, paths: RunPaths) -> AsyncIterator[str]:
         for row in batch:
             yield f"data: {json.dumps(row)}\n\n"
         now = _status(paths)
-        if now != status:
+        if now != status and now != "?":
             status = now
             yield f"event: status\ndata: {json.dumps({'status': now})}\n\n"
         if not batch:

@@ -74,8 +74,9 @@ def train_plan(request: Request, body: TrainRequest) -> dict:
 def train_start(request: Request, body: TrainRequest) -> dict:
     sets = _overrides(request, body.values)
     name = (body.name or "").strip() or _new_name(request, sets)
+    folder = ui(request).workspace.root / RUNS_FOLDER / name
     job = ui(request).jobs.start("train", "tunesmith.ui.tasks:train", {"overrides": sets, "name": name},
-                                 title=f"train {name}", meta={"run": name})
+                                 title=f"train {name}", meta={"run": name, "dir": str(folder)})
     return {"job": job.id, "run": name}
 
 

@@ -14,6 +14,12 @@
     return out;
   }
 
+  function duration(seconds) {
+    if (seconds < 90) return `${Math.max(1, Math.round(seconds))} s`;
+    if (seconds < 5400) return `${Math.round(seconds / 60)} min`;
+    return `${(seconds / 3600).toFixed(1)} h`;
+  }
+
   function showProblems(error) {
     const problems = error?.body?.error?.problems || (error ? [error.message] : []);
     $("problems").replaceChildren(...problems.map((p) => el("li", {}, p)));
@@ -38,7 +44,7 @@
     }
     const p = done.result;
     $("plan-lines").replaceChildren(...p.lines.map((line) => el("p", { class: "mono small" }, line)),
-      el("p", {}, `${p.steps} steps, about ${Math.round(p.seconds / 6) / 10} min, peak memory ~${(p.peak_bytes / 1e9).toFixed(1)} GB`));
+      el("p", {}, `${p.steps} steps, about ${duration(p.seconds)}, peak memory ~${(p.peak_bytes / 1e9).toFixed(1)} GB`));
   }
 
   async function start() {
@@ -59,7 +65,7 @@
     $("train-status").textContent = "stopping: saving a checkpoint ...";
   }
 
-  // Follow a training job: its output, and the run's curves once the run is registered.
+  // Follow a training job: its output, and the run's curves from its first metrics line.
   async function follow(job, run) {
     if (current?.live) current.live.close();
     current = { job, run, live: null };
@@ -69,27 +75,21 @@
     $("start").disabled = true;
     $("stop").disabled = false;
     for (const id of ["loss-chart", "speed-chart"]) $(id).replaceChildren();
-    const done = await TS.waitJob(job, async (j) => {
+    current.live = TSRuns.live(run);  // the stream waits for the run's first metrics line
+    const done = await TS.waitJob(job, (j) => {
       $("log").textContent = j.log || "";
       $("log").scrollTop = $("log").scrollHeight;
       $("train-status").textContent = j.status === "running" ? "training ..." : j.status;
-      if (!current.live && j.status === "running") {
-        try {
-          await api("GET", `/api/runs/${encodeURIComponent(run)}/metrics`, undefined, { quiet: true });
-          current.live = TSRuns.live(run);
-        } catch (e) { /* not registered yet: the model is still loading */ }
-      }
     }, { every: 1000, log: true });
     $("start").disabled = false;
     $("stop").disabled = true;
+    const live = current.live;
+    setTimeout(() => live.close(), 3000);  // the last lines arrive within a poll; then the stream is not needed
     if (done.status === "failed") { TS.flash(done.error); showProblems({ message: done.error }); }
     $("train-status").textContent = done.status === "done"
       ? `done: ${done.result.steps} steps, best validation loss ${TS.fmt(done.result.best_val_loss)}`
       : done.status === "stopped" ? `stopped; resume it from the Train page or with \`tunesmith train --resume ${run}\``
       : done.error;
-    if (!current.live) {
-      try { current.live = TSRuns.live(run); } catch (e) { /* the run never started */ }
-    }
   }
 
   $("start").addEventListener("click", () => guarded(start));
