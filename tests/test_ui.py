@@ -346,3 +346,24 @@ print(sorted(m for m in ("torch", "transformers", "accelerate", "peft") if m in 
     done = subprocess.run([sys.executable, "-c", fake], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_tunesmith_ui_prints_the_address_with_its_token_and_serves_it(tmp_path):
+    import re
+    import signal
+
+    env = {**os.environ, "TUNESMITH_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "tunesmith", "ui", "--port", "0", "--workspace", str(tmp_path)],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stderr.readline()
+        found = re.search(r"open (http://127\.0\.0\.1:\d+/\?token=\S+)", line)
+        assert found, line
+        with httpx.Client(timeout=10) as browser_like:
+            page = browser_like.get(found.group(1), follow_redirects=True, headers={"Accept": "text/html"})
+            assert page.status_code == 200 and "<h1>Data</h1>" in page.text
+            assert browser_like.get(found.group(1).split("?")[0] + "api/runs").json() == {"runs": []}
+        assert httpx.get(found.group(1).split("?")[0] + "api/runs", timeout=10).status_code == 401
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) in (0, 130, -2)
