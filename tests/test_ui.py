@@ -282,6 +282,14 @@ def test_a_new_metrics_line_reaches_the_live_curve_within_two_seconds(ui_server)
     assert received[-1][1]["step"] == 99 and received[-1][0] - written < 2.0
 
 
+def test_a_finished_runs_stream_sends_its_lines_then_ends(client, workspace):
+    fake_run(workspace / "runs", "done", steps=4)
+    with client.stream("GET", "/api/runs/done/metrics/stream") as response:
+        text = "".join(response.iter_text())  # returns: the stream ends by itself
+    lines = [line for line in text.splitlines() if line.startswith("data: {\"step\"")]
+    assert len(lines) == 5 and 'event: status\ndata: {"status": "completed"}' in text and text.endswith("event: end\ndata: {}\n\n")
+
+
 # ------------------------------------------------------------------ jobs
 
 

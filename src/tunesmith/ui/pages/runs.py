@@ -28,7 +28,9 @@ from tunesmith.ui.web import ui
 
 LABEL = "Runs"
 POLL_S = 0.4  # how often a live curve looks at metrics.jsonl: a logged step shows well within 2 s
-IDLE_END_S = 3600.0  # a stream with nothing new for an hour ends (the page reconnects when it is open)
+IDLE_END_S = 3600.0  # a stream with nothing new for an hour ends (the browser reconnects when the page is open)
+FINISHED_QUIET_S = 2.0  # a run that is not running, quiet this long: the stream ends
+PING_S = 15.0
 router = APIRouter()
 
 
@@ -67,12 +69,22 @@ def run_page(request: Request, name: str):
     run = _run(name)
     paths = run.paths
     config = paths.config.read_text(encoding="utf-8") if paths.config.is_file() else ""
-    card_path = paths.data / "data_card.json"
-    card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else None
+    card = _card(paths)
     return ui(request).render(request, "run.html", active="runs", run=_row(run), dir=str(run.dir), config=config,
                               manifest=json.dumps(run.manifest, indent=2, default=str),
-                              card=json.dumps(card, indent=2) if card else "",
+                              card=card,
                               report=(run.dir / "report.html").is_file())
+
+
+def _card(paths: RunPaths) -> str:
+    """The run's data card as indented JSON ('' when there is none, a note when it is unreadable)."""
+    path = paths.data / "data_card.json"
+    if not path.is_file():
+        return ""
+    try:
+        return json.dumps(json.loads(path.read_text(encoding="utf-8")), indent=2)
+    except (OSError, ValueError) as e:
+        return f"(unreadable: {e})"
 
 
 @router.get("/runs/{name}/report")
@@ -108,8 +120,10 @@ def _streamed(request: Request, name: str) -> RunPaths:
 
 
 async def _events(request: Request, paths: RunPaths) -> AsyncIterator[str]:
-    """Every metrics line so far, then each new one as it lands; a `status` event when the run's status changes."""
-    status = None
+    """Every metrics line so far, then each new one as it lands; a `status` event when the run's status
+    changes, and an `end` event once a run that is not running has been quiet for FINISHED_QUIET_S
+    (the page closes the stream instead of the browser reconnecting and receiving it all again)."""
+    status, quiet, since_ping = None, 0.0, 0.0
     async for batch in tail_metrics(paths.metrics, is_done=request.is_disconnected):
         for row in batch:
             yield f"data: {json.dumps(row)}\n\n"
@@ -117,8 +131,14 @@ async def _events(request: Request, paths: RunPaths) -> AsyncIterator[str]:
         if now != status and now != "?":
             status = now
             yield f"event: status\ndata: {json.dumps({'status': now})}\n\n"
-        if not batch:
-            yield ": keep-alive\n\n"  # lets the server notice a client that left
+        quiet = 0.0 if batch else quiet + POLL_S
+        if status not in (None, "running") and quiet >= FINISHED_QUIET_S:
+            yield "event: end\ndata: {}\n\n"
+            return
+        since_ping = 0.0 if batch else since_ping + POLL_S
+        if since_ping >= PING_S:  # lets the server notice a client that left
+            since_ping = 0.0
+            yield ": keep-alive\n\n"
 
 
 def _status(paths: RunPaths) -> str:

@@ -30,6 +30,7 @@ const TSRuns = (() => {
       if (onRow) onRow(row);
       if (!pending) { pending = true; requestAnimationFrame(redraw); }
     });
+    source.addEventListener("open", () => { rows.length = 0; });  // a reconnection sends every line again
     source.addEventListener("status", (e) => {
       const status = JSON.parse(e.data).status;
       const badge = document.getElementById("run-status");
