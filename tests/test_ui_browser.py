@@ -10,32 +10,8 @@ from __future__ import annotations
 
 import shutil
 
-import pytest
-
-from ui_helpers import browser, fake_run, screenshot, ui_server  # noqa: F401  (fixtures)
+from ui_helpers import browser, fake_run, open_page, page, screenshot, ui_server  # noqa: F401  (fixtures)
 from test_ui import MESSY, TOKENIZER
-
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-WAIT_MS = 120_000
-
-
-@pytest.fixture
-def page(browser, ui_server):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.errors = []
-    page.on("pageerror", lambda e: page.errors.append(str(e)))
-    page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
-    page.on("response", lambda r: page.errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
-    page.set_default_timeout(WAIT_MS)
-    yield page
-    context.close()
-
-
-def open_page(page, ui_server, path: str) -> None:
-    page.goto(ui_server.url(path))
-    page.wait_for_load_state("networkidle")
-
 
 def test_every_page_opens_without_a_script_error(page, ui_server):
     fake_run(ui_server.workspace / "runs", "first")

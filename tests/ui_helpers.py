@@ -1,10 +1,11 @@
 """Shared by the UI tests: a UI server on a free port in a thread, and a headless Chromium (Playwright).
 
-    from ui_helpers import browser, ui_server, UiServer    # fixtures and the type
+    from ui_helpers import browser, page, ui_server, open_page    # fixtures (import them into the test module)
 
-    def test_x(ui_server, browser):
-        page = browser.new_page()
-        page.goto(ui_server.url("/runs"))      # the URL carries the token; the cookie is set on the first visit
+    def test_x(page, ui_server):
+        open_page(page, ui_server, "/runs")    # the URL carries the token; the cookie is set on the first visit
+        ...
+        assert page.errors == []               # no script error, no failed request (4xx / 5xx) on the way
 
 `ui_server` serves a fresh workspace (`ui_server.workspace`) with an empty $TUNESMITH_HOME of its
 own; `browser` skips the test with the reason when Chromium or Playwright is missing.
@@ -76,6 +77,30 @@ def browser():
             yield chromium
         finally:
             chromium.close()
+
+
+WAIT_MS = 120_000  # a page waits this long for a job (a check, a run) before a test fails
+
+
+@pytest.fixture
+def page(browser, ui_server):
+    """A fresh browser page (1280 x 900); `page.errors` collects script errors, console errors and
+    every response with status >= 400."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    tab = context.new_page()
+    tab.errors = []
+    tab.on("pageerror", lambda e: tab.errors.append(str(e)))
+    tab.on("console", lambda m: tab.errors.append(m.text) if m.type == "error" else None)
+    tab.on("response", lambda r: tab.errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    tab.set_default_timeout(WAIT_MS)
+    yield tab
+    context.close()
+
+
+def open_page(page, server: UiServer, path: str) -> None:
+    """Go to `path` with the token and wait until its requests are done."""
+    page.goto(server.url(path))
+    page.wait_for_load_state("networkidle")
 
 
 def screenshot(page, name: str) -> Path:
