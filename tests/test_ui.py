@@ -89,6 +89,14 @@ def test_without_the_token_every_page_and_api_is_refused(anon):
     assert anon.get("/static/app.js").status_code == 200  # the package's own files are public
 
 
+def test_an_empty_token_is_refused(workspace, tmp_path):
+    from tunesmith.errors import ConfigError
+    from tunesmith.ui.app import create_app
+
+    with pytest.raises(ConfigError, match="access token is empty"):
+        create_app(workspace, " ", state_dir=tmp_path / "jobs")
+
+
 def test_the_token_url_sets_an_httponly_strict_cookie_and_leaves_the_address(anon):
     first = anon.get(f"/data?token={TOKEN}&x=1", follow_redirects=False)
     assert first.status_code == 303 and first.headers["location"] == "/data?x=1"

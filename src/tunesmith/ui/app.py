@@ -61,6 +61,8 @@ def create_app(workspace: str | Path, token: str, *, host: str = "127.0.0.1", st
     """
     from tunesmith.models.store import home
 
+    if not token or not token.strip():
+        raise ConfigError("the UI's access token is empty", "leave out --api-key for a generated one, or give a real key")
     given = {"max_upload_bytes": max_upload_bytes, "allowed_hosts": tuple(allowed_hosts) if allowed_hosts else None}
     settings = Settings(workspace=Workspace.at(workspace), token=token, state_dir=Path(state_dir or home() / "ui" / "jobs"),
                         host=host, **{k: v for k, v in given.items() if v is not None})
@@ -75,7 +77,8 @@ def create_app(workspace: str | Path, token: str, *, host: str = "127.0.0.1", st
     app = FastAPI(title="tunesmith ui", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.ui = Ui(settings, secrets.token_urlsafe(32), jobs, [(name, module.LABEL) for name, module in pages],
                       environment())
-    # outermost first: the Host check, then the body cap, then the token and CSRF gate
+    # each add_middleware wraps the ones before it: a request meets the Host check, then the body cap,
+    # then the token and CSRF gate
     app.add_middleware(Gate, token=token, csrf=app.state.ui.csrf)
     app.add_middleware(_BodyCaps, small=settings.max_body_bytes, large=settings.max_upload_bytes)
     if is_loopback(host) and "*" not in settings.allowed_hosts:
