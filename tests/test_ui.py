@@ -246,6 +246,10 @@ def test_runs_list_and_a_runs_page(client, workspace):
     assert report.text == "<html>report</html>" and report.headers["content-security-policy"] == "sandbox"
     metrics = client.get("/api/runs/alpha/metrics").json()["rows"]
     assert len(metrics) == 21 and metrics[-1]["split"] == "validation"
+    failed = fake_run(workspace / "runs", "gamma", status="failed", best=None)
+    manifest = json.loads((failed / "manifest.json").read_text())
+    (failed / "manifest.json").write_text(json.dumps({**manifest, "error": "no trainable rows in x.jsonl"}))
+    assert '<p class="error-line" id="run-error">failed: no trainable rows in x.jsonl</p>' in client.get("/runs/gamma").text
     overlay = client.get("/runs/overlay?name=alpha&name=beta").text
     assert '["alpha", "beta"]' in overlay
     missing = client.get("/runs/nope", headers={"Accept": "text/html"})

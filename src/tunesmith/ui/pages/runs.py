@@ -73,7 +73,7 @@ def run_page(request: Request, name: str):
     return ui(request).render(request, "run.html", active="runs", run=_row(run), dir=str(run.dir), config=config,
                               manifest=json.dumps(run.manifest, indent=2, default=str),
                               card=card,
-                              report=(run.dir / "report.html").is_file())
+                              report=(run.dir / "report.html").is_file(), error=run.manifest.get("error"))
 
 
 def _card(paths: RunPaths) -> str:
