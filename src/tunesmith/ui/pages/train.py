@@ -54,8 +54,10 @@ def _overrides(request: Request, values: dict[str, str]) -> list[str]:
 @router.get("/train")
 def train_page(request: Request):
     resumable = [r.name for r in list_runs() if r.status in ("stopped", "failed")]
+    running = [{"job": j.id, "run": j.meta.get("run")} for j in ui(request).jobs.list("train") if j.status == "running"]
     return ui(request).render(request, "train.html", active="train", sections=form.fields(),
-                              files=ui(request).workspace.files(), resumable=resumable)
+                              files=ui(request).workspace.files(), resumable=resumable,
+                              running=running[0] if running else None)
 
 
 @router.post("/api/train/validate")

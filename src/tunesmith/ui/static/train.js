@@ -96,4 +96,6 @@
   $("stop").addEventListener("click", () => guarded(stop));
   $("plan").addEventListener("click", () => guarded(plan));
   if ($("resume")) $("resume").addEventListener("click", () => guarded(resume));
+  const running = JSON.parse($("running-job").textContent);  // a run this UI started: follow it again after a reload
+  if (running) follow(running.job, running.run);
 })();
