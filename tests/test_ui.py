@@ -302,6 +302,24 @@ def test_a_finished_runs_stream_sends_its_lines_then_ends(client, workspace):
     assert len(lines) == 5 and 'event: status\ndata: {"status": "completed"}' in text and text.endswith("event: end\ndata: {}\n\n")
 
 
+def test_resume_takes_only_a_registered_stopped_or_failed_run(client, workspace, tmp_path):
+    fake_run(workspace / "runs", "done-run")  # completed
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for run, says in [(str(elsewhere), "unknown run"), ("../elsewhere", "unknown run"), ("nope", "unknown run"),
+                      ("done-run", "already completed; there is nothing to resume")]:
+        response = client.post("/api/train/resume", json={"run": run})
+        assert response.status_code == 400 and says in response.json()["error"]["message"], (run, response.text)
+    assert client.get("/api/jobs").json()["jobs"] == []  # refused before any job started
+
+
+@pytest.mark.parametrize("name", ["../../../tmp/x", "a/b", ".."])
+def test_a_run_name_that_is_a_path_is_refused_before_the_job(client, name):
+    response = client.post("/api/train/start", json={"values": {"data.train": "data/messy.jsonl"}, "name": name})
+    assert response.status_code == 400 and "invalid run name" in response.json()["error"]["message"]
+    assert client.get("/api/jobs").json()["jobs"] == []
+
+
 # ------------------------------------------------------------------ jobs
 
 
