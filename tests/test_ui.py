@@ -40,6 +40,7 @@ def workspace(tmp_path) -> Path:
     folder = tmp_path / "workspace"
     (folder / "data").mkdir(parents=True)
     (folder / "data" / "messy.jsonl").write_text("\n".join(MESSY) + "\n", encoding="utf-8")
+    shutil.copytree(TOKENIZER, folder / "tokenizer")  # a model is a store name or a workspace folder
     return folder
 
 
@@ -140,6 +141,20 @@ def test_paths_outside_the_workspace_are_refused_with_one_line(client, path, say
     assert says in message and "Traceback" not in message and "\n" not in message
 
 
+@pytest.mark.parametrize("model, says", [
+    ("sub/../../elsewhere", "leaves the workspace"), ("/etc", "not a path inside the workspace"),
+    ("../tokenizer", "leaves the workspace"), ("no-such-model", "unknown model 'no-such-model'"),
+])
+def test_a_model_is_a_store_name_or_inside_the_workspace(client, model, says):
+    train = client.post("/api/train/validate", json={"values": {"data.train": "data/messy.jsonl", "model.name": model}})
+    check = client.post("/api/data/check", json={"path": "data/messy.jsonl", "model": model})
+    for response in (train, check):
+        assert response.status_code == 400 and says in response.json()["error"]["message"], response.text
+    ok = client.post("/api/train/validate", json={"values": {"data.train": "data/messy.jsonl", "model.name": "tokenizer"}})
+    tokenizer = json.dumps(str(client.app.state.ui.workspace.root / "tokenizer"))
+    assert ok.status_code == 200 and f"model.name={tokenizer}" in ok.json()["overrides"]
+
+
 def test_a_symlink_that_leads_outside_is_refused_and_not_listed(client, workspace, tmp_path):
     secret = tmp_path / "secret.jsonl"
     secret.write_text('{"input": "a", "output": "b"}\n')
@@ -149,7 +164,7 @@ def test_a_symlink_that_leads_outside_is_refused_and_not_listed(client, workspac
     assert response.status_code == 400 and "leads outside the workspace" in response.json()["error"]["message"]
     assert client.post("/api/data/check", json={"path": "escape/secret.jsonl"}).status_code == 400
     files = client.get("/api/data/files").json()["files"]
-    assert files == ["data/messy.jsonl"]
+    assert [f for f in files if not f.startswith("tokenizer/")] == ["data/messy.jsonl"]
 
 
 def test_uploads_are_kept_in_the_workspace_never_overwrite_and_are_capped(workspace, tmp_path, store_home):
@@ -174,7 +189,7 @@ def test_uploads_are_kept_in_the_workspace_never_overwrite_and_are_capped(worksp
 
 
 def test_data_check_shows_every_finding_of_a_messy_file(client):
-    response = client.post("/api/data/check", json={"path": "data/messy.jsonl", "model": str(TOKENIZER)})
+    response = client.post("/api/data/check", json={"path": "data/messy.jsonl", "model": "tokenizer"})
     assert response.status_code == 200, response.text
     job = wait_job(client, response.json()["job"])
     assert job["status"] == "done", job["error"]
@@ -194,7 +209,7 @@ def test_a_broken_file_is_reported_not_crashed_on(client, workspace):
     (workspace / "data" / "broken.csv").write_bytes(b"\x00\x01\x02 not a table")
     response = client.post("/api/data/check", json={"path": "data/broken.csv", "format": "nonsense"})
     assert response.status_code == 400 and "nonsense" in response.json()["error"]["message"]
-    started = client.post("/api/data/check", json={"path": "data/broken.csv", "model": str(TOKENIZER)})
+    started = client.post("/api/data/check", json={"path": "data/broken.csv", "model": "tokenizer"})
     job = wait_job(client, started.json()["job"])
     assert job["status"] == "done"
     assert [f["rule"] for f in job["result"]["issues"]] == ["file.binary"]
@@ -323,7 +338,8 @@ def test_a_run_name_that_is_a_path_is_refused_before_the_job(client, name):
 # ------------------------------------------------------------------ jobs
 
 
-def test_a_failed_job_says_the_clis_one_line(client):
+def test_a_failed_job_says_the_clis_one_line(client, workspace):
+    (workspace / "no-such-model").mkdir()  # a folder, but not a model: the child's loader refuses it
     start = client.post("/api/train/start", json={"values": {"data.train": "data/messy.jsonl",
                                                              "model.name": "no-such-model", "train.max_steps": "2"}})
     assert start.status_code == 200, start.text

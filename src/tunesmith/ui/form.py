@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tunesmith.config import Config, describe_keys
+from tunesmith.errors import ModelError
+from tunesmith.models.store import ModelStore
 
 SECTIONS = ("model", "data", "method", "train")  # what a run is; eval and serve are for later commands
 PATH_FIELDS = ("data.train", "data.validation", "data.test")  # picked from the workspace's files
-CONFIG_PATH_PREFIXES = ("./", "../", "/", "~")
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,19 @@ def show(value: Any) -> str:
     return str(value)
 
 
+def model(value: str, resolve_path) -> str:
+    """A model as the browser names it: a store name as it is, anything else a model folder or GGUF file
+    inside the workspace (absolute, resolved). The store tells names from paths (ModelStore.knows)."""
+    store = ModelStore()
+    if store.knows(value):
+        return value
+    path = resolve_path(value, must_exist=False)  # UiPathError for an absolute path, '..', a symlink out
+    if not path.exists():
+        raise ModelError(f"unknown model '{value}': not a store model, nor a folder or file in the workspace",
+                         f"known models: {', '.join(store.names())}; or copy the model folder into the workspace")
+    return str(path)
+
+
 def overrides(values: dict[str, str], resolve_path) -> list[str]:
     """`--set` items for every field whose value differs from its default (unknown keys are passed on, so
     the config code names them as it does for the CLI). `resolve_path(rel)` turns a workspace path into
@@ -91,8 +105,10 @@ def overrides(values: dict[str, str], resolve_path) -> list[str]:
         spec = known.get(key)
         if spec is not None and value == spec.default:
             continue
-        if value and (key in PATH_FIELDS or (key == "model.name" and value.startswith(CONFIG_PATH_PREFIXES))):
+        if value and key in PATH_FIELDS:
             value = str(resolve_path(value))
+        elif value and key == "model.name":
+            value = model(value, resolve_path)
         if spec is not None and spec.quoted and value:
             value = json.dumps(value)
         out.append(f"{key}={value}")

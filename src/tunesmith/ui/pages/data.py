@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from tunesmith.data.formats import FORMATS, parse_mapping, resolve_format
 from tunesmith.errors import DataError
 from tunesmith.models.store import BUILTIN_NAME
+from tunesmith.ui import form
 from tunesmith.ui.web import ui
 
 LABEL = "Data"
@@ -81,7 +82,8 @@ async def data_upload(request: Request, name: str) -> dict:
 
 @router.post("/api/data/check")
 def data_check(request: Request, body: CheckRequest) -> dict:
-    kwargs = body.checked(request) | {"model": body.model or None, "max_length": body.max_length}
+    model = form.model(body.model.strip(), ui(request).workspace.resolve) if (body.model or "").strip() else None
+    kwargs = body.checked(request) | {"model": model, "max_length": body.max_length}
     job = ui(request).jobs.start("check", "tunesmith.ui.tasks:check_data", kwargs, title=f"check {body.path}",
                                  meta={"path": body.path})
     return {"job": job.id}
