@@ -107,6 +107,14 @@ def test_the_token_url_sets_an_httponly_strict_cookie_and_leaves_the_address(ano
     assert anon.get("/api/runs", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
 
 
+def test_a_non_loopback_bind_warns_that_the_token_crosses_the_network_in_plain_http():
+    from tunesmith.ui.guard import exposure_warning
+
+    assert exposure_warning("127.0.0.1") is None and exposure_warning("::1") is None
+    warning = exposure_warning("0.0.0.0")
+    assert "plain HTTP" in warning and "token" in warning and "API key" not in warning
+
+
 def test_a_foreign_host_header_is_refused(client):
     response = client.get("/runs", headers={"Host": "attacker.example:8765"})
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_host"

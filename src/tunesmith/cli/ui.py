@@ -25,12 +25,12 @@ def ui_cmd(
     """Open the whole path in a browser: check data, train with live curves, browse and compare runs."""
     import secrets
 
-    from tunesmith.config import ServeConfig
-    from tunesmith.serve.server import bind, exposure_warning, uvicorn_server
+    from tunesmith.serve.server import bind, uvicorn_server
     from tunesmith.ui.app import create_app
+    from tunesmith.ui.guard import exposure_warning
     from tunesmith.ui.web import MB
 
-    warning = exposure_warning(ServeConfig(host=host, api_key=api_key))
+    warning = exposure_warning(host)
     if warning:
         err_console.print(f"[bold yellow]warning:[/] {warning}")
     token = api_key or secrets.token_urlsafe(24)

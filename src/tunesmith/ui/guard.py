@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 from tunesmith.serve.guards import error_body
+from tunesmith.serve.server import is_loopback
 
 CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -32,6 +33,16 @@ _NEEDS_TOKEN = """<!doctype html><html><head><meta charset="utf-8"><title>tunesm
 <p>{reason}. Open the address <code>tunesmith ui</code> printed in its terminal
 (<code>http://HOST:PORT/?token=...</code>), or pass the key given with <code>--api-key</code> as
 <code>?token=KEY</code>.</p></main></body></html>"""
+
+
+def exposure_warning(host: str) -> str | None:
+    """A warning when the UI is reachable from other machines: the UI always has a token, but over plain
+    HTTP the token (in the printed address) and the cookie cross the network readable by anyone on it."""
+    if is_loopback(host):
+        return None
+    return (f"binding {host}: the UI speaks plain HTTP, so its access token and cookie cross the network "
+            "unencrypted and anyone who sees them can use the UI (bind 127.0.0.1 and use an SSH tunnel, "
+            "or put it behind an HTTPS proxy)")
 
 
 def cookie_name(port: int | None) -> str:
