@@ -135,6 +135,31 @@ def test_state_changing_requests_need_the_csrf_header_and_the_uis_own_origin(cli
     assert wait_job(client, ok.json()["job"])["status"] == "done"
 
 
+def test_pages_carry_a_csp_that_forbids_framing_and_inline_script(client):
+    import re
+
+    for path in ("/data", "/train", "/runs"):
+        csp = client.get(path).headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp
+    for template in (ROOT / "src" / "tunesmith" / "ui" / "templates").glob("*.html"):
+        text = template.read_text(encoding="utf-8")
+        inline = [t for t in re.findall(r"<script[^>]*>", text) if "src=" not in t and "application/json" not in t]
+        assert not inline and not re.search(r"\son[a-z]+=", text), template.name
+
+
+def test_jobs_run_only_the_uis_job_functions(client, tmp_path):
+    import re
+
+    from tunesmith.ui.jobs import JobError
+    from tunesmith.ui.tasks import TARGETS
+
+    with pytest.raises(JobError, match="not one of the UI's job functions"):
+        client.app.state.ui.jobs.start("x", "tunesmith.io:atomic_write_text", {"path": str(tmp_path / "x"), "text": ""})
+    called = {t for page in (ROOT / "src" / "tunesmith" / "ui" / "pages").glob("*.py")
+              for t in re.findall(r'jobs\.start\(\s*"[^"]+",\s*"([^"]+)"', page.read_text(encoding="utf-8"))}
+    assert called and called <= TARGETS  # every page's job is allowed
+
+
 # ------------------------------------------------------------------ the workspace
 
 

@@ -13,7 +13,7 @@ light (torch and transformers load only in the child) and responsive. The contra
     jobs.list()                    # this UI process's jobs, newest first
     jobs.close()                   # at shutdown: stop every running job, waiting a little for each
 
-`target` is "module:function" inside tunesmith, called with `kwargs` (JSON-able) in a fresh
+`target` is "module:function", one of ui/tasks.py's TARGETS, called with `kwargs` (JSON-able) in a fresh
 interpreter (`python -m tunesmith.ui.job FOLDER`, see ui/job.py); its return value must be
 JSON-able. Each job has a folder (`<folder>/<id>/`): spec.json, log.txt, result.json. A child
 that dies without a result (killed, out of memory) is `failed` with its exit code and the log.
@@ -35,6 +35,7 @@ from typing import Any
 
 from tunesmith.errors import TunesmithError
 from tunesmith.io import atomic_write_json
+from tunesmith.ui.tasks import TARGETS
 
 STATES = ("running", "done", "failed", "stopped")
 STOP_GRACE_S = 30.0  # how long close() waits for a stopped child to save its checkpoint, before killing it
@@ -116,8 +117,9 @@ class Jobs:
     def start(self, kind: str, target: str, kwargs: dict[str, Any], *, title: str = "",
               meta: dict[str, Any] | None = None) -> Job:
         """Start `target(**kwargs)` in a child process; returns at once with the running Job."""
-        if not target.startswith("tunesmith.") or ":" not in target:
-            raise JobError(f"job target {target!r} is not a tunesmith function ('module:function')")
+        if target not in TARGETS:
+            raise JobError(f"job target {target!r} is not one of the UI's job functions",
+                           "add it to TARGETS in tunesmith/ui/tasks.py")
         job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{secrets.token_hex(3)}"
         folder = self.folder / job_id
         folder.mkdir(parents=True)

@@ -17,6 +17,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+# Every function a UI job may run ("module:function"); Jobs.start refuses any other, so a request can
+# never name one. A page whose job function lives elsewhere adds it here.
+TARGETS = frozenset({
+    "tunesmith.ui.tasks:check_data", "tunesmith.ui.tasks:prepare_data", "tunesmith.ui.tasks:train",
+    "tunesmith.ui.tasks:plan",
+    "tunesmith.ui.pages.compare:compare_job", "tunesmith.ui.pages.export:export_job",
+})
 MAX_ISSUES = 5000  # findings sent to the page; the summary counts them all
 MAX_PAIRS = 20  # duplicate / conflict pairs shown side by side
 

@@ -52,5 +52,11 @@ const TSRuns = (() => {
     }
   }
 
+  // the run and overlay pages start here: the page's CSP runs scripts from /static/ only, never inline ones
+  const followed = document.querySelector("#loss-chart[data-live]");
+  if (followed) live(followed.dataset.run);
+  const chosen = document.getElementById("overlay-runs");
+  if (chosen) overlay(JSON.parse(chosen.textContent));
+
   return { live, overlay };
 })();

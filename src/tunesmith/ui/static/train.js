@@ -5,6 +5,7 @@
   const $ = (id) => document.getElementById(id);
   const { api, el } = TS;
   let current = null; // {job, run, live}
+  $("train-form").addEventListener("submit", (e) => e.preventDefault()); // Enter in a field does not reload
 
   function values() {
     const out = {};
