@@ -265,6 +265,22 @@ def test_config_errors_come_back_all_at_once_with_the_clis_messages(client):
     assert "leaves the workspace" in outside.json()["error"]["message"]
 
 
+def test_form_values_reach_the_config_as_typed(client, workspace):
+    """File names YAML would cut ('#' starts a comment, ': ' a mapping) and emoji (a \\ud83d escape came
+    back from the YAML parser as a lone surrogate) arrive as the user typed them."""
+    from tunesmith.config import load_config
+
+    for name in ("a #b.jsonl", "x: y.jsonl"):
+        shutil.copy(workspace / "data" / "messy.jsonl", workspace / "data" / name)
+    values = {"data.train": "data/a #b.jsonl", "data.validation": "data/x: y.jsonl", "data.system": "Be kind 🙂 — ünïcode"}
+    response = client.post("/api/train/validate", json={"values": values})
+    assert response.status_code == 200, response.text
+    cfg = load_config(None, response.json()["overrides"])
+    assert cfg.data.train == str(workspace / "data" / "a #b.jsonl")
+    assert cfg.data.validation == str(workspace / "data" / "x: y.jsonl")
+    assert cfg.data.system == "Be kind 🙂 — ünïcode"
+
+
 def test_the_train_form_is_the_config_with_its_help(client):
     from tunesmith.config import describe_keys
 

@@ -94,6 +94,12 @@ def model(value: str, resolve_path) -> str:
     return str(path)
 
 
+def yaml_text(value: str) -> str:
+    """`value` as a YAML string for `--set` (a JSON string is one): 'a #b.jsonl' or 'x: y' stay text, and
+    non-ASCII stays as it is (a \\ud83d escape would come back from the YAML parser as a lone surrogate)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
 def overrides(values: dict[str, str], resolve_path) -> list[str]:
     """`--set` items for every field whose value differs from its default (unknown keys are passed on, so
     the config code names them as it does for the CLI). `resolve_path(rel)` turns a workspace path into
@@ -106,10 +112,10 @@ def overrides(values: dict[str, str], resolve_path) -> list[str]:
         if spec is not None and value == spec.default:
             continue
         if value and key in PATH_FIELDS:
-            value = str(resolve_path(value))
+            value = yaml_text(str(resolve_path(value)))
         elif value and key == "model.name":
-            value = model(value, resolve_path)
-        if spec is not None and spec.quoted and value:
-            value = json.dumps(value)
+            value = yaml_text(model(value, resolve_path))
+        elif spec is not None and spec.quoted and value:
+            value = yaml_text(value)
         out.append(f"{key}={value}")
     return out

@@ -51,7 +51,7 @@ def _overrides(request: Request, values: dict[str, str]) -> tuple[list[str], Con
     before loading anything."""
     workspace = ui(request).workspace
     sets = form.overrides(values, workspace.resolve)
-    sets.append(f"output_dir={workspace.root / RUNS_FOLDER}")
+    sets.append(f"output_dir={form.yaml_text(str(workspace.root / RUNS_FOLDER))}")
     cfg = load_config(None, sets)  # ConfigError with every type and key problem
     check_config(cfg)  # ... and every value finetune refuses
     return sets, cfg
