@@ -200,6 +200,51 @@ def test_a_symlink_that_leads_outside_is_refused_and_not_listed(client, workspac
     assert [f for f in files if not f.startswith("tokenizer/")] == ["data/messy.jsonl"]
 
 
+@pytest.mark.parametrize("path", ["data/a\x00b.jsonl", "x" * 5000, "/".join(["y" * 200] * 30)])
+def test_a_path_the_file_system_cannot_take_is_a_ui_path_error(client, path):
+    response = client.post("/api/data/check", json={"path": path})
+    assert response.status_code == 400 and "not a usable path" in response.json()["error"]["message"], response.text
+
+
+def test_a_failed_upload_leaves_no_file_under_its_name(workspace, monkeypatch):
+    import errno
+
+    from tunesmith.ui import workspace as ws
+
+    class Full:
+        def __init__(self, fd, mode):
+            os.close(fd)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ws.os, "fdopen", Full)
+    with pytest.raises(ws.UiPathError, match="No space left on device"):
+        ws.Workspace.at(workspace).save_upload("faq.jsonl", b"{}\n")
+    assert list((workspace / "uploads").iterdir()) == []  # neither faq.jsonl nor the temporary file
+
+
+def test_the_file_listing_is_bounded_in_depth_and_folders(workspace, monkeypatch):
+    from tunesmith.ui import workspace as ws
+
+    deep = workspace.joinpath(*[f"d{i}" for i in range(ws.MAX_DEPTH + 2)])
+    deep.mkdir(parents=True)
+    (deep / "far.jsonl").write_text("{}\n")
+    for i in range(5):
+        (workspace / f"wide{i}").mkdir()
+        (workspace / f"wide{i}" / "x.jsonl").write_text("{}\n")
+    files = ws.Workspace.at(workspace).files()
+    assert "data/messy.jsonl" in files and not any(f.endswith("far.jsonl") for f in files)
+    monkeypatch.setattr(ws, "MAX_FOLDERS", 3)
+    assert len([f for f in ws.Workspace.at(workspace).files() if f.startswith("wide")]) < 5
+
+
 def test_uploads_are_kept_in_the_workspace_never_overwrite_and_are_capped(workspace, tmp_path, store_home):
     with make_client(workspace, tmp_path, max_upload_bytes=2000) as c:
         c.get(f"/data?token={TOKEN}")

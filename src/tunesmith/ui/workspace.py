@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from tunesmith.errors import TunesmithError
 
 DATA_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet", ".gz")
-SKIP_DIRS = frozenset({".git", ".venv", "venv", "node_modules", "__pycache__", ".tunesmith-ui"})
+SKIP_DIRS = frozenset({"venv", "node_modules", "__pycache__"})  # and every folder whose name starts with '.'
 UPLOADS = "uploads"  # the workspace folder uploads go to
 UPLOAD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,120}$")
-MAX_LISTED = 2000  # files offered in a picker; a huge tree is cut, never walked for minutes
+MAX_LISTED = 2000  # files offered in a picker
+MAX_FOLDERS = 2000  # folders a listing visits, and how deep it goes: a workspace like $HOME is cut, never
+MAX_DEPTH = 6  # walked for minutes
 
 
 class UiPathError(TunesmithError):
@@ -45,6 +48,13 @@ class Workspace:
         followed) is outside the workspace, and, with `must_exist`, a path that is not there.
         """
         text = (rel or "").strip()
+        try:
+            return self._resolve(rel, text, must_exist)
+        except (ValueError, OSError) as e:  # a NUL byte, a name too long for the file system
+            raise UiPathError(f"'{rel[:80]}' is not a usable path ({type(e).__name__}: {e})",
+                              "give a shorter path without control characters") from None
+
+    def _resolve(self, rel: str, text: str, must_exist: bool) -> Path:
         pure = PurePosixPath(text.replace("\\", "/"))
         if not text or pure.is_absolute() or os.path.isabs(text) or (len(text) > 1 and text[1] == ":"):
             raise UiPathError(f"'{rel}' is not a path inside the workspace",
@@ -67,18 +77,19 @@ class Workspace:
         """Files under the workspace with one of `suffixes`, sorted; symlinks leading outside and run
         folders (their metrics and data copies) are left out."""
         found: list[str] = []
-        for folder, dirs, names in os.walk(self.root, followlinks=False):
+        for visited, (folder, dirs, names) in enumerate(os.walk(self.root, followlinks=False), start=1):
             if "manifest.json" in names and "config.yaml" in names:  # a run folder: the Runs page shows it
                 dirs[:] = []
                 continue
-            dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.startswith("."))
+            deep = len(Path(folder).relative_to(self.root).parts) >= MAX_DEPTH
+            dirs[:] = [] if deep else sorted(d for d in dirs if d not in SKIP_DIRS and not d.startswith("."))
             for name in sorted(names):
                 if name.lower().endswith(suffixes):
                     path = Path(folder, name)
                     if path.resolve().is_relative_to(self.root):
                         found.append(path.relative_to(self.root).as_posix())
-                if len(found) >= MAX_LISTED:
-                    return found
+            if len(found) >= MAX_LISTED or visited >= MAX_FOLDERS:
+                return found[:MAX_LISTED]
         return found
 
     def save_upload(self, name: str, data: bytes) -> str:
@@ -92,16 +103,33 @@ class Workspace:
             raise UiPathError(f"cannot upload '{name}': give a plain file name ending in one of "
                               f"{', '.join(DATA_SUFFIXES)}", "rename the file and upload it again")
         folder = self.resolve(UPLOADS, must_exist=False)  # refused when uploads/ is a symlink leading out
-        folder.mkdir(exist_ok=True)
         stem, dot, suffix = base.partition(".")
-        candidate, n = base, 1
-        while True:
-            try:  # O_EXCL: of two uploads of the same name at once, each gets its own file
-                fd = os.open(folder / candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                break
-            except FileExistsError:
-                n += 1
-                candidate = f"{stem}-{n}{dot}{suffix}"
+        try:
+            folder.mkdir(exist_ok=True)
+            return f"{UPLOADS}/{_write_new(folder, data, stem, dot + suffix)}"
+        except OSError as e:  # a full disk, a read-only folder
+            raise UiPathError(f"cannot save the upload of {name}: {e.strerror or e}",
+                              f"free space in {folder}, or check that it is writable") from None
+
+
+def _write_new(folder: Path, data: bytes, stem: str, suffix: str) -> str:
+    """Write `data` to a temporary file in `folder`, then link it to the first free name of STEM-N.SUFFIX.
+
+    os.link fails when the name is taken (of two uploads of one name at once, each gets its own file,
+    and nothing is ever overwritten), and the name only appears once the whole file is written: a
+    failed write leaves no truncated file under the user's name."""
+    fd, temp = tempfile.mkstemp(dir=folder, prefix=".upload-", suffix=".tmp")
+    try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        return f"{UPLOADS}/{candidate}"
+        os.chmod(temp, 0o644)
+        n = 1
+        while True:
+            candidate = f"{stem}{suffix}" if n == 1 else f"{stem}-{n}{suffix}"
+            try:
+                os.link(temp, folder / candidate)
+                return candidate
+            except FileExistsError:
+                n += 1
+    finally:
+        os.unlink(temp)
