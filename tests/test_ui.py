@@ -445,6 +445,17 @@ def test_a_failed_job_says_the_clis_one_line(client, workspace):
     assert unknown.status_code == 400 and "no job 'nope'" in unknown.json()["error"]["message"]
 
 
+def test_a_bugs_traceback_goes_to_its_own_file_not_the_log(tmp_path, capsys):
+    from tunesmith.ui import job
+
+    (tmp_path / "spec.json").write_text(json.dumps({"target": "tunesmith.ui.tasks:plan", "kwargs": {"bogus": 1}}))
+    outcome = job.run(tmp_path)  # plan() got an unexpected keyword: a bug, not a user's mistake
+    assert outcome["status"] == "failed" and "this is a bug" in outcome["error"] and "\n" not in outcome["error"]
+    shown = capsys.readouterr()
+    assert "Traceback" not in shown.err + shown.out and outcome["error"] in shown.err
+    assert "Traceback" in (tmp_path / job.TRACEBACK).read_text()
+
+
 def test_a_run_stops_as_ctrl_c_does_and_resumes(client, workspace, tiny_model_dir):
     from train_helpers import sums_dataset
 

@@ -3,7 +3,8 @@
 It writes FOLDER/result.json: {"status": "done", "result": ...}, {"status": "failed", "error":
 one line, "problems": [...]} or {"status": "stopped"}. SIGTERM takes the Ctrl-C path (as in
 cli/main.py), so a training run saves its checkpoint and is marked stopped. A TunesmithError is
-the one line the CLI prints; anything else is a bug, and its traceback goes to the log only.
+the one line the CLI prints; anything else is a bug: one line in the log, the traceback in
+FOLDER/traceback.txt (for a bug report; the log is what the pages show).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from pathlib import Path
 
 from tunesmith.errors import TunesmithError
 from tunesmith.io import atomic_write_text, json_text
+
+
+TRACEBACK = "traceback.txt"  # in the job's folder, beside log.txt (which the pages show)
 
 
 def _interrupt(signum, frame) -> None:
@@ -36,10 +40,12 @@ def run(folder: Path) -> dict:
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr, flush=True)
         return {"status": "stopped"}
-    except Exception as e:  # a bug: the traceback is for the log, the page gets one line
-        traceback.print_exc()
-        return {"status": "failed", "error": f"unexpected error ({type(e).__name__}: {e}); this is a bug, "
-                                             f"the traceback is in {folder / 'log.txt'}"}
+    except Exception as e:  # a bug: the traceback goes to its own file (for a bug report), the log and page get one line
+        where = folder / TRACEBACK
+        where.write_text(traceback.format_exc(), encoding="utf-8")
+        line = f"unexpected error ({type(e).__name__}: {e}); this is a bug, the traceback is in {where}"
+        print(f"error: {line}", file=sys.stderr, flush=True)
+        return {"status": "failed", "error": line}
 
 
 def main(argv: list[str]) -> int:

@@ -15,7 +15,8 @@ light (torch and transformers load only in the child) and responsive. The contra
 
 `target` is "module:function", one of ui/tasks.py's TARGETS, called with `kwargs` (JSON-able) in a fresh
 interpreter (`python -m tunesmith.ui.job FOLDER`, see ui/job.py); its return value must be
-JSON-able. Each job has a folder (`<folder>/<id>/`): spec.json, log.txt, result.json. A child
+JSON-able. Each job has a folder (`<folder>/<id>/`): spec.json, log.txt, result.json (and traceback.txt
+after a bug). A child
 that dies without a result (killed, out of memory) is `failed` with its exit code and the log.
 """
 
