@@ -403,6 +403,32 @@ def test_a_new_metrics_line_reaches_the_live_curve_within_two_seconds(ui_server)
     assert received[-1][1]["step"] == 99 and received[-1][0] - written < 2.0
 
 
+def test_a_replaced_metrics_file_is_sent_again_after_a_reset(tmp_path):
+    """A resume rewrites metrics.jsonl (truncate_metrics, an atomic replace): the stream says `reset`
+    before sending it from the start, also when the new file has grown past the old offset."""
+    import asyncio
+
+    from tunesmith.io import atomic_write_text
+    from tunesmith.ui.pages.runs import tail_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    line = lambda step: json.dumps({"step": step, "split": "train", "loss": 1.0}) + "\n"  # noqa: E731
+    path.write_text("".join(line(s) for s in range(1, 4)))
+
+    async def polls():
+        seen = []
+        async for batch in tail_metrics(path, is_done=lambda: asyncio.sleep(0, len(seen) >= 2), poll_s=0.01):
+            seen.append(batch)
+            if len(seen) == 1:  # resumed from step 2, and already past the old size by the next poll
+                atomic_write_text(path, "".join(line(s) for s in (1, 2, 3, 4, 5, 6)))
+        return seen
+
+    first, second = asyncio.run(polls())
+    assert not first.reset and [r["step"] for r in first.rows] == [1, 2, 3]
+    assert second.reset and [r["step"] for r in second.rows] == [1, 2, 3, 4, 5, 6]
+    assert "reset" in (ROOT / "src" / "tunesmith" / "ui" / "static" / "runs.js").read_text()  # the page drops its rows
+
+
 def test_a_finished_runs_stream_sends_its_lines_then_ends(client, workspace):
     fake_run(workspace / "runs", "done", steps=4)
     with client.stream("GET", "/api/runs/done/metrics/stream") as response:

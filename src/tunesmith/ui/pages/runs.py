@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -22,7 +23,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 
 from tunesmith.errors import RunError
 from tunesmith.runs import registry
-from tunesmith.runs.layout import RunPaths, read_metrics
+from tunesmith.runs.layout import RunPaths, metric_rows, read_manifest, read_metrics
 from tunesmith.runs.store import RunInfo, find_run, list_runs
 from tunesmith.ui.web import ui
 
@@ -120,22 +121,26 @@ def _streamed(request: Request, name: str) -> RunPaths:
 
 
 async def _events(request: Request, paths: RunPaths) -> AsyncIterator[str]:
-    """Every metrics line so far, then each new one as it lands; a `status` event when the run's status
-    changes, and an `end` event once a run that is not running has been quiet for FINISHED_QUIET_S
-    (the page closes the stream instead of the browser reconnecting and receiving it all again)."""
+    """Every metrics line so far, then each new one as it lands; a `reset` event before the lines of a
+    file read again from its start (a resume replaced it: the page drops the rows it has), a `status`
+    event when the run's status changes, and an `end` event once a run that is not running has been
+    quiet for FINISHED_QUIET_S (the page closes the stream instead of the browser reconnecting and
+    receiving it all again)."""
     status, quiet, since_ping = None, 0.0, 0.0
     async for batch in tail_metrics(paths.metrics, is_done=request.is_disconnected):
-        for row in batch:
+        if batch.reset:
+            yield "event: reset\ndata: {}\n\n"
+        for row in batch.rows:
             yield f"data: {json.dumps(row)}\n\n"
         now = _status(paths)
         if now != status and now != "?":
             status = now
             yield f"event: status\ndata: {json.dumps({'status': now})}\n\n"
-        quiet = 0.0 if batch else quiet + POLL_S
+        quiet = 0.0 if batch.rows else quiet + POLL_S
         if status not in (None, "running") and quiet >= FINISHED_QUIET_S:
             yield "event: end\ndata: {}\n\n"
             return
-        since_ping = 0.0 if batch else since_ping + POLL_S
+        since_ping = 0.0 if batch.rows else since_ping + POLL_S
         if since_ping >= PING_S:  # lets the server notice a client that left
             since_ping = 0.0
             yield ": keep-alive\n\n"
@@ -143,39 +148,50 @@ async def _events(request: Request, paths: RunPaths) -> AsyncIterator[str]:
 
 def _status(paths: RunPaths) -> str:
     try:
-        return json.loads(paths.manifest.read_text(encoding="utf-8")).get("status", "?")
-    except (OSError, json.JSONDecodeError):
+        return read_manifest(paths).get("status", "?")
+    except RunError:  # not written yet (a run about to start), or mid-replace
         return "?"
 
 
+@dataclass(frozen=True)
+class Batch:
+    """What one poll of tail_metrics found: the new rows, and whether they start the file over."""
+
+    rows: list[dict]
+    reset: bool = False  # the file was replaced or shrank: `rows` are read from its start
+
+
 async def tail_metrics(path: Path, *, is_done, poll_s: float = POLL_S, idle_end_s: float = IDLE_END_S
-                       ) -> AsyncIterator[list[dict]]:
-    """Batches of complete JSON lines appended to `path` (from the start), polling its size every `poll_s`.
+                       ) -> AsyncIterator[Batch]:
+    """Batches of complete JSON lines appended to `path` (from the start), polling it every `poll_s`.
 
     Works for any writer (a run started from the terminal too): only the file is read. A torn
-    last line waits for its newline; a file that shrinks (a resume truncates metrics past its
-    checkpoint) is read again from the start. Yields [] on idle polls; ends when `await is_done()`
-    is true or after `idle_end_s` without news.
+    last line waits for its newline. A file that shrinks or is replaced (a resume truncates metrics
+    past its checkpoint by writing a new file, which may have grown past the old offset by the next
+    poll: the inode tells) is read again from the start, in a batch with `reset`. Yields empty
+    batches on idle polls; ends when `await is_done()` is true or after `idle_end_s` without news.
     """
-    offset, pending, idle = 0, b"", 0.0
+    offset, pending, idle, inode = 0, b"", 0.0, None
     while not await is_done() and idle < idle_end_s:
-        size = path.stat().st_size if path.is_file() else 0
-        if size < offset:
+        try:
+            st = path.stat()
+            size, now_inode = st.st_size, st.st_ino
+        except OSError:
+            size, now_inode = 0, inode
+        reset = offset > 0 and (size < offset or now_inode != inode)
+        if reset:
             offset, pending = 0, b""
+        inode = now_inode
         rows: list[dict] = []
         if size > offset:
             with open(path, "rb") as f:
                 f.seek(offset)
                 chunk = f.read(size - offset)
-            offset = size
+            offset += len(chunk)
             lines = (pending + chunk).split(b"\n")
             pending = lines.pop()
-            for line in lines:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-        idle = 0.0 if rows else idle + poll_s
-        yield rows
+            rows = metric_rows(lines)
+        idle = 0.0 if rows or reset else idle + poll_s
+        yield Batch(rows, reset)
         if not rows:
             await asyncio.sleep(poll_s)

@@ -31,6 +31,10 @@ const TSRuns = (() => {
       if (!pending) { pending = true; requestAnimationFrame(redraw); }
     });
     source.addEventListener("open", () => { rows.length = 0; });  // a reconnection sends every line again
+    source.addEventListener("reset", () => {  // the file was replaced (a resume): its lines come again
+      rows.length = 0;
+      if (!pending) { pending = true; requestAnimationFrame(redraw); }
+    });
     source.addEventListener("status", (e) => {
       const status = JSON.parse(e.data).status;
       const badge = document.getElementById("run-status");
