@@ -482,6 +482,32 @@ def test_a_bugs_traceback_goes_to_its_own_file_not_the_log(tmp_path, capsys):
     assert "Traceback" in (tmp_path / job.TRACEBACK).read_text()
 
 
+def test_finished_children_are_reaped_and_close_kills_the_whole_group(tmp_path, monkeypatch):
+    from tunesmith.ui import jobs as jobs_module
+
+    target = "ui_helpers:job_with_a_grandchild"
+    monkeypatch.setattr(jobs_module, "TARGETS", jobs_module.TARGETS | {target})
+    env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])}
+    jobs = jobs_module.Jobs(tmp_path / "jobs", cwd=tmp_path, env=env)
+    quick = jobs.start("check", "tunesmith.ui.tasks:plan", {"bogus": 1})  # fails at once (a TypeError)
+    os.waitid(os.P_PID, quick.process.pid, os.WEXITED | os.WNOWAIT)  # ended, not yet reaped
+    jobs.list("train")  # another kind's listing
+    assert quick.process.returncode is not None  # reaped: no zombie left behind
+    pid_file = tmp_path / "grandchild.pid"
+    jobs.start("train", target, {"pid_file": str(pid_file)})
+    deadline = time.monotonic() + 60
+    while not pid_file.is_file() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    grandchild = int(pid_file.read_text())
+    jobs.close(grace=0.5)  # the child ignores SIGINT: it and its own child are killed
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and Path(f"/proc/{grandchild}").exists() and \
+            Path(f"/proc/{grandchild}/stat").read_text().split()[2] != "Z":
+        time.sleep(0.1)
+    state = Path(f"/proc/{grandchild}/stat").read_text().split()[2] if Path(f"/proc/{grandchild}").exists() else "gone"
+    assert state in ("gone", "Z")
+
+
 def test_a_run_stops_as_ctrl_c_does_and_resumes(client, workspace, tiny_model_dir):
     from train_helpers import sums_dataset
 

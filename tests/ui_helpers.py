@@ -130,3 +130,15 @@ def fake_run(runs: Path, name: str, *, status: str = "completed", steps: int = 2
     append_metrics(paths, rows)
     register_run(paths.dir, manifest)
     return paths.dir
+
+
+def job_with_a_grandchild(pid_file: str) -> None:
+    """A job function for tests/test_ui.py: starts a grandchild, writes its pid, and ignores Ctrl-C."""
+    import signal
+    import subprocess
+    import time
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    child = subprocess.Popen(["sleep", "120"])
+    Path(pid_file).write_text(str(child.pid))
+    time.sleep(120)

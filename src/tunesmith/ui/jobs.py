@@ -16,12 +16,12 @@ light (torch and transformers load only in the child) and responsive. The contra
 `target` is "module:function", one of ui/tasks.py's TARGETS, called with `kwargs` (JSON-able) in a fresh
 interpreter (`python -m tunesmith.ui.job FOLDER`, see ui/job.py); its return value must be
 JSON-able. Each job has a folder (`<folder>/<id>/`): spec.json, log.txt, result.json (and traceback.txt
-after a bug). A child
-that dies without a result (killed, out of memory) is `failed` with its exit code and the log.
+after a bug). A child that dies without a result (killed, out of memory) is `failed` with its exit code and the log.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -149,7 +149,9 @@ class Jobs:
     def list(self, kind: str | None = None) -> list[Job]:
         with self._lock:
             jobs = list(self._jobs.values())
-        return [j.refresh() for j in sorted(jobs, key=lambda j: j.started, reverse=True) if kind in (None, j.kind)]
+        for job in jobs:  # every one, whatever `kind`: refresh() reaps a child that ended (no zombies)
+            job.refresh()
+        return [j for j in sorted(jobs, key=lambda j: j.started, reverse=True) if kind in (None, j.kind)]
 
     def stop(self, job_id: str) -> Job:
         """Ask a running job to stop as Ctrl-C does (SIGINT); a finished one is left as it is."""
@@ -172,7 +174,8 @@ class Jobs:
         return job.refresh()
 
     def close(self, grace: float = STOP_GRACE_S) -> None:
-        """Stop every running job (SIGINT), wait up to `grace` seconds in all, then kill what is left."""
+        """Stop every running job (SIGINT), wait up to `grace` seconds in all, then kill what is left: the
+        whole process group (the child has a session of its own), so its own children go too."""
         running = [j for j in self.list() if j.status == "running"]
         for job in running:
             self.stop(job.id)
@@ -181,6 +184,7 @@ class Jobs:
             try:
                 job.process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                job.process.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(job.process.pid, signal.SIGKILL)
                 job.process.wait()
             job.refresh()
