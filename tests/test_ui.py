@@ -83,6 +83,9 @@ def wait_job(client: TestClient, job: str, timeout: float = 180) -> dict:
 def test_without_the_token_every_page_and_api_is_refused(anon):
     page = anon.get("/runs", headers={"Accept": "text/html"})
     assert page.status_code == 401 and "Access token needed" in page.text and "?token=" in page.text
+    # the one error page (error.html), without the nav, the workspace or the CSRF secret
+    assert 'class="error-line"' in page.text and anon.app.state.ui.csrf not in page.text
+    assert str(anon.app.state.ui.workspace.root) not in page.text and 'href="/runs"' not in page.text
     api = anon.get("/api/runs")
     assert api.status_code == 401 and api.json()["error"]["code"] == "invalid_token"
     assert anon.get("/runs?token=wrong").status_code == 401

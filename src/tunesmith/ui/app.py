@@ -35,7 +35,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -44,7 +44,7 @@ from tunesmith.serve.guards import BodyLimit, HostCheck
 from tunesmith.serve.server import is_loopback
 from tunesmith.ui.guard import Gate
 from tunesmith.ui.jobs import Jobs
-from tunesmith.ui.web import STATIC, Settings, Ui, environment, error_json, ui
+from tunesmith.ui.web import STATIC, Settings, Ui, environment, error_response, ui
 from tunesmith.ui.workspace import Workspace
 
 PAGES = ["data", "train", "runs", "compare", "chat", "export"]  # nav order; a missing module is skipped
@@ -132,16 +132,9 @@ def _add_common_routes(app: FastAPI) -> None:
         return ui(request).jobs.stop(job_id).to_dict()
 
 
-def _wants_json(request: Request) -> bool:
-    return request.url.path.startswith("/api/") or "text/html" not in request.headers.get("accept", "")
-
-
 def _add_error_handlers(app: FastAPI) -> None:
     def answer(request: Request, status: int, message: str, problems: list[str] | None = None):
-        if _wants_json(request):
-            return JSONResponse(error_json(message, status=status, problems=problems), status_code=status)
-        return ui(request).render(request, "error.html", status_code=status, message=message, problems=problems or [],
-                                  active="")
+        return error_response(request, status, message, problems=problems)
 
     @app.exception_handler(TunesmithError)
     async def user_error(request: Request, e: TunesmithError):

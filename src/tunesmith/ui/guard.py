@@ -2,8 +2,8 @@
 
     GET /anything?token=T      T right: sets an HttpOnly, SameSite=Strict cookie and redirects to
                                the same URL without the token (so it leaves the address bar)
-    any request                needs that cookie or `Authorization: Bearer T`; else 401 (an HTML
-                               page for a browser, JSON otherwise). /static/ is public: it holds
+    any request                needs that cookie or `Authorization: Bearer T`; else 401 (the UI's
+                               error answer, web.error_response: a page for a browser, else JSON). /static/ is public: it holds
                                only the package's own scripts and styles.
     POST / PUT / PATCH / DELETE  also need `X-CSRF-Token: C` (C: a secret of this process, given to
                                pages in a meta tag) and, when the browser sends Origin, the UI's own
@@ -19,20 +19,17 @@ import hmac
 from urllib.parse import parse_qsl, urlencode
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse
+from starlette.responses import RedirectResponse
 
-from tunesmith.serve.guards import error_body
 from tunesmith.serve.server import is_loopback
+from tunesmith.ui.web import error_response
 
 CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PUBLIC_PREFIX = "/static/"
 
-_NEEDS_TOKEN = """<!doctype html><html><head><meta charset="utf-8"><title>tunesmith: access token needed</title>
-<link rel="stylesheet" href="/static/app.css"></head><body><main class="narrow"><h1>Access token needed</h1>
-<p>{reason}. Open the address <code>tunesmith ui</code> printed in its terminal
-(<code>http://HOST:PORT/?token=...</code>), or pass the key given with <code>--api-key</code> as
-<code>?token=KEY</code>.</p></main></body></html>"""
+TOKEN_HINT = ("Open the address `tunesmith ui` printed in its terminal (http://HOST:PORT/?token=...), or pass "
+              "the key given with --api-key as ?token=KEY.")
 
 
 def exposure_warning(host: str) -> str | None:
@@ -99,7 +96,7 @@ class Gate:
 
 
 def _refuse(request: Request, status: int, reason: str):
-    if "text/html" in request.headers.get("accept", "") and request.method in SAFE_METHODS:
-        return HTMLResponse(_NEEDS_TOKEN.format(reason=reason.capitalize()), status_code=status)
-    code = "invalid_token" if status == 401 else "csrf"
-    return JSONResponse(error_body(reason, "invalid_request_error", None, code), status_code=status)
+    if status == 401:
+        return error_response(request, status, reason.capitalize(), code="invalid_token",
+                              title="Access token needed", hint=TOKEN_HINT)
+    return error_response(request, status, reason, code="csrf")

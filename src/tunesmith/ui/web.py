@@ -1,7 +1,8 @@
 """What every page shares: the UI's settings and state on the app, rendering a template, JSON errors.
 
 A page module reaches everything through `ui(request)`: the workspace, the jobs runner, the
-CSRF secret, and `ui(request).render(request, "name.html", ...)` for its HTML.
+CSRF secret, `ui(request).render(request, "name.html", ...)` for its HTML, and error_response for
+every error answer (HTML or JSON by one rule, wants_html).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from typing import Any
 
 import jinja2
 from starlette.requests import Request
-from starlette.responses import HTMLResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response
 
+from tunesmith.serve.guards import error_body
 from tunesmith.ui.jobs import Jobs
 from tunesmith.ui.workspace import Workspace
 
@@ -57,10 +59,12 @@ class Ui:
         return self.settings.workspace
 
     def render(self, request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-        """`template` (in ui/templates/, extending base.html) with the nav, the CSRF secret and `context`."""
+        """`template` (in ui/templates/, extending base.html) with the nav, the CSRF secret and `context`
+        (`anonymous=True`: neither, for a page shown before the token is checked)."""
         page = self.env.get_template(template)
-        html = page.render(request=request, csrf=self.csrf, pages=self.pages, workspace=str(self.workspace.root),
-                           **context)
+        shared = {"csrf": "", "pages": [], "workspace": ""} if context.get("anonymous") else \
+            {"csrf": self.csrf, "pages": self.pages, "workspace": str(self.workspace.root), "anonymous": False}
+        html = page.render(request=request, **(shared | context))
         return HTMLResponse(html, status_code=status_code, headers=PAGE_HEADERS)
 
 
@@ -75,10 +79,21 @@ def environment() -> jinja2.Environment:
     return env
 
 
-def error_json(message: str, *, status: int = 400, kind: str = "invalid_request_error",
-               problems: list[str] | None = None) -> dict:
-    """The UI's JSON error body: the serve API's shape, plus every problem of a ConfigError."""
-    body: dict[str, Any] = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+def wants_html(request: Request) -> bool:
+    """The one rule for how an answer is given: an HTML page to a browser opening a page, JSON to the
+    pages' scripts (everything under /api/) and to every other client."""
+    return not request.url.path.startswith("/api/") and "text/html" in request.headers.get("accept", "")
+
+
+def error_response(request: Request, status: int, message: str, *, problems: list[str] | None = None,
+                   code: str | None = None, title: str = "Something needs fixing", hint: str = "") -> Response:
+    """The UI's one error answer: error.html for a browser, else the serve API's JSON error body (plus
+    every problem of a ConfigError). The page is shown without the nav or the CSRF secret, as it may go
+    to someone without the token."""
+    if wants_html(request):
+        return ui(request).render(request, "error.html", status_code=status, anonymous=True, title=title,
+                                  message=message, problems=problems or [], hint=hint, active="")
+    body = error_body(message, "invalid_request_error", None, code)
     if problems:
         body["error"]["problems"] = problems
-    return body
+    return JSONResponse(body, status_code=status)
