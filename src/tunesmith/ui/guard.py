@@ -98,5 +98,5 @@ class Gate:
 def _refuse(request: Request, status: int, reason: str):
     if status == 401:
         return error_response(request, status, reason.capitalize(), code="invalid_token",
-                              title="Access token needed", hint=TOKEN_HINT)
+                              title="Access token needed", hint=TOKEN_HINT, anonymous=True)
     return error_response(request, status, reason, code="csrf")

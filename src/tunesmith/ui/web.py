@@ -86,12 +86,13 @@ def wants_html(request: Request) -> bool:
 
 
 def error_response(request: Request, status: int, message: str, *, problems: list[str] | None = None,
-                   code: str | None = None, title: str = "Something needs fixing", hint: str = "") -> Response:
+                   code: str | None = None, title: str = "Something needs fixing", hint: str = "",
+                   anonymous: bool = False) -> Response:
     """The UI's one error answer: error.html for a browser, else the serve API's JSON error body (plus
-    every problem of a ConfigError). The page is shown without the nav or the CSRF secret, as it may go
-    to someone without the token."""
+    every problem of a ConfigError). `anonymous`: the page goes to someone without the token, so it
+    shows neither the nav and workspace nor the CSRF secret."""
     if wants_html(request):
-        return ui(request).render(request, "error.html", status_code=status, anonymous=True, title=title,
+        return ui(request).render(request, "error.html", status_code=status, anonymous=anonymous, title=title,
                                   message=message, problems=problems or [], hint=hint, active="")
     body = error_body(message, "invalid_request_error", None, code)
     if problems:
