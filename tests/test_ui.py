@@ -163,6 +163,30 @@ def test_jobs_run_only_the_uis_job_functions(client, tmp_path):
     assert called and called <= TARGETS  # every page's job is allowed
 
 
+def _changing_routes() -> list[tuple[str, str]]:
+    """(method, path) of every state-changing route of the app, the pages that land later included."""
+    import re
+    import tempfile
+
+    from tunesmith.ui.app import create_app
+
+    def flat(routes):  # FastAPI keeps an included router as one entry (the pages are included without prefix)
+        for r in routes:
+            yield from flat(r.original_router.routes) if hasattr(r, "original_router") else [r]
+
+    app = create_app(tempfile.mkdtemp(), "t", state_dir=Path(tempfile.mkdtemp()))
+    return sorted({(m, re.sub(r"\{[^}]+\}", "x", r.path)) for r in flat(app.routes) for m in getattr(r, "methods", ())
+                   if m not in ("GET", "HEAD", "OPTIONS")})
+
+
+@pytest.mark.parametrize("method, path", _changing_routes())
+def test_every_state_changing_route_needs_the_csrf_header_and_origin(client, method, path):
+    no_header = client.request(method, path, json={}, headers={"X-CSRF-Token": ""})
+    assert no_header.status_code == 403 and no_header.json()["error"]["code"] == "csrf"
+    foreign = client.request(method, path, json={}, headers={"Origin": "http://evil.example"})
+    assert foreign.status_code == 403 and "evil.example" in foreign.json()["error"]["message"]
+
+
 # ------------------------------------------------------------------ the workspace
 
 
@@ -551,10 +575,17 @@ from tunesmith.ui.app import create_app
 from pathlib import Path
 fake_run(Path({str(workspace / 'runs')!r}), "light")
 app = create_app({str(workspace)!r}, "t", state_dir=Path({str(tmp_path / 'jobs')!r}))
-c = TestClient(app, base_url="{BASE}", headers={{"Authorization": "Bearer t"}})
-for path in ("/data", "/train", "/runs", "/runs/light", "/api/runs/light/metrics", "/api/data/files"):
-    assert c.get(path).status_code == 200, path
-print(sorted(m for m in ("torch", "transformers", "accelerate", "peft") if m in sys.modules))
+with TestClient(app, base_url="{BASE}", headers={{"Authorization": "Bearer t", "X-CSRF-Token": app.state.ui.csrf}}) as c:
+    for path in ("/data", "/train", "/runs", "/runs/light", "/api/runs/light/metrics", "/api/data/files"):
+        assert c.get(path).status_code == 200, path
+    values = {{"data.train": "data/messy.jsonl", "model.name": "tokenizer", "train.max_steps": "1"}}
+    for path, body in [("/api/train/validate", {{"values": values}}), ("/api/train/start", {{"values": values}}),
+                       ("/api/data/check", {{"path": "data/messy.jsonl", "model": "tokenizer"}}),
+                       ("/api/data/prepare", {{"path": "data/messy.jsonl", "out": "data/prepared"}})]:
+        assert c.post(path, json=body).status_code == 200, path
+    for job in c.get("/api/jobs").json()["jobs"]:  # the work ran in the children
+        app.state.ui.jobs.wait(job["id"], 120)
+    print(sorted(m for m in ("torch", "transformers", "accelerate", "peft") if m in sys.modules))
 """
     env = {**os.environ, "TUNESMITH_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT / "src")}
     done = subprocess.run([sys.executable, "-c", fake], capture_output=True, text=True, env=env, timeout=120)
