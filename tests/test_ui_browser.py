@@ -2,7 +2,8 @@
 
 Every page this suite owns opens without a script error; a messy file is checked and its findings
 filtered; a run is started on a tiny model and its curve gains points live; a finished run and an
-overlay of runs are opened. Each page is saved to docs/ui/<page>.png for the README.
+overlay of runs are opened. Each page is saved as <page>.png: into docs/ui/ for the README
+with TUNESMITH_UI_SCREENSHOTS=docs/ui, else into the test's tmp folder.
 Skipped, with the reason, where Chromium or Playwright is missing.
 """
 

@@ -22,7 +22,10 @@ import pytest
 
 CHROMIUM = os.environ.get("TUNESMITH_CHROMIUM", "/usr/bin/chromium")
 TOKEN = "test-token"
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "ui"
+ROOT = Path(__file__).resolve().parents[1]
+# where screenshot() saves: docs/ui/ only when asked (TUNESMITH_UI_SCREENSHOTS=docs/ui, relative to the
+# repository), so an ordinary test run leaves the tracked images alone; else the test's own tmp folder
+SCREENSHOTS_ENV = "TUNESMITH_UI_SCREENSHOTS"
 
 
 @dataclass
@@ -85,10 +88,12 @@ WAIT_MS = 120_000  # a page waits this long for a job (a check, a run) before a 
 @pytest.fixture
 def page(browser, ui_server):
     """A fresh browser page (1280 x 900); `page.errors` collects script errors, console errors and
-    every response with status >= 400."""
+    every response with status >= 400; `page.screenshot_dir` is where screenshot() saves."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     tab = context.new_page()
     tab.errors = []
+    chosen = os.environ.get(SCREENSHOTS_ENV)
+    tab.screenshot_dir = ROOT / chosen if chosen else ui_server.workspace.parent / "screenshots"
     tab.on("pageerror", lambda e: tab.errors.append(str(e)))
     tab.on("console", lambda m: tab.errors.append(m.text) if m.type == "error" else None)
     tab.on("response", lambda r: tab.errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
@@ -104,9 +109,10 @@ def open_page(page, server: UiServer, path: str) -> None:
 
 
 def screenshot(page, name: str) -> Path:
-    """Save the page as docs/ui/<name>.png (the README and docs/ui.md show these)."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    path = SCREENSHOTS / f"{name}.png"
+    """Save the page as <name>.png in `page.screenshot_dir`: docs/ui/ (which the README and docs/ui.md
+    show) when $TUNESMITH_UI_SCREENSHOTS says so, else the test's tmp folder."""
+    page.screenshot_dir.mkdir(parents=True, exist_ok=True)
+    path = page.screenshot_dir / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
 
