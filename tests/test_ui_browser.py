@@ -49,7 +49,7 @@ def test_a_messy_file_is_checked_and_its_findings_filtered(page, ui_server):
     assert page.locator("#histogram canvas").count() == 1
     screenshot(page, "data")
     page.click("#prepare")
-    page.wait_for_function("document.getElementById('prepare-result').textContent.includes('wrote')")
+    page.wait_for_function("() => document.getElementById('prepare-result').textContent.includes('wrote')")
     assert (ui_server.workspace / "data" / "messy" / "train.jsonl").is_file()
     assert page.errors == []
 
@@ -79,12 +79,12 @@ def test_a_run_started_in_the_page_draws_its_curve_live(page, ui_server, tiny_mo
     plan = page.inner_text("#plan-lines")
     assert plan.startswith("plan: ") and "training / 4 validation examples" in plan and "60 steps" in plan
     page.click("#start")
-    page.wait_for_function("Number(document.getElementById('points').dataset.count || 0) >= 2")
+    page.wait_for_function("() => Number(document.getElementById('points').dataset.count || 0) >= 2")
     first = int(page.get_attribute("#points", "data-count"))
-    page.wait_for_function(f"Number(document.getElementById('points').dataset.count || 0) > {first + 5}")
+    page.wait_for_function(f"() => Number(document.getElementById('points').dataset.count || 0) > {first + 5}")
     assert page.locator("#loss-chart canvas").count() == 1
     screenshot(page, "train")
-    page.wait_for_function("document.getElementById('train-status').textContent.startsWith('done')")
+    page.wait_for_function("() => document.getElementById('train-status').textContent.startsWith('done')")
     assert int(page.get_attribute("#points", "data-count")) == 60
     assert page.errors == []
 
@@ -100,7 +100,7 @@ def test_a_finished_run_and_an_overlay(page, ui_server):
     assert page.locator("#runs-table tbody tr").count() == 3
     screenshot(page, "runs")
     page.click("text=faq-lora-r16")
-    page.wait_for_function("Number(document.getElementById('points').dataset.count || 0) == 40")
+    page.wait_for_function("() => Number(document.getElementById('points').dataset.count || 0) == 40")
     assert page.inner_text("#run-status") == "completed"
     assert "smollm2-135m-instruct" in page.inner_text("#manifest")
     screenshot(page, "run")
