@@ -12,7 +12,8 @@ How to add a page (the contract every page follows):
      header and shows the error line in the page.
   4. Long or heavy work (anything that imports torch or transformers, loads a model, reads a
      big file) runs through `ui(request).jobs.start(kind, "tunesmith.module:function", kwargs)`
-     (ui/jobs.py); the page polls `GET /api/jobs/<id>`. The UI process never imports torch.
+     (ui/jobs.py), with the function listed in ui/tasks.py's TARGETS (no other runs); the page
+     polls `GET /api/jobs/<id>`. The UI process never imports torch.
   5. A user's mistake is a TunesmithError: raised in a handler it becomes the page's one-line
      message (JSON `{"error": {"message"}}` under /api/, an error page otherwise), never a
      traceback. Paths from the browser go through `ui(request).workspace.resolve(rel)`.
