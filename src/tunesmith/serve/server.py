@@ -87,12 +87,16 @@ def start_in_thread(app, *, timeout: float = 30.0) -> ServerThread:
 
 
 def serve(specs: Sequence[str], base: str | None, cfg: ServeConfig, on_ready=lambda names: None,
-          device: str = "auto") -> None:
-    """Load the models, then serve them until interrupted (the CLI's whole job)."""
+          device: str = "auto", sock: socket.socket | None = None) -> None:
+    """Load the models, then serve them until interrupted (the CLI's whole job).
+
+    `sock`: a socket already listening, for a parent process that chose the port and handed it down
+    (the web UI's chat); default: bind cfg.host:cfg.port.
+    """
     from tunesmith.serve.app import create_app
     from tunesmith.serve.engine import Engine
 
-    sock = bind(cfg.host, cfg.port)  # fail on a taken port before minutes of loading
+    sock = sock or bind(cfg.host, cfg.port)  # fail on a taken port before minutes of loading
     engine = Engine.load(specs, base, max_batch=cfg.max_batch, device=device, engine=cfg.engine)
     on_ready(engine.names)
     uvicorn_server(create_app(engine, cfg)).run(sockets=[sock])
