@@ -21,6 +21,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import AsyncIterator, Literal
 
 from fastapi import APIRouter, FastAPI, Request
@@ -56,7 +57,10 @@ class Choice:
 
     @property
     def label(self) -> str:
-        return self.run.name if self.kind == "run" else f"base of {self.run.name} ({self.run.base_model})"
+        if self.kind == "run":
+            return self.run.name
+        base = self.run.base_model or "?"
+        return f"base of {self.run.name} ({Path(base).name if '/' in base else base})"  # a folder by its name
 
 
 def models_for(left: Choice, right: Choice, device: str = "auto") -> Models:
