@@ -92,6 +92,37 @@ def test_compare_view_marks_significant_differences_and_forgetting():
     assert cell["vs_reference"] == [("same", "Paris.")] and cell["exact"]
 
 
+def test_a_large_report_is_shown_in_pages_of_answers_fast(client, tmp_path):
+    """500 examples x 5 strategies: the metrics at once, the answers (each diffed twice) 50 at a time."""
+    import random
+
+    from tunesmith.runs.store import register_run
+    from tunesmith.ui.pages.compare import EXAMPLES_PER_PAGE
+
+    rng = random.Random(0)
+    words = "the permit costs fifty euros and takes two weeks to arrive by post or online".split()
+    say = lambda: " ".join(rng.choice(words) for _ in range(30))  # noqa: E731
+    names = ["base", "prompt", "rag", "tuned", "tuned+rag"]
+    run = tmp_path / "big"
+    (run / "final").mkdir(parents=True)
+    manifest = {"name": "big", "status": "completed", "method": "lora", "base_model": "x"}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    examples = [{"line": i + 1, "input": f"question {i}", "reference": say(),
+                 "answers": {n: say() for n in names}, "scores": {}} for i in range(500)]
+    report = {"run": "big", "n_examples": 500, "strategies": {n: {"exact_match": 0.0, "loss": 1.0} for n in names},
+              "intervals": {}, "forgetting": {"skipped": "--no-probe"}, "examples": examples}
+    (run / "report.json").write_text(json.dumps(report))
+    register_run(run, manifest)
+    client.get("/compare?run=big")  # the template's first compile is not the page's time
+    started = time.perf_counter()
+    html = client.get("/compare?run=big").text
+    seconds = time.perf_counter() - started
+    assert html.count("<td class=\"text answer") == EXAMPLES_PER_PAGE * 5 and "examples 1–50 of 500" in html
+    assert seconds < 1.0, seconds  # the issue's target is 300 ms; ~0.12 s measured on the 2-core machine
+    last = client.get("/compare?run=big&start=450").text
+    assert "examples 451–500 of 500" in last and "question 499" in last and "start=400" in last and "next" not in last
+
+
 # ------------------------------------------------------------------ security of the routes that change things
 
 
@@ -241,12 +272,29 @@ def test_chat_server_is_reaped_when_idle_and_a_failed_start_is_one_line(tmp_path
     servers.close()
 
 
-def test_the_ui_process_never_imports_torch_for_these_pages(tmp_path):
-    """The pages run their heavy work in children: importing them (and the chat relay) loads no torch."""
+def test_the_ui_process_never_imports_torch_for_these_pages(tmp_path, tiny_run):
+    """The pages run their heavy work in children: rendering them (and the chat relay) loads no torch."""
     import subprocess
 
-    code = ("import sys; import tunesmith.ui.app, tunesmith.ui.pages.compare, tunesmith.ui.pages.chat, "
-            "tunesmith.ui.pages.export, tunesmith.ui.chat_server; "
-            "bad = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
-    assert out.returncode == 0, out.stdout + out.stderr
+    tests = Path(__file__).parent
+    code = f"""
+import sys
+sys.path.insert(0, {str(tests)!r})
+from pathlib import Path
+from fastapi.testclient import TestClient
+from tunesmith.runs.store import register_run
+from tunesmith.ui.app import create_app
+import json, tunesmith.ui.chat_server
+run = Path({str(tiny_run)!r})
+register_run(run, json.loads((run / "manifest.json").read_text()))
+app = create_app({str(tmp_path)!r}, "t", state_dir=Path({str(tmp_path / "jobs")!r}))
+c = TestClient(app, base_url="http://127.0.0.1", headers={{"Authorization": "Bearer t"}})
+for path in ("/compare", "/compare?run=run-1", "/chat", "/chat?left=run:run-1&right=base:run-1", "/export",
+             "/api/chat/status"):
+    assert c.get(path).status_code == 200, path
+print(sorted(m for m in ("torch", "transformers", "accelerate", "peft") if m in sys.modules))
+"""
+    env = {**os.environ, "TUNESMITH_HOME": str(tmp_path / "home")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"

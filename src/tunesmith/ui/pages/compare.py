@@ -1,8 +1,9 @@
 """The Compare page: a run's strategies side by side on a test file, run as a job, and the report read back.
 
-    GET  /compare?run=NAME        the form, and NAME's latest report (report.json in its folder): the metrics
+    GET  /compare?run=NAME&start=N  the form, and NAME's latest report (report.json in its folder): the metrics
                                   with 95% intervals against base, the forgetting probe, the answers side by
-                                  side with their differences highlighted (against base or the reference)
+                                  side with their differences highlighted (against base or the reference),
+                                  EXAMPLES_PER_PAGE of them from example N
     POST /api/compare/start       {run, data?, strategies, probe, limit?, max_new_tokens?} -> {"job": id}
 
 The work is `tunesmith.evaluate.compare` (as `tunesmith compare --run RUN --data FILE`) in a job's
@@ -31,6 +32,7 @@ PROBES = ("fast", "full", "none")
 METRICS = {"exact_match": "exact match", "token_f1": "token F1", "rouge_l": "ROUGE-L", "bleu": "BLEU", "loss": "loss",
            "perplexity": "perplexity"}
 LOWER_IS_BETTER = {"loss", "perplexity"}
+EXAMPLES_PER_PAGE = 50  # answers diffed and shown at once: a 500-example report renders in pages, not seconds
 router = APIRouter()
 
 
@@ -45,13 +47,13 @@ class CompareRequest(BaseModel):
 
 
 @router.get("/compare")
-def compare_page(request: Request, run: str | None = None):
+def compare_page(request: Request, run: str | None = None, start: int = 0):
     runs = [r for r in list_runs() if (r.dir / "final").is_dir()]
     chosen = registered_run(run) if run else (runs[0] if runs else None)
     report = _read_report(chosen) if chosen is not None else None
     return ui(request).render(request, "compare.html", active="compare", runs=[r.name for r in runs],
                               chosen=chosen.name if chosen else None, files=ui(request).workspace.files(),
-                              strategies=STRATEGIES, probes=PROBES, view=report_view(report) if report else None)
+                              strategies=STRATEGIES, probes=PROBES, view=report_view(report, start) if report else None)
 
 
 @router.post("/api/compare/start")
@@ -95,9 +97,13 @@ def _read_report(run: RunInfo) -> dict | None:
 # ------------------------------------------------------------------ report.json -> what the template shows
 
 
-def report_view(report: dict) -> dict[str, Any]:
-    """The numbers of one report.json arranged for compare.html (no formatting left to the template)."""
+def report_view(report: dict, start: int = 0) -> dict[str, Any]:
+    """The numbers of one report.json arranged for compare.html (no formatting left to the template); the
+    examples from `start`, EXAMPLES_PER_PAGE of them."""
     strategies = report.get("strategies") or {}
+    examples = report.get("examples") or []
+    start = max(0, min(start, len(examples) - 1)) if examples else 0
+    shown = examples[start:start + EXAMPLES_PER_PAGE]
     return {
         "run": report.get("run"), "data": report.get("data"), "n_examples": report.get("n_examples"),
         "created_at": report.get("created_at"), "seconds": report.get("seconds"), "notes": report.get("notes") or [],
@@ -105,7 +111,10 @@ def report_view(report: dict) -> dict[str, Any]:
         "metrics": metric_table(strategies, report.get("intervals") or {}, _columns(report, strategies)),
         "forgetting": forgetting_view(report.get("forgetting") or {}),
         "strategies": list(strategies),
-        "examples": [example_view(e, list(strategies)) for e in report.get("examples") or []],
+        "examples": [example_view(e, list(strategies)) for e in shown],
+        "pages": {"start": start, "end": start + len(shown), "total": len(examples),
+                  "previous": max(0, start - EXAMPLES_PER_PAGE) if start else None,
+                  "next": start + EXAMPLES_PER_PAGE if start + EXAMPLES_PER_PAGE < len(examples) else None},
     }
 
 
