@@ -254,6 +254,29 @@ def test_chat_streams_both_answers_from_one_child_server_and_releases_it(client)
     assert proc.poll() is not None and client.get("/api/chat/status").json() == {"loaded": None}
 
 
+def test_one_chat_server_serves_two_runs_or_a_run_and_its_base_never_two_bases(client, tmp_path, tiny_run):
+    from tunesmith.errors import ServeError
+    from tunesmith.runs.store import register_run
+    from tunesmith.ui.pages.chat import Choice, models_for, served_name
+
+    other = tmp_path / "run-2"
+    other.mkdir()
+    manifest = {"name": "run-2", "status": "completed", "method": "lora", "base_model": "smollm2-135m-instruct"}
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    register_run(other, manifest)
+    a, b = Choice.parse("run:run-1"), Choice.parse("run:run-2")
+    assert models_for(a, b).specs == ("run-1", "run-2") and models_for(a, b).base is None
+    base = Choice.parse("base:run-1")
+    m = models_for(base, a)
+    assert m.specs == ("run-1",) and m.base == str(tiny_run.parent.parent / "base")
+    assert served_name(base, ["run-1", "base"], m) == "base" and served_name(a, ["run-1", "base"], m) == "run-1"
+    assert models_for(a, a).specs == ("run-1",)  # the same model in both panes: served once
+    with pytest.raises(ServeError, match="two different base models"):
+        models_for(base, Choice.parse("base:run-2"))
+    with pytest.raises(ServeError, match="is not a model choice"):
+        Choice.parse("run-1")
+
+
 def test_chat_server_is_reaped_when_idle_and_a_failed_start_is_one_line(tmp_path, tiny_run, monkeypatch):
     from tunesmith.errors import ServeError
     from tunesmith.ui.chat_server import ChatServers, Models
