@@ -66,3 +66,14 @@ def make_run(base: Path, run_dir: Path, *, final: bool = True, config: str = "ev
     write_jsonl(run_dir / "data" / "test.jsonl", chat_rows(QA))
     write_jsonl(run_dir / "data" / "train.jsonl", chat_rows(TRAIN))
     return run_dir
+
+
+SYSTEM = "You answer in one short sentence."
+
+
+def chat_ready_run(tiny_model_dir: Path, root: Path) -> Path:
+    """`root/runs/run-1`: a finished LoRA run on a peaked copy of the tiny model (`root/base`) that trained with
+    the system prompt SYSTEM; the UI tests chat with it, compare it and export it."""
+    base = peaked_copy(tiny_model_dir, root / "base")
+    config = f"data:\n  system: {SYSTEM}\neval:\n  max_new_tokens: 6\n  batch_size: 4\n"
+    return make_run(base, root / "runs" / "run-1", config=config)

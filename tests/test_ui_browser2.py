@@ -9,19 +9,15 @@ import json
 from pathlib import Path
 
 import pytest
-from run_helpers import make_run, peaked_copy
+from run_helpers import SYSTEM, chat_ready_run
 from ui_helpers import browser, screenshot, ui_server  # noqa: F401  (fixtures)
 
-SYSTEM = "You answer in one short sentence."
 JOB_S = 180_000  # ms a job may take on the shared 2-core machine
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_model_dir) -> Path:
-    root = tmp_path_factory.mktemp("ui2-browser-run")
-    base = peaked_copy(tiny_model_dir, root / "base")
-    config = f"data:\n  system: {SYSTEM}\neval:\n  max_new_tokens: 6\n  batch_size: 4\n"
-    return make_run(base, root / "runs" / "run-1", config=config)
+    return chat_ready_run(tiny_model_dir, tmp_path_factory.mktemp("ui2-browser-run"))
 
 
 @pytest.fixture

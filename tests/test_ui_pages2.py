@@ -13,19 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
-from run_helpers import make_run, peaked_copy
+from run_helpers import SYSTEM, chat_ready_run
 
 TOKEN = "pages2-token"
-SYSTEM = "You answer in one short sentence."
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_model_dir) -> Path:
     """A finished LoRA run with a system prompt, outside any workspace (runs live where training put them)."""
-    root = tmp_path_factory.mktemp("ui2-run")
-    base = peaked_copy(tiny_model_dir, root / "base")
-    config = f"data:\n  system: {SYSTEM}\neval:\n  max_new_tokens: 6\n  batch_size: 4\n"
-    return make_run(base, root / "runs" / "run-1", config=config)
+    return chat_ready_run(tiny_model_dir, tmp_path_factory.mktemp("ui2-run"))
 
 
 @pytest.fixture
