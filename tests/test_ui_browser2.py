@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from run_helpers import SYSTEM, chat_ready_run
-from ui_helpers import browser, screenshot, ui_server  # noqa: F401  (fixtures)
+from ui_helpers import browser, open_page, page, screenshot, ui_server  # noqa: F401  (fixtures)
 
 JOB_S = 180_000  # ms a job may take on the shared 2-core machine
 
@@ -30,17 +30,9 @@ def server(ui_server, tiny_run, monkeypatch):  # noqa: F811
     return ui_server
 
 
-@pytest.fixture
-def page(browser):  # noqa: F811
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
-    page = context.new_page()
-    yield page
-    context.close()
-
-
-def test_compare_a_run_and_read_the_answers_side_by_side(server, page):
+def test_compare_a_run_and_read_the_answers_side_by_side(server, page):  # noqa: F811
     (server.workspace / "broken.jsonl").write_text('{"input": "a", "output": \n')
-    page.goto(server.url("/compare"))
+    open_page(page, server, "/compare")
     assert page.locator("#compare-none").is_visible()  # no report yet
     # a broken test file: the CLI's one line, in the page
     page.select_option("#compare-data", "broken.jsonl")
@@ -69,10 +61,11 @@ def test_compare_a_run_and_read_the_answers_side_by_side(server, page):
     assert page.locator("#compare-examples .vs-reference .add").count() > 0  # the tiny model is never right
     page.check('input[name="diff-against"][value="base"]')
     screenshot(page, "compare")
+    assert page.errors == []
 
 
-def test_chat_with_base_and_tuned_side_by_side_both_streaming(server, page):
-    page.goto(server.url("/chat"))
+def test_chat_with_base_and_tuned_side_by_side_both_streaming(server, page):  # noqa: F811
+    open_page(page, server, "/chat")
     assert page.input_value("#chat-system") == SYSTEM  # the run's system prompt, preset
     assert "base of run-1" in page.inner_text("#pane-left h3") and "run-1" in page.inner_text("#pane-right h3")
     page.fill("#chat-max-tokens", "12")
@@ -103,10 +96,11 @@ def test_chat_with_base_and_tuned_side_by_side_both_streaming(server, page):
     page.click("#chat-release")
     page.wait_for_function("document.getElementById('chat-loaded').textContent === 'models released'")
     assert server.app.state.chat.servers.child is None
+    assert page.errors == []
 
 
-def test_export_a_run_and_download_a_verified_file(server, page):
-    page.goto(server.url("/export"))
+def test_export_a_run_and_download_a_verified_file(server, page):  # noqa: F811
+    open_page(page, server, "/export")
     assert page.locator("#export-none").is_visible()
     assert page.is_checked('input[name="format"][value="adapter"]')
     page.click("#export-start")
@@ -118,3 +112,4 @@ def test_export_a_run_and_download_a_verified_file(server, page):
         section.locator('a:text("adapter_config.json")').click()
     assert "lora" in Path(info.value.path()).read_text().lower()
     screenshot(page, "export")
+    assert page.errors == []
