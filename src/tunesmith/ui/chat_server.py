@@ -91,9 +91,14 @@ class ChatServers:
             return self._child
 
     def acquire(self, models: Models) -> Child:
-        """`ensure(models)`, counted as busy (never reaped) until `done(child)`; blocks while models load."""
+        """`ensure(models)`, then `hold` it; blocks while models load."""
         with self._lock:
-            child = self.ensure(models)
+            return self.hold(self.ensure(models))
+
+    def hold(self, child: Child) -> Child:
+        """Count `child` busy (never reaped) until `done(child)`. An async caller runs `ensure` in a thread and
+        holds here, so a client that leaves while the models load leaves no count behind."""
+        with self._lock:
             child.active += 1
             return child
 

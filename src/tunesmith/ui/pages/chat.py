@@ -211,11 +211,12 @@ async def _relay(state: ChatState, p: Pending | None) -> AsyncIterator[str]:
     if child is None or child.models != p.models:
         yield _sse({"status": "loading"})
     try:
-        child = await run_in_threadpool(state.servers.acquire, p.models)
+        child = await run_in_threadpool(state.servers.ensure, p.models)
     except TunesmithError as e:
         yield _sse({"error": str(e)})
         yield END
         return
+    state.servers.hold(child)
     try:
         name = served_name(p.choice, child.names, p.models)
         yield _sse({"status": "answering", "model": name})
