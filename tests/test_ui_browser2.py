@@ -47,6 +47,8 @@ def test_compare_a_run_and_read_the_answers_side_by_side(server, page):  # noqa:
     page.fill("#compare-tokens", "5")
     page.click("#compare-start")
     page.wait_for_selector("#compare-log", state="visible")
+    page.reload()  # the page follows the running job again (or, if it has just ended, shows its report)
+    page.wait_for_selector("#compare-job:not([hidden]), #compare-report")
     page.wait_for_selector("#compare-report", timeout=JOB_S)
     rows = page.locator("#compare-metrics tbody tr")
     assert rows.count() == 3 and "tuned" in rows.nth(2).inner_text()

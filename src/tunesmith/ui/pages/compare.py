@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from tunesmith.errors import EvalError
 from tunesmith.evaluate.strategies import STRATEGIES, parse_strategies
 from tunesmith.runs.store import RunInfo, list_runs
+from tunesmith.ui.pages.export import EXPORTS
 from tunesmith.ui.pages.runs import _run as registered_run
 from tunesmith.ui.web import ui
 from tunesmith.ui.word_diff import word_diff
@@ -52,7 +53,7 @@ def compare_page(request: Request, run: str | None = None, start: int = 0):
     chosen = registered_run(run) if run else (runs[0] if runs else None)
     report = _read_report(chosen) if chosen is not None else None
     return ui(request).render(request, "compare.html", active="compare", runs=[r.name for r in runs],
-                              chosen=chosen.name if chosen else None, files=ui(request).workspace.files(),
+                              chosen=chosen.name if chosen else None, files=[f for f in ui(request).workspace.files() if not f.startswith(EXPORTS + "/")],
                               strategies=STRATEGIES, probes=PROBES, view=report_view(report, start) if report else None)
 
 

@@ -1,4 +1,4 @@
-// The Compare page: start a comparison job, show its progress lines, then reload on the finished report;
+// The Compare page: start a comparison job, follow its progress lines, then reload on the finished report;
 // the radio buttons switch which answer the differences are highlighted against.
 "use strict";
 (() => {
@@ -11,7 +11,18 @@
     location.href = `/compare?run=${encodeURIComponent(e.target.value)}`;
   });
   if (!form) return;
+  const ids = { panel: "compare-job", status: "compare-status", title: "compare-title", log: "compare-log" };
+  const button = document.getElementById("compare-start");
   const number = (name) => { const v = form.elements[name].value.trim(); return v === "" ? null : Number(v); };
+  const follow = async (jobId, run) => {
+    button.disabled = true;
+    try {
+      await JobPanel.follow(jobId, `comparing on ${run}`, ids,
+        () => { location.href = `/compare?run=${encodeURIComponent(run)}#compare-report`; });
+    } finally {
+      button.disabled = false;
+    }
+  };
 
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
@@ -21,25 +32,9 @@
       strategies: [...form.querySelectorAll('input[name="strategy"]:checked')].map((x) => x.value),
       limit: number("limit"), max_new_tokens: number("max_new_tokens"),
     };
-    const button = document.getElementById("compare-start");
-    button.disabled = true;
-    try {
-      const { job } = await TS.api("POST", "/api/compare/start", body);
-      const panel = document.getElementById("compare-job");
-      const status = document.getElementById("compare-status");
-      const log = document.getElementById("compare-log");
-      panel.hidden = false;
-      document.getElementById("compare-title").textContent = `comparing on ${run}`;
-      const done = await TS.waitJob(job, (j) => {
-        status.textContent = j.status; status.className = `status ${j.status}`;
-        log.textContent = j.log || "starting…"; log.scrollTop = log.scrollHeight;
-      }, { log: true });
-      if (done.status === "done") location.href = `/compare?run=${encodeURIComponent(run)}#compare-report`;
-      else TS.flash(done.error || `the comparison ${done.status}`);
-    } catch (err) {
-      /* api() has shown the one-line message */
-    } finally {
-      button.disabled = false;
-    }
+    let job;
+    try { ({ job } = await TS.api("POST", "/api/compare/start", body)); } catch (err) { return; /* shown */ }
+    await follow(job, run);
   });
+  JobPanel.running("compare", form.elements.run.value).then((j) => j && follow(j.id, form.elements.run.value));
 })();

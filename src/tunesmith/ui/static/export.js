@@ -1,4 +1,4 @@
-// The Export page: start an export job, show its progress lines, then reload on the verified files.
+// The Export page: start an export job, follow its progress lines, then reload on the verified files.
 "use strict";
 (() => {
   const form = document.getElementById("export-form");
@@ -6,6 +6,17 @@
   document.getElementById("export-run").addEventListener("change", (e) => {
     location.href = `/export?run=${encodeURIComponent(e.target.value)}`;
   });
+  const ids = { panel: "export-job", status: "export-status", title: "export-title", log: "export-log" };
+  const button = document.getElementById("export-start");
+  const follow = async (jobId, run, title) => {
+    button.disabled = true;
+    try {
+      await JobPanel.follow(jobId, title, ids, () => { location.href = `/export?run=${encodeURIComponent(run)}`; });
+    } finally {
+      button.disabled = false;
+    }
+  };
+
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     const run = form.elements.run.value;
@@ -14,24 +25,10 @@
       quant: form.elements.quant.value, dtype: form.elements.dtype.value || null,
       overwrite: document.getElementById("export-overwrite").checked,
     };
-    const button = document.getElementById("export-start");
-    button.disabled = true;
-    try {
-      const { job } = await TS.api("POST", "/api/export/start", body);
-      const status = document.getElementById("export-status");
-      const log = document.getElementById("export-log");
-      document.getElementById("export-job").hidden = false;
-      document.getElementById("export-title").textContent = `exporting ${run} as ${body.formats.join(", ")}`;
-      const done = await TS.waitJob(job, (j) => {
-        status.textContent = j.status; status.className = `status ${j.status}`;
-        log.textContent = j.log || "starting…"; log.scrollTop = log.scrollHeight;
-      }, { log: true });
-      if (done.status === "done") location.href = `/export?run=${encodeURIComponent(run)}`;
-      else TS.flash(done.error || `the export ${done.status}`);
-    } catch (err) {
-      /* api() has shown the one-line message */
-    } finally {
-      button.disabled = false;
-    }
+    let job;
+    try { ({ job } = await TS.api("POST", "/api/export/start", body)); } catch (err) { return; /* shown */ }
+    await follow(job, run, `exporting ${run} as ${body.formats.join(", ")}`);
   });
+  const run = form.elements.run.value;
+  JobPanel.running("export", run).then((j) => j && follow(j.id, run, j.title));
 })();
