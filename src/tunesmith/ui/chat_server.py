@@ -12,6 +12,7 @@ stop it and give its memory back. The child exits by itself when the UI process 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -149,15 +150,24 @@ class ChatServers:
     def _wait_ready(self, child: Child) -> list[str]:
         """The names the child serves, from its first stdout line; ServeError with its message if it fails."""
         result: dict[str, Any] = {}
-        reader = threading.Thread(target=lambda: result.update(_first_line(child.proc)), daemon=True)
-        reader.start()
-        reader.join(self.start_timeout_s)
+        first = threading.Event()
+
+        def read() -> None:
+            result.update(_first_line(child.proc))
+            first.set()
+            with contextlib.suppress(OSError, ValueError):  # anything printed later is drained: the child never
+                for _ in child.proc.stdout or ():             # blocks on a full pipe; the pipe closes at its end
+                    pass
+                child.proc.stdout.close()
+
+        threading.Thread(target=read, daemon=True).start()
+        arrived = first.wait(self.start_timeout_s)
         if "ready" in result:
             return list(result["ready"])
         _terminate(child.proc)
         if "error" in result:
             raise ServeError(result["error"])
-        if reader.is_alive():
+        if not arrived:
             raise ServeError(f"the chat models did not load within {self.start_timeout_s:.0f} s",
                              "pick smaller models, or try again")
         raise ServeError(f"the chat server stopped while loading: {_last_line(child.log)}",
@@ -205,8 +215,6 @@ def _terminate(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
-    if proc.stdout:
-        proc.stdout.close()
 
 
 # ------------------------------------------------------------------ relaying a streamed answer
