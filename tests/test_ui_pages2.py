@@ -291,6 +291,40 @@ def test_chat_server_is_reaped_when_idle_and_a_failed_start_is_one_line(tmp_path
     servers.close()
 
 
+def test_other_models_replace_the_chat_server_and_it_dies_with_the_ui(tmp_path, tiny_run, monkeypatch):
+    """Picking other models stops the old child; a UI process that dies takes its child with it."""
+    import signal
+    import subprocess
+
+    from tunesmith.ui.chat_server import ChatServers, Models
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    script = f"""
+import json, os
+from pathlib import Path
+from tunesmith.ui.chat_server import ChatServers, Models
+s = ChatServers(Path({str(tmp_path / "chat")!r}))
+first = s.ensure(Models(({str(tiny_run)!r},), device="cpu"))
+second = s.ensure(Models(({str(tiny_run)!r},), {str(tiny_run.parent.parent / "base")!r}, device="cpu"))
+print(json.dumps([first.proc.poll() is not None, second.names, second.proc.pid]), flush=True)
+os._exit(0)  # as a killed UI process: no shutdown, no cleanup
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    replaced, names, pid = json.loads(out.stdout.strip().splitlines()[-1])
+    assert replaced and names == ["run-1", "base"]
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.3)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail("the chat server outlived the UI process")
+
+
 def test_the_ui_process_never_imports_torch_for_these_pages(tmp_path, tiny_run):
     """The pages run their heavy work in children: rendering them (and the chat relay) loads no torch."""
     import subprocess
