@@ -91,12 +91,13 @@ def test_chat_with_base_and_tuned_side_by_side_both_streaming(server, page):  # 
     # a second turn: each side goes on from its own answer
     page.fill("#chat-input", "And the mountains?")
     page.press("#chat-input", "Enter")
-    for side in ("left", "right"):
-        page.wait_for_function(f"document.querySelectorAll('#log-{side} .msg.assistant[data-state=\"done\"]').length == 2",
-                               timeout=JOB_S)
+    for side in ("left", "right"):  # (locators, not wait_for_function: the page's CSP forbids eval)
+        page.locator(f'#log-{side} .msg.assistant[data-state="done"]').nth(1).wait_for(timeout=JOB_S)
     screenshot(page, "chat")
+    from playwright.sync_api import expect
+
     page.click("#chat-release")
-    page.wait_for_function("document.getElementById('chat-loaded').textContent === 'models released'")
+    expect(page.locator("#chat-loaded")).to_have_text("models released")
     assert server.app.state.chat.servers.child is None
     assert page.errors == []
 
