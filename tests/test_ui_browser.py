@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shutil
 
-from ui_helpers import browser, fake_run, open_page, page, screenshot, ui_server  # noqa: F401  (fixtures)
+from ui_helpers import fake_run, open_page, page, screenshot, ui_server  # noqa: F401  (fixtures)
 from test_ui import MESSY, TOKENIZER
 
 def test_every_page_opens_without_a_script_error(page, ui_server):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from run_helpers import SYSTEM, chat_ready_run
-from ui_helpers import browser, open_page, page, screenshot, ui_server  # noqa: F401  (fixtures)
+from ui_helpers import open_page, page, screenshot, ui_server  # noqa: F401  (fixtures)
 
 JOB_S = 180_000  # ms a job may take on the shared 2-core machine
 

@@ -1,6 +1,6 @@
 """Shared by the UI tests: a UI server on a free port in a thread, and a headless Chromium (Playwright).
 
-    from ui_helpers import browser, page, ui_server, open_page    # fixtures (import them into the test module)
+    from ui_helpers import page, ui_server, open_page    # fixtures (import them into the test module; `browser` is conftest's)
 
     def test_x(page, ui_server):
         open_page(page, ui_server, "/runs")    # the URL carries the token; the cookie is set on the first visit
@@ -67,10 +67,11 @@ def _playwright_or_skip():
     return sync_playwright
 
 
-@pytest.fixture(scope="session")
-def browser():
-    """A headless Chromium for the whole session (Debian's, through executable_path: Playwright's own
-    browser download is not reachable offline)."""
+def launch_browser():
+    """A headless Chromium (Debian's, through executable_path: Playwright's own browser download is not
+    reachable offline), yielded until closed; the session's one `browser` fixture (conftest.py) wraps it.
+    One for the session, defined once: a fixture imported into two modules is two fixtures, and a
+    second sync Playwright cannot start while the first runs."""
     sync_playwright = _playwright_or_skip()
     executable = CHROMIUM if Path(CHROMIUM).is_file() else shutil.which("chromium")
     with sync_playwright() as p:
