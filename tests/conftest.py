@@ -128,3 +128,11 @@ def pytest_sessionfinish(session):
     record = {"transformers": transformers.__version__, "rows": {**old.get("rows", {}), **MATRIX_ROWS},
               "cells": {**old.get("cells", {}), **MATRIX_CELLS}}  # a rerun of some cells keeps the others
     target.write_text(json.dumps(record, indent=1) + "\n")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """The session's one headless Chromium for the browser tests (skips with the reason without one)."""
+    from ui_helpers import launch_browser
+
+    yield from launch_browser()

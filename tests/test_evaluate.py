@@ -10,76 +10,19 @@ from pathlib import Path
 
 import pytest
 
+from run_helpers import QA, TRAIN, make_run, peaked_copy
+from run_helpers import chat_rows as _chat
+from run_helpers import write_jsonl as _write
+
 from tunesmith.errors import EvalError, RunError
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-QA = [("What is the capital of France?", "Paris."), ("How many legs does a spider have?", "Eight."),
-      ("What colour is the sky?", "Blue."), ("Who wrote Hamlet?", "William Shakespeare."),
-      ("What is 2+2?", "4"), ("Which planet is the largest?", "Jupiter.")]
-TRAIN = [("Name the capital of Italy.", "Rome."), ("How many legs does an insect have?", "Six."),
-         ("What colour is grass?", "Green."), ("Who painted the Mona Lisa?", "Leonardo da Vinci."),
-         ("What is 3+3?", "6"), ("Which planet is closest to the sun?", "Mercury.")]
-
-
-def _chat(pairs):
-    return [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in pairs]
-
-
-def _write(path: Path, rows) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture(scope="module")
 def peaked_model(tmp_path_factory, tiny_model_dir) -> Path:
     """The tiny model with larger weights: varied greedy answers that depend on the prompt."""
-    import shutil
-
-    from conftest import peak_weights
-
-    from tunesmith.models.load import load_model
-
-    folder = tmp_path_factory.mktemp("peaked")
-    shutil.copytree(tiny_model_dir, folder, dirs_exist_ok=True)
-    model, _ = load_model(str(folder))
-    peak_weights(model, 0)
-    model.save_pretrained(str(folder), safe_serialization=True)
-    return folder
-
-
-def make_run(base: Path, run_dir: Path, *, final: bool = True) -> Path:
-    """A completed LoRA run folder by the contract: manifest, config, metrics, data splits, final/ adapter."""
-    import torch
-
-    from tunesmith.config import MethodConfig
-    from tunesmith.models import adapters
-    from tunesmith.models.load import load_model
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if final:
-        model, tok = load_model(str(base))
-        peft_model = adapters.apply_lora(model, MethodConfig(r=4, alpha=8, dropout=0.0))
-        torch.manual_seed(1)
-        with torch.no_grad():  # LoRA B starts at zero (a no-op); make the adapter change the answers
-            for n, p in peft_model.named_parameters():
-                if "lora_B" in n:
-                    p.normal_(0, 0.5)
-        adapters.save_adapter(peft_model, run_dir / "final")
-        tok.save_pretrained(str(run_dir / "final"))
-    manifest = {"name": run_dir.name, "status": "completed" if final else "failed", "base_model": str(base),
-                "base_model_path": str(base), "method": "lora", "best_step": 4, "best_val_loss": 2.5, "steps": 4}
-    (run_dir / "manifest.json").write_text(json.dumps(manifest))
-    (run_dir / "config.yaml").write_text("eval:\n  max_new_tokens: 6\n  batch_size: 4\n")
-    metrics = [{"step": s, "split": "train", "loss": 4.0 - 0.5 * s} for s in range(1, 5)]
-    metrics += [{"step": s, "split": "validation", "loss": 3.5 - 0.25 * s} for s in (2, 4)]
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
-    _write(run_dir / "data" / "test.jsonl", _chat(QA))
-    _write(run_dir / "data" / "train.jsonl", _chat(TRAIN))
-    return run_dir
+    return peaked_copy(tiny_model_dir, tmp_path_factory.mktemp("peaked"))
 
 
 @pytest.fixture(scope="module")

@@ -40,21 +40,6 @@ def _tokenizer(model: str | None):
     return load_tokenizer_only(model)
 
 
-def _check_tokenizer(model: str | None) -> tuple[object, str | None, list[str]]:
-    """(tokenizer, which one, notes) for `data check`: --model's, else the default model's, so a
-    6,000-token row is reported without --model; when that is not installed, none and a note."""
-    from tunesmith.errors import ModelError
-    from tunesmith.models.store import BUILTIN_NAME
-
-    if model is not None:
-        return _tokenizer(model), model, []
-    try:
-        return _tokenizer(BUILTIN_NAME), f"{BUILTIN_NAME} (the default model; --model NAME for yours)", []
-    except ModelError as e:
-        return None, None, [f"length checks skipped: no --model given and the default model's tokenizer "
-                            f"is not available: {e}"]
-
-
 def count_lines(path: Path, limit_bytes: int = 2 << 30) -> int | None:
     """Newlines in an uncompressed text file (fast, in 1 MB blocks); None for other files."""
     if path.suffix.lower() not in (".jsonl", ".ndjson", ".csv", ".tsv") or path.stat().st_size > limit_bytes:
@@ -96,7 +81,7 @@ def check_cmd(
     json_out: bool = typer.Option(False, "--json", help="print {summary, issues} as JSON"),
 ) -> None:
     """Report every problem in FILE at once, and whether it is ready to fine-tune on. Exit 1 if there are errors."""
-    from tunesmith.data.check import CheckOptions, check
+    from tunesmith.data.check import CheckOptions, check, tokenizer_for_check
     from tunesmith.data.formats import resolve_format, parse_mapping
 
     if method not in ("lora", "full"):
@@ -105,7 +90,7 @@ def check_cmd(
     _existing(file)
     if against is not None:
         _existing(against)
-    tokenizer, tokenizer_name, notes = _check_tokenizer(model)
+    tokenizer, tokenizer_name, notes = tokenizer_for_check(model)
     opts = CheckOptions(format=format, mapping=map, system=system, tokenizer=tokenizer, tokenizer_name=tokenizer_name,
                         notes=notes, max_length=max_length, against=against)
     with row_progress(file, "checking", quiet=json_out) as advance:

@@ -22,7 +22,7 @@ app = typer.Typer(
 
 # Each module has register(app). Modules import heavy libraries inside their commands only,
 # so `tunesmith --help` stays instant.
-COMMAND_MODULES = ["models", "config_cmd", "generate", "quickstart", "train", "runs", "data", "advise", "export", "serve", "chat", "evaluate", "runs_compare"]
+COMMAND_MODULES = ["models", "config_cmd", "generate", "quickstart", "train", "runs", "data", "advise", "export", "serve", "chat", "evaluate", "runs_compare", "ui"]
 
 
 def _version(value: bool) -> None:

@@ -91,6 +91,23 @@ def check(path: str | Path, options: CheckOptions | None = None) -> Report:
     return Report(summary, issues, state.sample)
 
 
+def tokenizer_for_check(model: str | None) -> tuple[Any, str | None, list[str]]:
+    """(tokenizer, which one, notes) for a check: `model`'s, else the default model's, so a
+    6,000-token row is reported without a model named; when that is not installed, none and a note.
+    Only the tokenizer loads (no weights)."""
+    from tunesmith.errors import ModelError
+    from tunesmith.models.load import load_tokenizer_only
+    from tunesmith.models.store import BUILTIN_NAME
+
+    if model is not None:
+        return load_tokenizer_only(model), model, []
+    try:
+        return load_tokenizer_only(BUILTIN_NAME), f"{BUILTIN_NAME} (the default model; --model NAME for yours)", []
+    except ModelError as e:
+        return None, None, [f"length checks skipped: no --model given and the default model's tokenizer "
+                            f"is not available: {e}"]
+
+
 def _stream(reader: Reader, fp: Fingerprints, opts: CheckOptions) -> _Pass:
     state = _Pass()
     for n, row in enumerate(reader, 1):
@@ -165,7 +182,8 @@ def duplicate_findings(g: Groups, lines: list[int], *, pairs: bool = False) -> l
 
     `pairs`: the rows are preference pairs, and only copies of whole pairs (exact, near) are found.
     """
-    return [finding(lines[i], "", f"dup.{g.kind_of(i)}", duplicate_message(g, i, lines[g.partner[i]]))
+    return [finding(lines[i], "", f"dup.{g.kind_of(i)}", duplicate_message(g, i, lines[g.partner[i]]),
+                    match=lines[g.partner[i]])
             for i in map(int, g.kind.nonzero()[0]) if not pairs or g.kind_of(i) in PAIR_KINDS]
 
 

@@ -61,22 +61,27 @@ RULES: dict[str, tuple[str, str]] = {
 
 @dataclass(frozen=True)
 class Finding:
-    """One problem at one row: 1-based line (0 = the whole file), field, rule id, severity, message."""
+    """One problem at one row: 1-based line (0 = the whole file), field, rule id, severity, message;
+    `match` is the line of the earlier row a duplicate or conflict matches (0: none)."""
 
     line: int
     field: str
     rule: str
     severity: str
     message: str
+    match: int = 0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not self.match:  # only duplicates and conflicts carry it
+            del d["match"]
+        return d
 
 
-def finding(line: int, field: str, rule: str, what: str) -> Finding:
+def finding(line: int, field: str, rule: str, what: str, match: int = 0) -> Finding:
     """A Finding whose message is `what` plus the rule's hint."""
     severity, hint = RULES[rule]
-    return Finding(line, field, rule, severity, f"{what}; {hint}" if hint else what)
+    return Finding(line, field, rule, severity, f"{what}; {hint}" if hint else what, match)
 
 
 def is_error(f: Finding) -> bool:

@@ -69,7 +69,23 @@ def summarise(rows: list[RowTokens], max_length: int | None) -> dict:
         "rows_truncated": sum(1 for r in rows if r.truncated),
         "tokens_cut": sum(r.truncated for r in rows),
         "trained_tokens_cut": sum(r.trained - r.kept_trained for r in rows),
+        "histogram": histogram(lengths),
     }
+
+
+HISTOGRAM_BINS = 20
+
+
+def histogram(sorted_lengths: list[int], bins: int = HISTOGRAM_BINS) -> dict:
+    """Rows per token-length bin: `edges` (one more than `counts`; bin i holds edges[i] <= n < edges[i + 1])
+    and `counts`, at most `bins` bins of whole tokens covering the shortest to the longest row."""
+    low, high = sorted_lengths[0], sorted_lengths[-1]
+    width = max(1, -(-(high - low + 1) // bins))
+    used = (high - low) // width + 1
+    counts = [0] * used
+    for n in sorted_lengths:
+        counts[(n - low) // width] += 1
+    return {"edges": [low + i * width for i in range(used + 1)], "counts": counts}
 
 
 def _pct(sorted_values: list[int], q: float) -> int:

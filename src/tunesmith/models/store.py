@@ -134,6 +134,10 @@ class ModelStore:
     def names(self) -> list[str]:
         return [e.name for e in self.list()]
 
+    def knows(self, name: str) -> bool:
+        """Whether `name` is a store name (the embedded model or a registered one), not a path."""
+        return name == BUILTIN_NAME or name in self._read()
+
     def get(self, name: str) -> ModelEntry:
         if name == BUILTIN_NAME:
             return self._builtin(self._read().get(BUILTIN_NAME))
@@ -229,8 +233,7 @@ class ModelStore:
 
     def resolve(self, spec: str, *, allow_pickle: bool = False) -> ModelEntry:
         """A store name, a local model folder, or a GGUF file -> an entry (unregistered paths are not stored)."""
-        entries = self._read()
-        if spec == BUILTIN_NAME or spec in entries:
+        if self.knows(spec):
             return self.get(spec)
         path = Path(spec).expanduser()
         if path.is_dir():

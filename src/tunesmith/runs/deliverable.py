@@ -43,16 +43,7 @@ class Deliverable:
     @property
     def system(self) -> str | None:
         """The system prompt the run trained with (`data.system` in its saved config.yaml); None for models."""
-        from tunesmith.config import load_run_config
-        from tunesmith.errors import ConfigError
-
-        config = self.run_dir / "config.yaml" if self.run_dir else None
-        if config is None or not config.is_file():
-            return None
-        try:
-            return load_run_config(config).data.system or None
-        except ConfigError:  # a config this version cannot read: the template's own default stands
-            return None
+        return run_system(self.run_dir) if self.run_dir else None
 
     def tokenizer(self):
         """The tokenizer every consumer prompts with: the trained chat template, the run's system prompt its default.
@@ -84,6 +75,20 @@ class Deliverable:
                 model = adapters.merge(model)
         model.eval()
         return model, self.tokenizer()
+
+
+def run_system(run_dir: Path) -> str | None:
+    """`data.system` in a run folder's config.yaml, or None; reads no weights (the web UI presets its chat with it)."""
+    from tunesmith.config import load_run_config
+    from tunesmith.errors import ConfigError
+
+    config = Path(run_dir) / "config.yaml"
+    if not config.is_file():
+        return None
+    try:
+        return load_run_config(config).data.system or None
+    except ConfigError:  # a config this version cannot read: the template's own default stands
+        return None
 
 
 def load_run(run, **load_args) -> tuple[Any, Any]:

@@ -6,7 +6,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from tunesmith.errors import RunError
 from tunesmith.io import atomic_write_json, json_text
@@ -128,11 +128,17 @@ def read_metrics(paths: RunPaths) -> list[dict[str, Any]]:
     """Every complete metrics line (a torn last line from a crash is skipped)."""
     if not paths.metrics.is_file():
         return []
+    return metric_rows(paths.metrics.read_bytes().split(b"\n"))
+
+
+def metric_rows(lines: Iterable[bytes | str]) -> list[dict[str, Any]]:
+    """The metrics rows among `lines` (of metrics.jsonl): one that is not JSON (torn by a crash) is skipped.
+    The one parser of metrics lines: read_metrics and the UI's live tail (ui/pages/runs.py) share it."""
     rows = []
-    for line in paths.metrics.read_text(encoding="utf-8").splitlines():
+    for line in lines:
         try:
             rows.append(json.loads(line))
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             continue
     return rows
 

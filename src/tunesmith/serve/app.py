@@ -1,4 +1,4 @@
-"""The HTTP layer (the only FastAPI module): OpenAI-compatible routes over the engine's worker.
+"""The API server's HTTP layer: OpenAI-compatible routes over the engine's worker (the web UI is ui/app.py).
 
     GET  /health                  liveness, models, queue length
     GET  /v1/models               the servable names (runs, and the base with --base)
@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tunesmith.config import ServeConfig
 from tunesmith.errors import TunesmithError
 from tunesmith.serve.engine import Busy, Engine, Event, GenerationRequest, Worker
+from tunesmith.serve.guards import BodyLimit, HostCheck, TooLarge, error_body
 from tunesmith.serve.server import is_loopback
 
 # ------------------------------------------------------------------ request and response types
@@ -97,10 +98,6 @@ class ApiError(Exception):
                  code: str | None = None):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
-
-
-def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
 # ------------------------------------------------------------------ the app
@@ -376,82 +373,5 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
-        code = "body_too_large" if isinstance(e, _TooLarge) else None  # as when Content-Length gives it away
+        code = "body_too_large" if isinstance(e, TooLarge) else None  # as when Content-Length gives it away
         return JSONResponse(error_body(str(e.detail), "invalid_request_error", None, code), status_code=e.status_code)
-
-
-class _TooLarge(StarletteHTTPException):
-    """Raised while a chunked body arrives; FastAPI passes HTTP exceptions through to the handlers above."""
-
-    def __init__(self, max_bytes: int):
-        super().__init__(413, f"request body over {max_bytes} bytes (serve.max_body_bytes)")
-
-
-class HostCheck:
-    """Refuse (400) a request whose Host header is not one of `allowed` (the port is ignored).
-
-    A loopback server with no key is reachable from any web page the user opens, through a DNS
-    name that resolves to 127.0.0.1 (DNS rebinding); such requests carry that name as Host.
-    """
-
-    def __init__(self, app, allowed):
-        self.app, self.allowed = app, {h.lower().strip("[]") for h in allowed}
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or _host_name(dict(scope.get("headers") or []).get(b"host", b"")) in self.allowed:
-            return await self.app(scope, receive, send)
-        await _send_error(send, 400, "the Host header is not a name this server answers to (serve.allowed_hosts)",
-                          "invalid_host")
-
-
-def _host_name(header: bytes) -> str:
-    """'127.0.0.1:8000' -> '127.0.0.1', '[::1]:8000' -> '::1', 'LocalHost' -> 'localhost'."""
-    host = header.decode("latin-1").strip().lower()
-    if host.startswith("["):
-        return host[1:host.find("]")] if "]" in host else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
-class BodyLimit:
-    """Refuse request bodies over `max_bytes` (413), by Content-Length or while a chunked body arrives."""
-
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await self._refuse(send)
-        seen, started = 0, False
-
-        async def counted():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise _TooLarge(self.max_bytes)
-            return message
-
-        async def watch(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counted, watch)
-        except _TooLarge:
-            if not started:
-                await self._refuse(send)
-
-    async def _refuse(self, send) -> None:
-        await _send_error(send, 413, f"request body over {self.max_bytes} bytes (serve.max_body_bytes)", "body_too_large")
-
-
-async def _send_error(send, status: int, message: str, code: str) -> None:
-    """An OpenAI-shaped client error sent straight through ASGI (for the middlewares, before any route runs)."""
-    body = json.dumps(error_body(message, "invalid_request_error", None, code)).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})

@@ -46,7 +46,8 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _server(app):
+def uvicorn_server(app):
+    """A quiet uvicorn server for `app` (warnings only, no access log); `.run(sockets=[sock])` serves."""
     import uvicorn
 
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
@@ -73,7 +74,7 @@ class ServerThread:
 def start_in_thread(app, *, timeout: float = 30.0) -> ServerThread:
     """Start uvicorn on a port chosen now (never a fixed one), waiting at most `timeout` s until it listens."""
     sock = bind("127.0.0.1", 0)
-    server = _server(app)
+    server = uvicorn_server(app)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout
@@ -86,12 +87,16 @@ def start_in_thread(app, *, timeout: float = 30.0) -> ServerThread:
 
 
 def serve(specs: Sequence[str], base: str | None, cfg: ServeConfig, on_ready=lambda names: None,
-          device: str = "auto") -> None:
-    """Load the models, then serve them until interrupted (the CLI's whole job)."""
+          device: str = "auto", sock: socket.socket | None = None) -> None:
+    """Load the models, then serve them until interrupted (the CLI's whole job).
+
+    `sock`: a socket already listening, for a parent process that chose the port and handed it down
+    (the web UI's chat); default: bind cfg.host:cfg.port.
+    """
     from tunesmith.serve.app import create_app
     from tunesmith.serve.engine import Engine
 
-    sock = bind(cfg.host, cfg.port)  # fail on a taken port before minutes of loading
+    sock = sock or bind(cfg.host, cfg.port)  # fail on a taken port before minutes of loading
     engine = Engine.load(specs, base, max_batch=cfg.max_batch, device=device, engine=cfg.engine)
     on_ready(engine.names)
-    _server(create_app(engine, cfg)).run(sockets=[sock])
+    uvicorn_server(create_app(engine, cfg)).run(sockets=[sock])

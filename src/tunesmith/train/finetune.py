@@ -8,6 +8,9 @@
     5. build optimizer, schedule and accelerate; on resume, check and restore the checkpoint
     6. run the loop (validation with sample answers, early stopping, a time budget, checkpoints, progress)
     7. write the deliverable (the best weights) to final/, record the run, print the summary
+
+`plan(config)` runs phases 1-4 alone, in a scratch folder: the plan without a run (the web UI shows
+it before starting).
 """
 
 from __future__ import annotations
@@ -108,21 +111,16 @@ def _train(s: _Session, started: float, on_step, show_progress: bool, loss_fn: L
     """Phases 2-7 of `finetune`, with the run's lock held."""
     from accelerate.utils import set_seed
 
-    cfg, acc = s.config, s.accelerator
+    acc = s.accelerator
     out = progress.Printer(enabled=acc.is_main_process and show_progress)
     out.line(f"run {s.paths.name}: {s.paths.dir}")
-    set_seed(cfg.train.seed)
-    # 2. the base model
-    model, tokenizer, base = _load_model(cfg, acc)
-    if base["fused_kernels"]:
-        out.line("fused kernels: Liger RMSNorm, SwiGLU")
-    # 3. the data, prepared into the run folder and rendered
-    splits, train_set, val_set, dropped = _data(cfg, s, tokenizer)
-    # 4. the `auto` settings, the method's trainable weights, the plan
-    shape = auto.Shape.of(train_set, _n_params(model), cfg.method.trains, cfg.train.grad_accum, acc.num_processes,
-                       objective=cfg.method.name if cfg.method.preference else "sft")
-    cfg, chosen = _choose(s, shape)
-    model = methods.apply_method(model, cfg.method)
+    set_seed(s.config.train.seed)
+    # 2-4. the base model, the data (prepared into the run folder and rendered), the `auto` settings
+    # and the method's trainable weights
+    ready = _ready(s, out)
+    cfg, model, tokenizer, base, splits = ready.config, ready.model, ready.tokenizer, ready.base, ready.splits
+    train_set, val_set, dropped, shape, chosen = ready.train_set, ready.val_set, ready.dropped, ready.shape, ready.chosen
+    # 4. the plan
     _fill_manifest(s, cfg, base, splits, tokenizer)
     _check_resume(s)
     if cfg.method.preference:  # the reference's log-probabilities, from the model before any step
@@ -173,6 +171,67 @@ def _train(s: _Session, started: float, on_step, show_progress: bool, loss_fn: L
         raise
 
 
+@dataclass
+class _Ready:
+    """What phases 2-4 hand the rest of a run (or `plan`): the model with its method applied, the rendered data."""
+
+    config: Config  # every `auto` chosen
+    model: Any
+    tokenizer: Any
+    base: dict[str, Any]
+    splits: Any
+    train_set: list
+    val_set: list
+    dropped: int
+    shape: auto.Shape
+    chosen: dict[str, auto.Choice]
+
+
+def _ready(s: _Session, out: progress.Printer) -> _Ready:
+    """Phases 2-4 up to the plan: load the base model, prepare and render the data, choose `auto`, apply the method."""
+    cfg, acc = s.config, s.accelerator
+    model, tokenizer, base = _load_model(cfg, acc)
+    if base["fused_kernels"]:
+        out.line("fused kernels: Liger RMSNorm, SwiGLU")
+    splits, train_set, val_set, dropped = _data(cfg, s, tokenizer)
+    shape = auto.Shape.of(train_set, _n_params(model), cfg.method.trains, cfg.train.grad_accum, acc.num_processes,
+                       objective=cfg.method.name if cfg.method.preference else "sft")
+    cfg, chosen = _choose(s, shape)
+    model = methods.apply_method(model, cfg.method)
+    return _Ready(cfg, model, tokenizer, base, splits, train_set, val_set, dropped, shape, chosen)
+
+
+def plan(config: Config | str | Path | None = None, *, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What `finetune` would do, without training or making a run: phases 1-4 in a scratch folder.
+
+    Returns the plan line `tunesmith train` prints (examples, tokens, steps, estimated time and
+    peak memory), the `auto` choices with their reasons, and the figures behind them. Loads the
+    model and renders the data (seconds to minutes); a bad config or data file raises as
+    `finetune` would, before anything loads where it can. With train.time_budget the steps are
+    planned at the start of the run from a measured step, so `steps` here is what the config
+    alone gives.
+    """
+    import tempfile
+
+    cfg, acc = _settled(config, overrides, None)
+    with tempfile.TemporaryDirectory(prefix="tunesmith-plan-") as scratch:
+        s = _Session(cfg, RunPaths(Path(scratch) / "plan"), acc, {"name": "plan"})
+        ready = _ready(s, progress.Printer(enabled=False))
+        cfg = ready.config
+        steps = batching.StepPlan(len(ready.train_set), cfg.train.batch_size, cfg.train.grad_accum, acc.num_processes)
+        total = steps.total_steps(cfg.train.epochs, cfg.train.max_steps)
+        est = progress.estimate(ready.model, ready.train_set, steps, total, cfg)
+        lines = [progress.plan_line(len(ready.train_set), len(ready.val_set), ready.dropped, steps, total, est),
+                 auto.plan_line(ready.chosen)]
+        if cfg.train.time_budget:
+            lines.append(f"time budget {cfg.train.time_budget}: the steps that fit are planned at the start of the run, "
+                         "from a measured step")
+    return {"lines": [line for line in lines if line], "steps": total, "seconds": est.seconds,
+            "peak_bytes": est.peak_bytes, "train_examples": len(ready.train_set),
+            "validation_examples": len(ready.val_set), "tokens_per_epoch": est.tokens_per_epoch,
+            "chosen": {key: c.to_dict() for key, c in ready.chosen.items()}}
+
+
 def _last_step(total: int, state: LoopState) -> int:
     """Where the loop ends: `total`, or where it is for a run that stopped early (resumed only to write final/)."""
     return state.step if state.stop_reason in ("early_stopping", "time_budget") else total
@@ -187,9 +246,17 @@ def _group_by_length(cfg: Config) -> bool:
 
 
 def _session(config, overrides, name, resume) -> _Session:
+    resume_run = find_run(resume) if resume else None
+    cfg, acc = _settled(config, overrides, resume_run)
+    s = _resume_session(cfg, resume_run, acc) if resume_run is not None else _new_session(cfg, name, acc)
+    s.asked = cfg
+    return s
+
+
+def _settled(config, overrides, resume_run) -> tuple[Config, Any]:
+    """The config (given, read from a file, or the resumed run's own), checked, and the Accelerator for it."""
     from accelerate import Accelerator
 
-    resume_run = find_run(resume) if resume else None
     if isinstance(config, Config):
         assert not overrides, "pass overrides with a config path"
         cfg = absolute_paths(config)  # its relative paths mean the current folder; the saved copy must say so
@@ -197,17 +264,14 @@ def _session(config, overrides, name, resume) -> _Session:
         cfg = load_run_config(resume_run.dir / "config.yaml", overrides)
     else:
         cfg = load_config(config, overrides)
-    _check_config(cfg)
+    check_config(cfg)
     if cfg.train.threads:
         import torch
 
         torch.set_num_threads(cfg.train.threads)
     methods.check_method(cfg.method.trains)
     methods.check_fused_kernels(cfg.train.fused_kernels)
-    acc = Accelerator(cpu=not _cuda(), mixed_precision=_mixed_precision(cfg.train.mixed_precision))
-    s = _resume_session(cfg, resume_run, acc) if resume_run is not None else _new_session(cfg, name, acc)
-    s.asked = cfg
-    return s
+    return cfg, Accelerator(cpu=not _cuda(), mixed_precision=_mixed_precision(cfg.train.mixed_precision))
 
 
 def _new_session(cfg: Config, name: str | None, acc) -> _Session:
@@ -262,7 +326,8 @@ def _step_keys(cfg: Config) -> dict[str, Any]:
     return keys | {"data.max_length": cfg.data.max_length, "model.dtype": cfg.model.dtype}
 
 
-def _check_config(cfg: Config) -> None:
+def check_config(cfg: Config) -> None:
+    """Every value `finetune` refuses before anything loads (ConfigError listing them all); no heavy imports."""
     from tunesmith.errors import ConfigError
 
     t = cfg.train
