@@ -50,6 +50,10 @@ def run(folder: Path) -> dict:
 
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
+    # Stop sends SIGINT. A UI started in the background by a script (`tunesmith ui &`) has SIGINT
+    # ignored, and its children inherit that: Python then never raises KeyboardInterrupt, so stop
+    # would do nothing. The default handler is set again here.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     folder = Path(argv[0])
     outcome = run(folder)
     try:
