@@ -315,5 +315,7 @@ def test_the_bundled_dpo_example_reads_as_pairs():
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / "support-faq" / "dpo.yaml")
     assert cfg.method.name == "dpo" and cfg.method.trains == "lora"
-    result = read_examples(cfg.data.train)
-    assert result.format == "preference" and len(result.examples) == 96 and not result.findings
+    result = read_examples(cfg.data.train)  # pairs-similar.jsonl: a pair per FAQ row
+    assert result.format == "preference" and len(result.examples) == 503 and not result.findings
+    sampled = read_examples(Path(cfg.data.train).with_name("pairs.jsonl"))  # the other kind, base samples rejected
+    assert sampled.format == "preference" and len(sampled.examples) == 96 and not sampled.findings
