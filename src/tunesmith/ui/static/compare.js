@@ -11,18 +11,11 @@
     location.href = `/compare?run=${encodeURIComponent(e.target.value)}`;
   });
   if (!form) return;
-  const ids = { panel: "compare-job", status: "compare-status", title: "compare-title", log: "compare-log" };
-  const button = document.getElementById("compare-start");
+  const ids = { panel: "compare-job", status: "compare-status", title: "compare-title", log: "compare-log",
+                button: "compare-start" };
   const number = (name) => { const v = form.elements[name].value.trim(); return v === "" ? null : Number(v); };
-  const follow = async (jobId, run) => {
-    button.disabled = true;
-    try {
-      await JobPanel.follow(jobId, `comparing on ${run}`, ids,
-        () => { location.href = `/compare?run=${encodeURIComponent(run)}#compare-report`; });
-    } finally {
-      button.disabled = false;
-    }
-  };
+  const follow = (jobId, run) => JobPanel.follow(jobId, `comparing on ${run}`, ids,
+    () => { location.href = `/compare?run=${encodeURIComponent(run)}#compare-report`; });
 
   form.addEventListener("submit", async (e) => {
     e.preventDefault();

@@ -6,16 +6,10 @@
   document.getElementById("export-run").addEventListener("change", (e) => {
     location.href = `/export?run=${encodeURIComponent(e.target.value)}`;
   });
-  const ids = { panel: "export-job", status: "export-status", title: "export-title", log: "export-log" };
-  const button = document.getElementById("export-start");
-  const follow = async (jobId, run, title) => {
-    button.disabled = true;
-    try {
-      await JobPanel.follow(jobId, title, ids, () => { location.href = `/export?run=${encodeURIComponent(run)}`; });
-    } finally {
-      button.disabled = false;
-    }
-  };
+  const ids = { panel: "export-job", status: "export-status", title: "export-title", log: "export-log",
+                button: "export-start" };
+  const follow = (jobId, run, title) => JobPanel.follow(jobId, title, ids,
+    () => { location.href = `/export?run=${encodeURIComponent(run)}`; });
 
   form.addEventListener("submit", async (e) => {
     e.preventDefault();

@@ -3,15 +3,22 @@
 // again, so a reload loses nothing.
 "use strict";
 const JobPanel = (() => {
-  // ids: {panel, status, title, log}; done(job) runs when the job ends well, else its one line is shown.
+  // ids: {panel, status, title, log, button}; the button (the page's start) is disabled while the job
+  // runs; done(job) runs when the job ends well, else its one line is shown.
   async function follow(jobId, title, ids, done) {
     const $ = (k) => document.getElementById(ids[k]);
     $("panel").hidden = false;
     $("title").textContent = title;
-    const job = await TS.waitJob(jobId, (j) => {
-      $("status").textContent = j.status; $("status").className = `status ${j.status}`;
-      $("log").textContent = j.log || "starting…"; $("log").scrollTop = $("log").scrollHeight;
-    }, { log: true });
+    $("button").disabled = true;
+    let job;
+    try {
+      job = await TS.waitJob(jobId, (j) => {
+        $("status").textContent = j.status; $("status").className = `status ${j.status}`;
+        $("log").textContent = j.log || "starting…"; $("log").scrollTop = $("log").scrollHeight;
+      }, { log: true });
+    } finally {
+      $("button").disabled = false;
+    }
     if (job.status === "done") done(job);
     else TS.flash(job.error || `the job ${job.status}`);
     return job;
