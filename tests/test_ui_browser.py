@@ -114,3 +114,19 @@ def test_a_finished_run_and_an_overlay(page, ui_server):
     assert "faq-lora-r8" in legend and "faq-lora-r32" in legend and "faq-lora-r16" not in legend
     screenshot(page, "overlay")
     assert page.errors == []
+
+
+def test_a_preference_runs_page_plots_its_reward_accuracy_and_margin(page, ui_server):
+    rows = [{"step": s, "split": "train", "loss": 0.69 - s / 100, "tokens_per_s": 100.0, "reward_accuracy": 0.5 + s / 40,
+             "reward_margin": s / 10} for s in range(1, 11)]
+    rows += [{"step": s, "split": "validation", "loss": 0.7 - s / 50, "reward_accuracy": 0.6, "reward_margin": s / 5}
+             for s in (5, 10)]
+    fake_run(ui_server.workspace / "runs", "faq-dpo", steps=10, best=0.5, metrics=rows)
+    fake_run(ui_server.workspace / "runs", "faq-sft", steps=10, best=1.0)
+    open_page(page, ui_server, "/runs/faq-dpo")
+    page.wait_for_selector("#pref-chart canvas")
+    assert "validation margin" in page.inner_text("#pref-chart")
+    open_page(page, ui_server, "/runs/faq-sft")  # an SFT run has no such chart
+    page.wait_for_function("() => Number(document.getElementById('points').dataset.count || 0) == 10")
+    assert page.locator("#pref-chart").is_hidden() and page.locator("#pref-chart canvas").count() == 0
+    assert page.errors == []

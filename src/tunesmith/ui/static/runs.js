@@ -4,20 +4,37 @@
 const TSRuns = (() => {
   const LOSS_KEYS = [["train", "loss"], ["validation", "loss"]];
   const SPEED_KEYS = [["train", "tokens_per_s"]];
+  // A preference run (dpo, simpo) also logs how often the chosen answer wins and by how much.
+  const PREF_KEYS = [["train", "reward_accuracy"], ["validation", "reward_accuracy"], ["validation", "reward_margin"]];
+  const PREF_SERIES = [{ label: "train reward accuracy", scale: "accuracy" },
+    { label: "validation reward accuracy", scale: "accuracy" }, { label: "validation margin", scale: "margin" }];
 
   // Curves of one run that follow metrics.jsonl as it grows (a run started anywhere, the terminal too).
   // Returns {rows, close}; `onRow(row)` is called for each new line (the Train page uses it).
-  function live(name, { lossEl = "loss-chart", speedEl = "speed-chart", pointsEl = "points", onRow, onStatus } = {}) {
+  function live(name, { lossEl = "loss-chart", speedEl = "speed-chart", prefEl = "pref-chart", pointsEl = "points", onRow,
+    onStatus } = {}) {
     const rows = [];
     const loss = TS.lineChart(document.getElementById(lossEl), { title: "loss", series: [
       { label: "train loss" }, { label: "validation loss" }] });
     const speed = TS.lineChart(document.getElementById(speedEl), { title: "tokens/s", series: [{ label: "tokens/s" }] });
-    let pending = false;
+    let pending = false, pref = null;
+    const preference = () => {  // made on the first preference row, its panel shown first so it has a width
+      const el = document.getElementById(prefEl);
+      if (!pref && el) {
+        el.closest(".panel").hidden = false;
+        pref = TS.lineChart(el, { title: "reward accuracy and margin", series: PREF_SERIES });
+      }
+      return pref;
+    };
     const redraw = () => {
       pending = false;
       const l = TS.alignRows(rows, LOSS_KEYS), s = TS.alignRows(rows, SPEED_KEYS);
       loss.set(l.xs, l.ys);
       speed.set(s.xs, s.ys);
+      if (rows.some((r) => typeof r.reward_accuracy === "number") && preference()) {
+        const p = TS.alignRows(rows, PREF_KEYS);
+        pref.set(p.xs, p.ys);
+      }
       const points = document.getElementById(pointsEl);
       if (points) {
         const n = rows.filter((r) => r.split === "train" && typeof r.loss === "number").length;
