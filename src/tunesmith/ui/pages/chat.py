@@ -31,9 +31,9 @@ from starlette.concurrency import run_in_threadpool
 
 from tunesmith.errors import ServeError, TunesmithError
 from tunesmith.runs.deliverable import base_spec, run_system
-from tunesmith.runs.store import RunInfo, list_runs
+from tunesmith.runs.store import RunInfo
 from tunesmith.ui.chat_server import ChatServers, Models, stream
-from tunesmith.ui.pages.runs import _run as registered_run
+from tunesmith.ui.pages.runs import deliverable_runs, registered_run
 from tunesmith.ui.web import ui
 
 LABEL = "Chat"
@@ -146,7 +146,7 @@ class SendRequest(BaseModel):
 
 @router.get("/chat")
 def chat_page(request: Request, left: str | None = None, right: str | None = None):
-    runs = [r for r in list_runs() if (r.dir / "final").is_dir()]
+    runs = deliverable_runs()
     options = [(f"run:{r.name}", r.name) for r in runs] + [(f"base:{r.name}", f"base of {r.name}") for r in runs]
     if runs:
         right = right or f"run:{runs[0].name}"

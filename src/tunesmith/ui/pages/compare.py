@@ -21,9 +21,9 @@ from pydantic import BaseModel, ConfigDict
 
 from tunesmith.errors import EvalError
 from tunesmith.evaluate.strategies import STRATEGIES, parse_strategies
-from tunesmith.runs.store import RunInfo, list_runs
+from tunesmith.runs.store import RunInfo
 from tunesmith.ui.pages.export import EXPORTS
-from tunesmith.ui.pages.runs import _run as registered_run
+from tunesmith.ui.pages.runs import deliverable_runs, registered_run
 from tunesmith.ui.web import ui
 from tunesmith.ui.word_diff import word_diff
 
@@ -49,7 +49,7 @@ class CompareRequest(BaseModel):
 
 @router.get("/compare")
 def compare_page(request: Request, run: str | None = None, start: int = 0):
-    runs = [r for r in list_runs() if (r.dir / "final").is_dir()]
+    runs = deliverable_runs()
     chosen = registered_run(run) if run else (runs[0] if runs else None)
     report = _read_report(chosen) if chosen is not None else None
     return ui(request).render(request, "compare.html", active="compare", runs=[r.name for r in runs],

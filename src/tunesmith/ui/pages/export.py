@@ -21,8 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tunesmith.errors import ExportError
 from tunesmith.export.workflow import FORMATS
-from tunesmith.runs.store import list_runs
-from tunesmith.ui.pages.runs import _run as registered_run
+from tunesmith.ui.pages.runs import deliverable_runs, registered_run
 from tunesmith.ui.web import ui
 from tunesmith.ui.workspace import UiPathError
 
@@ -47,7 +46,7 @@ def _exports_root(request: Request) -> Path:
 
 @router.get("/export")
 def export_page(request: Request, run: str | None = None):
-    runs = [r for r in list_runs() if (r.dir / "final").is_dir()]
+    runs = deliverable_runs()
     chosen = registered_run(run).name if run else (runs[0].name if runs else None)
     exports = list_exports(_exports_root(request) / chosen, chosen) if chosen else []
     return ui(request).render(request, "export.html", active="export", runs=[r.name for r in runs], chosen=chosen,

@@ -35,12 +35,18 @@ PING_S = 15.0
 router = APIRouter()
 
 
-def _run(name: str) -> RunInfo:
-    """A registered run by name; never a folder named in the URL (find_run would take one)."""
+def registered_run(name: str) -> RunInfo:
+    """A registered run by name; never a folder named in the URL (find_run would take one). Every page
+    that takes a run from the browser looks it up here."""
     if registry.get(name) is None:
         names = [r["name"] for r in registry.rows()[:10]]
         raise RunError(f"unknown run '{name}'", f"known runs: {', '.join(names)}" if names else "no runs yet")
     return find_run(name)
+
+
+def deliverable_runs() -> list[RunInfo]:
+    """The registered runs that have a deliverable (final/): what Compare, Chat and Export offer."""
+    return [r for r in list_runs() if r.paths.final.is_dir()]
 
 
 def _row(run: RunInfo) -> dict:
@@ -61,13 +67,13 @@ def runs_json() -> dict:
 
 @router.get("/runs/overlay")
 def overlay_page(request: Request, name: list[str] = Query(default=[])):
-    runs = [_row(_run(n)) for n in name]
+    runs = [_row(registered_run(n)) for n in name]
     return ui(request).render(request, "runs_overlay.html", active="runs", runs=runs)
 
 
 @router.get("/runs/{name}")
 def run_page(request: Request, name: str):
-    run = _run(name)
+    run = registered_run(name)
     paths = run.paths
     config = paths.config.read_text(encoding="utf-8") if paths.config.is_file() else ""
     card = _card(paths)
@@ -90,7 +96,7 @@ def _card(paths: RunPaths) -> str:
 
 @router.get("/runs/{name}/report")
 def run_report(name: str):
-    path = _run(name).dir / "report.html"
+    path = registered_run(name).dir / "report.html"
     if not path.is_file():
         raise RunError(f"run '{name}' has no report yet", f"`tunesmith eval {name}` writes one")
     # the report is tunesmith's own file, but sandboxed anyway: it never runs script with the UI's cookie
@@ -99,7 +105,7 @@ def run_report(name: str):
 
 @router.get("/api/runs/{name}/metrics")
 def run_metrics(name: str) -> dict:
-    run = _run(name)
+    run = registered_run(name)
     return {"name": run.name, "status": run.status, "rows": read_metrics(run.paths)}
 
 
@@ -113,11 +119,11 @@ def _streamed(request: Request, name: str) -> RunPaths:
     """A registered run's folder, or the folder a training job of this UI is about to make (the page
     follows a run from its start, before finetune registers it)."""
     if registry.get(name) is not None:
-        return _run(name).paths
+        return registered_run(name).paths
     for job in ui(request).jobs.list("train"):
         if job.meta.get("run") == name and job.meta.get("dir"):
             return RunPaths(Path(job.meta["dir"]))
-    return _run(name).paths  # refuses with the known runs
+    return registered_run(name).paths  # refuses with the known runs
 
 
 async def _events(request: Request, paths: RunPaths) -> AsyncIterator[str]:

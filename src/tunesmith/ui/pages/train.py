@@ -25,7 +25,7 @@ from tunesmith.runs.layout import new_run_name
 from tunesmith.runs.store import list_runs
 from tunesmith.train.finetune import check_config
 from tunesmith.ui import form
-from tunesmith.ui.pages.runs import _run as registered_run
+from tunesmith.ui.pages.runs import registered_run
 from tunesmith.ui.web import ui
 
 LABEL = "Train"
