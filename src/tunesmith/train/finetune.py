@@ -298,14 +298,19 @@ def _resume_session(cfg: Config, run, acc) -> _Session:
         if acc.is_main_process:
             held.enter_context(lock.hold(paths))
         run = find_run(run.dir)  # again, under the lock: another process may have just finished it
-        if run.status == "completed":
-            raise RunError(f"run '{run.name}' already completed; there is nothing to resume",
-                           "start a new run, e.g. with more train.epochs")
+        check_resumable(run)
         latest = checkpoint.latest(paths.checkpoints)
         if latest is None:
             raise RunError(f"run '{run.name}' has no checkpoint to resume from", "train again (it stopped before its first checkpoint)")
         _check_resume_config(run, cfg)
         return _Session(cfg, paths, acc, dict(run.manifest), resume_from=latest, lock=held.pop_all())
+
+
+def check_resumable(run) -> None:
+    """RunError when `run` is complete: there is nothing to resume (a running one is refused by its lock)."""
+    if run.status == "completed":
+        raise RunError(f"run '{run.name}' already completed; there is nothing to resume",
+                       "start a new run, e.g. with more train.epochs")
 
 
 def _check_resume_config(run, cfg: Config) -> None:

@@ -23,7 +23,7 @@ from tunesmith.errors import RunError
 from tunesmith.models.store import validate_name
 from tunesmith.runs.layout import new_run_name
 from tunesmith.runs.store import list_runs
-from tunesmith.train.finetune import check_config
+from tunesmith.train.finetune import check_config, check_resumable
 from tunesmith.ui import form
 from tunesmith.ui.pages.runs import registered_run
 from tunesmith.ui.web import ui
@@ -103,9 +103,7 @@ def resumable(name: str):
     """A registered run that `tunesmith train --resume` would continue (never a folder named in the request);
     RunError with the CLI's line otherwise."""
     run = registered_run(name)
-    if run.status == "completed":  # finetune's own words for it
-        raise RunError(f"run '{run.name}' already completed; there is nothing to resume",
-                       "start a new run, e.g. with more train.epochs")
+    check_resumable(run)  # finetune's own check and words
     if run.status not in RESUMABLE:
         raise RunError(f"run '{run.name}' is {run.status}; only a stopped or failed run can be resumed",
                        "stop it first" if run.status == "running" else "start a new run")
