@@ -95,8 +95,9 @@ def data_prepare(request: Request, body: PrepareRequest) -> dict:
     out = workspace.resolve(body.out, must_exist=False)
     kwargs = body.checked(request) | {"out": str(out), "split": body.split, "seed": body.seed,
                                       "near_duplicates": body.near_duplicates}
-    if Path(kwargs["path"]).parent == out:
-        raise DataError(f"{body.out} is the folder of {body.path}", "prepare into a folder of its own, e.g. data/prepared")
+    from tunesmith.data.prepare import check_out  # numpy, not torch: light enough for the UI process
+
+    check_out(Path(kwargs["path"]), out, overwrite=False)  # data prepare's own refusal, before the job starts
     job = ui(request).jobs.start("prepare", "tunesmith.ui.tasks:prepare_data", kwargs, title=f"prepare {body.path}",
                                  meta={"path": body.path, "out": workspace.relative(out) if out.exists() else body.out})
     return {"job": job.id}
