@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict
 
 from tunesmith.errors import EvalError
+from tunesmith.evaluate.metrics import METRICS as METRIC_INFO
 from tunesmith.evaluate.strategies import STRATEGIES, parse_strategies
 from tunesmith.runs.store import RunInfo
 from tunesmith.ui.pages.export import EXPORTS
@@ -32,7 +33,6 @@ PROBES = ("fast", "full", "none")
 # the columns every report has, in the CLI's order; user metrics and preference accuracy follow when present
 METRICS = {"exact_match": "exact match", "token_f1": "token F1", "rouge_l": "ROUGE-L", "bleu": "BLEU", "loss": "loss",
            "perplexity": "perplexity"}
-LOWER_IS_BETTER = {"loss", "perplexity"}
 EXAMPLES_PER_PAGE = 50  # answers diffed and shown at once: a 500-example report renders in pages, not seconds
 router = APIRouter()
 
@@ -142,7 +142,8 @@ def metric_table(strategies: dict, intervals: dict, columns: list[tuple[str, str
 def _verdict(metric: str, ci: dict | None) -> str:
     if not ci or not ci.get("significant"):
         return ""
-    better = ci["diff"] < 0 if metric in LOWER_IS_BETTER else ci["diff"] > 0
+    higher_is_better = METRIC_INFO.get(metric, (True,))[0]  # user metrics: higher is better
+    better = ci["diff"] > 0 if higher_is_better else ci["diff"] < 0
     return "better" if better else "worse"
 
 
