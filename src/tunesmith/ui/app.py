@@ -2,8 +2,7 @@
 
 How to add a page (the contract every page follows):
   1. `ui/pages/<name>.py` exposes `router = APIRouter()` and `LABEL = "Name"` (the nav text);
-     add `<name>` to PAGES below in nav order (a listed module that does not exist is skipped,
-     so a page lands by adding its file).
+     add `<name>` to PAGES below in nav order.
   2. `GET /<name>` renders `ui/templates/<name>.html`, which `{% extends "base.html" %}` and fills
      the blocks `title`, `content` and `scripts`; render with `ui(request).render(request,
      "<name>.html", active="<name>", ...)` (ui/web.py).
@@ -29,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import importlib.util
 import logging
 import secrets
 from pathlib import Path
@@ -48,7 +46,7 @@ from tunesmith.ui.jobs import Jobs
 from tunesmith.ui.web import STATIC, Settings, Ui, environment, error_response, ui
 from tunesmith.ui.workspace import Workspace
 
-PAGES = ["data", "train", "runs", "compare", "chat", "export"]  # nav order; a missing module is skipped
+PAGES = ("data", "train", "runs", "compare", "chat", "export")  # nav order
 UPLOAD_PREFIX = "/api/data/upload"  # the one route whose body may be as large as an upload
 log = logging.getLogger("tunesmith.ui")
 
@@ -93,12 +91,8 @@ def create_app(workspace: str | Path, token: str, *, host: str = "127.0.0.1", st
 
 
 def _pages() -> list[tuple[str, object]]:
-    """The page modules that exist, in nav order."""
-    out = []
-    for name in PAGES:
-        if importlib.util.find_spec(f"tunesmith.ui.pages.{name}") is not None:
-            out.append((name, importlib.import_module(f"tunesmith.ui.pages.{name}")))
-    return out
+    """The page modules, in nav order (a misspelt name is an ImportError, not a page quietly missing)."""
+    return [(name, importlib.import_module(f"tunesmith.ui.pages.{name}")) for name in PAGES]
 
 
 class _BodyCaps:
