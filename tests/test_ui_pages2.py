@@ -282,7 +282,7 @@ def test_chat_server_is_reaped_when_idle_and_a_failed_start_is_one_line(tmp_path
     with pytest.raises(ServeError, match="neither a run nor a model"):
         servers.ensure(Models((str(tmp_path / "no-such-run"),)))
     assert servers.child is None
-    child = servers.acquire(Models((str(tiny_run),), device="cpu"))
+    child = servers.hold(servers.ensure(Models((str(tiny_run),), device="cpu")))  # as the page's relay does
     assert child.names == ["run-1"]
     assert not servers.reap(time.monotonic() + 7200)  # busy: never stopped mid-answer
     servers.done(child)

@@ -67,7 +67,7 @@ class ChatServers:
     def __init__(self, log_dir: Path, *, idle_s: float = IDLE_S, start_timeout_s: float = START_TIMEOUT_S):
         self.log_dir = Path(log_dir)
         self.idle_s, self.start_timeout_s = idle_s, start_timeout_s
-        self._lock = threading.RLock()  # acquire() holds it across ensure()
+        self._lock = threading.RLock()  # held while a child starts: two streams asking at once start one
         self._child: Child | None = None
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
@@ -90,11 +90,6 @@ class ChatServers:
             self._child = self._start(models)
             self._start_reaper()
             return self._child
-
-    def acquire(self, models: Models) -> Child:
-        """`ensure(models)`, then `hold` it; blocks while models load."""
-        with self._lock:
-            return self.hold(self.ensure(models))
 
     def hold(self, child: Child) -> Child:
         """Count `child` busy (never reaped) until `done(child)`. An async caller runs `ensure` in a thread and
