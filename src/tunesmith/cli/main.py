@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import signal
 import sys
 
@@ -64,7 +65,9 @@ def run() -> None:
     except TunesmithError as e:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/] {e}", markup=True, soft_wrap=True)
+        # an error every process of a launch finds alike is said once, by the main process
+        if os.environ.get("RANK", "0") == "0" or not getattr(e, "every_process", False):
+            err_console.print(f"[bold red]error:[/] {e}", markup=True, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted")

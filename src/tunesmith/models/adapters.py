@@ -94,9 +94,10 @@ def set_lora_trainable(peft_model: "PeftModel") -> None:
         p.requires_grad_("lora_" in name)
 
 
-def save_adapter(peft_model: "PeftModel", folder: str | Path) -> None:
-    """Write adapter_config.json + adapter_model.safetensors into `folder`."""
-    peft_model.save_pretrained(str(folder), safe_serialization=True)
+def save_adapter(peft_model: "PeftModel", folder: str | Path, state_dict: dict | None = None) -> None:
+    """Write adapter_config.json + adapter_model.safetensors into `folder` (the adapter's weights taken
+    from `state_dict`, the whole model's, when given)."""
+    peft_model.save_pretrained(str(folder), safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
 
 
 def _check_adapter_dir(adapter_dir: str | Path) -> None:

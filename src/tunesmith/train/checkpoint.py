@@ -1,15 +1,18 @@
 """Checkpoints: trainable weights + optimizer + scheduler + RNG + loop state, written atomically and verified.
 
 A checkpoint is a folder `checkpoints/step-N/`:
-    trainable.safetensors   every trainable parameter by name (LoRA weights, or all weights)
+    trainable.safetensors   every trainable parameter by name (LoRA weights, or all weights), whole
     optimizer.pt            optimizer state dict (tensors and numbers only: loaded with weights_only)
+    sharded/                instead of optimizer.pt under FSDP / DeepSpeed: every process's shard of
+                            the model and optimizer, as accelerate's save_state writes them
     scheduler.pt            learning-rate scheduler state dict
     rng.pt                  torch (and CUDA) RNG state of every process
     trainer_state.json      loop state (step, best validation loss, patience...) and python RNG
     checkpoint.json         written last: step, and the sha256 of every file above
 
 It is written into a temp folder that is renamed to step-N only when complete, so a crash or a
-full disk never leaves a half-written checkpoint where `latest()` would find it.
+full disk never leaves a half-written checkpoint where `latest()` would find it. The shards are
+written by every process into `staging(root, N)` first (a temp folder too), then moved inside.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from tunesmith.io import atomic_dir, is_disk_full, sha256_file
 
 MANIFEST = "checkpoint.json"
 FILES = ("trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json")
+SHARDED = "sharded"
 
 
 def trainable_state(model) -> dict:
@@ -51,21 +55,33 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(folder: Path, *, weights: dict, optimizer_state: dict, scheduler_state: dict, rng_states: list[dict],
-         loop_state: dict, extra: dict | None = None) -> Path:
-    """Write a complete checkpoint to `folder` (atomically; an existing one is replaced)."""
+def staging(root: Path, step: int) -> Path:
+    """The temp folder every process writes its shards of checkpoint step-N into (swept like the others)."""
+    return root / f".step-{step}.{SHARDED}.tmp"
+
+
+def save(folder: Path, *, weights: dict, optimizer_state: dict | None, scheduler_state: dict, rng_states: list[dict],
+         loop_state: dict, extra: dict | None = None, shards: Path | None = None) -> Path:
+    """Write a complete checkpoint to `folder` (atomically; an existing one is replaced).
+
+    `shards`: a folder of accelerate's save_state (FSDP / DeepSpeed), moved in as sharded/ and checksummed
+    file by file; the optimizer's state is there, so `optimizer_state` is None.
+    """
     import torch
     from safetensors.torch import save_file
 
     try:
         with atomic_dir(folder, overwrite=True) as tmp:
+            if shards is not None:
+                os.replace(shards, tmp / SHARDED)
             save_file(weights, str(tmp / "trainable.safetensors"))
-            torch.save(optimizer_state, tmp / "optimizer.pt")
+            if optimizer_state is not None:
+                torch.save(optimizer_state, tmp / "optimizer.pt")
             torch.save(scheduler_state, tmp / "scheduler.pt")
             torch.save(rng_states, tmp / "rng.pt")
             state = {"loop": loop_state, "python_rng": _python_rng(), **(extra or {})}
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2, default=str))
-            sums = {name: sha256_file(tmp / name) for name in FILES}
+            sums = {name: sha256_file(tmp / name) for name in _files(tmp)}
             (tmp / MANIFEST).write_text(json.dumps({"step": loop_state["step"], "files": sums,
                                                     "created_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
     except OSError as e:
@@ -119,7 +135,10 @@ def load(folder: Path) -> dict[str, Any]:
     verify(folder)
     readers = {"trainer_state.json": lambda p: json.loads(p.read_text()), "trainable.safetensors": lambda p: load_file(str(p)),
                **{name: lambda p: torch.load(p, weights_only=True) for name in ("optimizer.pt", "scheduler.pt", "rng.pt")}}
-    loaded = {}
+    shards = folder / SHARDED
+    if shards.is_dir():  # the optimizer's state is in the shards (read by accelerate's load_state)
+        readers.pop("optimizer.pt")
+    loaded = {"optimizer.pt": None}
     for name, read in readers.items():
         try:  # the checksums matched, yet the file may have been replaced along with them
             loaded[name] = read(folder / name)
@@ -127,7 +146,8 @@ def load(folder: Path) -> dict[str, Any]:
             raise RunError(f"checkpoint {folder} is corrupt: {name} does not load ({type(e).__name__})",
                            _corrupt_hint(folder)) from None
     return {"weights": loaded["trainable.safetensors"], "optimizer": loaded["optimizer.pt"],
-            "scheduler": loaded["scheduler.pt"], "rng": loaded["rng.pt"], "state": loaded["trainer_state.json"]}
+            "scheduler": loaded["scheduler.pt"], "rng": loaded["rng.pt"], "state": loaded["trainer_state.json"],
+            "sharded": shards if shards.is_dir() else None}
 
 
 def load_weights(model, weights: dict) -> None:
@@ -173,6 +193,11 @@ def sweep(root: Path, prefix: str = ".step-") -> list[Path]:
     for p in stale:
         shutil.rmtree(p, ignore_errors=True)
     return stale
+
+
+def _files(folder: Path) -> list[str]:
+    """Every file a checkpoint holds, by path relative to it (the shards' included), sorted."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
 def _python_rng() -> list:

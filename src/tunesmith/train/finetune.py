@@ -30,7 +30,7 @@ from tunesmith.io import atomic_dir, atomic_write_text, is_disk_full
 from tunesmith.runs import layout, lock
 from tunesmith.runs.layout import RunPaths
 from tunesmith.runs.store import find_run, register_run
-from tunesmith.train import auto, batching, checkpoint, methods, progress, trackers
+from tunesmith.train import auto, batching, checkpoint, distributed, methods, progress, trackers
 from tunesmith.train.loop import Hooks, LoopArgs, LossFn, LoopState, evaluate, time_step, train_loop
 
 RESUME_KEYS = {  # manifest field -> what it means, for the refusal message
@@ -131,20 +131,21 @@ def _train(s: _Session, started: float, on_step, show_progress: bool, loss_fn: L
     collate = _train_collate(tokenizer, cfg, model, acc.device)
     eval_collate = _collate(tokenizer, cfg, model)
     samples = _sampler(s, model, tokenizer, splits.validation, out)
-    if cfg.train.time_budget:
-        model = acc.prepare(model)  # measured as it trains (DDP and all); the optimizer comes after
+    estimate = progress.estimate(model, train_set, plan, total, cfg)  # before FSDP / ZeRO-3 shard the weights
+    # together: FSDP and DeepSpeed wrap the optimizer around the parameters they shard
+    adamw = _optimizer(model, cfg)
+    distributed.configure(acc, cfg)  # DeepSpeed's batch fields, from the settings `auto` chose
+    model, optimizer = acc.prepare(model, adamw)
+    if cfg.train.time_budget:  # measured as it trains (DDP and all), before the schedule is laid over the steps
+        planned = total
         cfg, chosen, total = _budget(s, shape, chosen, model, acc, train_set, val_set, plan, total, collate,
                                      eval_collate, samples, started, loss_fn)
-    estimate = progress.estimate(acc.unwrap_model(model), train_set, plan, total, cfg)
+        estimate = dataclasses.replace(estimate, seconds=estimate.seconds * total / max(planned, 1))
     out.line(progress.plan_line(len(train_set), len(val_set), dropped, plan, total, estimate))
     for line in (auto.plan_line(chosen), (s.manifest.get("budget") or {}).get("line")):
         if line:
             out.line(line)
-    optimizer, scheduler = _optimizer(model, cfg, total)
-    if cfg.train.time_budget:
-        optimizer = acc.prepare(optimizer)
-    else:
-        model, optimizer = acc.prepare(model, optimizer)
+    scheduler = _schedule(adamw, cfg, total)
     state = _restore(s, model, optimizer, scheduler) if s.resume_from else LoopState()
     _start(s, state)
     # 6. the loop
@@ -255,8 +256,6 @@ def _session(config, overrides, name, resume) -> _Session:
 
 def _settled(config, overrides, resume_run) -> tuple[Config, Any]:
     """The config (given, read from a file, or the resumed run's own), checked, and the Accelerator for it."""
-    from accelerate import Accelerator
-
     if isinstance(config, Config):
         assert not overrides, "pass overrides with a config path"
         cfg = absolute_paths(config)  # its relative paths mean the current folder; the saved copy must say so
@@ -271,7 +270,8 @@ def _settled(config, overrides, resume_run) -> tuple[Config, Any]:
         torch.set_num_threads(cfg.train.threads)
     methods.check_method(cfg.method.trains)
     methods.check_fused_kernels(cfg.train.fused_kernels)
-    return cfg, Accelerator(cpu=not _cuda(), mixed_precision=_mixed_precision(cfg.train.mixed_precision))
+    # FSDP / DeepSpeed / N processes as the launch asked, or one line saying why not
+    return cfg, distributed.accelerator(cpu=not _cuda(), mixed_precision=_mixed_precision(cfg.train.mixed_precision))
 
 
 def _new_session(cfg: Config, name: str | None, acc) -> _Session:
@@ -677,6 +677,7 @@ def _fill_manifest(s: _Session, cfg: Config, base: dict, splits, tokenizer) -> N
         "seed": cfg.train.seed,
         "library_versions": _versions(),
         "world_size": s.accelerator.num_processes,
+        "distributed": distributed.describe(s.accelerator),
     }
     if s.resume_from is None:
         s.manifest.update(fresh)
@@ -689,6 +690,8 @@ def _check_resume(s: _Session) -> None:
     if s.resume_from is None:
         return
     fresh = s.manifest.pop("_fresh")
+    distributed.check_resume(s.accelerator, s.manifest.get("distributed"),
+                             (s.resume_from / checkpoint.SHARDED).is_dir(), s.paths.name)
     diffs = [f"{what} differs ({key}: run has {s.manifest.get(key)!r}, now {fresh[key]!r})"
              for key, what in RESUME_KEYS.items() if s.manifest.get(key) != fresh[key]]
     if diffs:
@@ -711,24 +714,32 @@ def _versions() -> dict[str, str]:
 # ------------------------------------------------------------------ 5. optimizer and restore
 
 
-def _optimizer(model, cfg: Config, total_steps: int):
+def _optimizer(model, cfg: Config):
     import torch
-    from transformers import get_scheduler
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+
+def _schedule(optimizer, cfg: Config, total_steps: int):
+    """The learning-rate schedule over the run's steps (known once a time budget has planned them)."""
+    from transformers import get_scheduler
+
     warmup = math.ceil(cfg.train.warmup_ratio * total_steps)
     kind = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.train.schedule]
-    # Not passed through accelerate.prepare: its scheduler wrapper steps once per process.
-    scheduler = get_scheduler(kind, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
-    return optimizer, scheduler
+    # Not passed through accelerate.prepare: its scheduler wrapper steps once per process. Laid over
+    # the AdamW itself, whose param groups FSDP's and ZeRO's wrappers step.
+    return get_scheduler(kind, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
 
 def _restore(s: _Session, model, optimizer, scheduler) -> LoopState:
     """Load the latest checkpoint (verified) into model, optimizer, schedule and RNG; its loop state."""
     saved = checkpoint.load(s.resume_from)
-    checkpoint.load_weights(s.accelerator.unwrap_model(model), saved["weights"])
-    optimizer.load_state_dict(saved["optimizer"])
+    if saved["sharded"] is not None:  # FSDP / DeepSpeed: every process reads its shard of weights and optimizer
+        distributed.load_state(s.accelerator, s.resume_from)
+    else:
+        checkpoint.load_weights(s.accelerator.unwrap_model(model), saved["weights"])
+        optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     rng = saved["rng"]
     checkpoint.set_rng_state(rng[min(s.accelerator.process_index, len(rng) - 1)])
@@ -851,7 +862,8 @@ def _hooks(s: _Session, model, optimizer, scheduler, val_set, collate, out, on_s
 
 
 def _save_checkpoint(s: _Session, model, optimizer, scheduler, state: LoopState) -> None:
-    """Every process hands in its RNG; the main process writes the checkpoint and rotates old ones."""
+    """Every process hands in its RNG (and under FSDP / DeepSpeed writes its shard of the model and
+    optimizer); the main process writes the rest of the checkpoint and rotates old ones."""
     from accelerate.utils import gather_object
 
     acc = s.accelerator
@@ -860,12 +872,16 @@ def _save_checkpoint(s: _Session, model, optimizer, scheduler, state: LoopState)
         rngs = gather_object(rngs)
     folder = s.paths.checkpoint(state.step)
     already = state.last_good_step == state.step  # saved at this step already (the best, just now)
+    if already:
+        acc.wait_for_everyone()
+        return
     state.last_good_step = state.step
-    weights = _trainable_weights(acc, model) if not already else {}
-    if acc.is_main_process and not already:
+    weights = _trainable_weights(acc, model)
+    shards = _save_shards(acc, s.paths.checkpoints, state.step) if distributed.sharded(acc) else None
+    if acc.is_main_process:
         checkpoint.save(folder, weights=weights,
-                        optimizer_state=optimizer.state_dict(), scheduler_state=scheduler.state_dict(),
-                        rng_states=rngs, loop_state=state.to_dict())
+                        optimizer_state=None if shards else optimizer.state_dict(), scheduler_state=scheduler.state_dict(),
+                        rng_states=rngs, loop_state=state.to_dict(), shards=shards)
         protect = {state.best_step} if state.best_step is not None else set()
         checkpoint.rotate(s.paths.checkpoints, s.config.train.keep_checkpoints, protect)
         s.manifest.update(steps=state.step, best_step=state.best_step, best_val_loss=state.best_val_loss)
@@ -874,14 +890,22 @@ def _save_checkpoint(s: _Session, model, optimizer, scheduler, state: LoopState)
 
 
 def _trainable_weights(acc, model) -> dict:
-    """Trainable weights by name; under FSDP / DeepSpeed gathered from the shards (every process must call)."""
-    from accelerate.utils import DistributedType
-
+    """Trainable weights by name, whole; under FSDP / DeepSpeed gathered from the shards (every process must call)."""
     unwrapped = acc.unwrap_model(model)
-    if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+    if distributed.sharded(acc):
         names = {n for n, p in unwrapped.named_parameters() if p.requires_grad}
-        return {k: v.contiguous() for k, v in acc.get_state_dict(model).items() if k in names}
+        return {k: v for k, v in distributed.full_state(acc, model).items() if k in names}
     return checkpoint.trainable_state(unwrapped) if acc.is_main_process else {}
+
+
+def _save_shards(acc, root: Path, step: int) -> Path:
+    """Every process writes its shard into the step's staging folder (made empty by the main process first)."""
+    staging = checkpoint.staging(root, step)
+    if acc.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    acc.wait_for_everyone()
+    return distributed.save_state(acc, staging)
 
 
 # ------------------------------------------------------------------ 7. finish
@@ -910,16 +934,25 @@ def _finish(s: _Session, model, tokenizer, state: LoopState, started: float, out
 
 
 def _write_final(s: _Session, model, tokenizer, state: LoopState) -> Path:
-    """final/ = the best validation step's weights (or the last step's when there was no validation)."""
+    """final/ = the best validation step's weights (or the last step's when there was no validation).
+
+    Under FSDP / DeepSpeed the weights are gathered from every process's shards first and the best
+    step's trainable weights laid over them: the deliverable is whole, as on one process.
+    """
     acc = s.accelerator
     unwrapped = acc.unwrap_model(model)
-    if state.best_step is not None and state.best_step != state.step:
-        best = s.paths.checkpoint(state.best_step)
+    best = s.paths.checkpoint(state.best_step) if state.best_step not in (None, state.step) else None
+    whole = None
+    if distributed.sharded(acc):
+        whole = distributed.full_state(acc, model)
+        if best is not None and acc.is_main_process:
+            whole.update(checkpoint.load(best)["weights"])
+    elif best is not None:
         checkpoint.load_weights(unwrapped, checkpoint.load(best)["weights"])
     if acc.is_main_process:
         try:
             with atomic_dir(s.paths.final, overwrite=True) as tmp:
-                methods.save_deliverable(unwrapped, tokenizer, tmp, s.config.method.trains)
+                methods.save_deliverable(unwrapped, tokenizer, tmp, s.config.method.trains, state_dict=whole)
         except OSError as e:
             if not is_disk_full(e):
                 raise

@@ -7,7 +7,7 @@
                                     before a step would end past the deadline (a time budget)
 
 The loss is normalised by the loss-bearing tokens of the whole step over every process, so
-gradient accumulation and DDP give the gradient one big batch would.
+gradient accumulation and DDP, FSDP or DeepSpeed give the gradient one big batch would.
 """
 
 from __future__ import annotations
@@ -156,6 +156,9 @@ def _one_step(model, optimizer, accelerator, batch, loss_fn: LossFn) -> tuple[fl
         micro = _to(micro, accelerator.device)
         last = i == len(batch.micro) - 1
         sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
+        # DeepSpeed steps (and ZeRO reduces) inside backward only where accelerate says a step ends;
+        # no_sync alone does not tell it (accelerate's no_sync is a no-op under ZeRO-2/3)
+        accelerator.sync_gradients = last
         with sync, accelerator.autocast():
             loss_sum, _, *more = loss_fn(model, micro)
             # DDP averages gradients over processes: scale by world so the result is sum / all tokens.
@@ -183,8 +186,10 @@ def _step_metrics(state: LoopState, batch, loss: float, scheduler, grad_norm, se
     state.train_losses.append((state.step, loss))
     row = {"step": state.step, "split": "train", "loss": round(loss, 6), "lr": scheduler.get_last_lr()[0],
            "tokens_per_s": round(counts[0] / max(seconds, 1e-9), 1), "examples": batch.n_examples}
-    if grad_norm is not None:
-        row["grad_norm"] = round(float(grad_norm), 6)
+    if grad_norm is not None:  # a tensor, FSDP's DTensor, or DeepSpeed's float
+        from tunesmith.train.distributed import local
+
+        row["grad_norm"] = round(local(grad_norm), 6)
     return row
 
 

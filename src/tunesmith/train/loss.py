@@ -7,8 +7,11 @@ gradient of each chunk taken in the same pass (as Liger's fused linear cross-ent
 peak memory is one (chunk, V) block instead of (B, T, V) logits and their gradient.
 
 Two cases take a plainer path that gives the same numbers:
-- a model wrapped for DDP (its gradient hooks need the wrapper's forward): the model's own
-  forward with a boolean `logits_to_keep`, so logits exist only at trained positions;
+- a model wrapped for DDP (its gradient hooks need the wrapper's forward), FSDP or DeepSpeed
+  (their forward gathers the sharded weights, the lm_head's and embeddings' included, which a
+  direct call of the decoder and of `lm_head.weight` would find in shards): the model's own
+  forward with a boolean `logits_to_keep`, so logits exist only at trained positions, all at
+  once (N x V, not a chunk: the documented cost of sharding);
 - an lm_head that is not a plain Linear (e.g. LoRA on it), or a model that soft-caps its final
   logits (Gemma 2: cap * tanh(logits / cap)): logits at trained positions, at once.
 """
@@ -29,7 +32,7 @@ def causal_lm_loss(model, batch: dict, *, chunk_size: int = CHUNK) -> tuple[torc
     keep = _trained_positions(labels)  # (B, T) bool: position t predicts a trained label t+1
     targets = labels[:, 1:][keep[:, :-1]]  # (N,)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-    if _is_ddp(model):
+    if wrapped_forward(model):
         logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits  # (N, V)
         return _cross_entropy_sum(logits, targets), keep.sum()
     lm = _causal_lm(model)
@@ -59,11 +62,16 @@ def per_row_eval(model, batch: dict, *, chunk_size: int = CHUNK) -> tuple[torch.
     targets = labels[:, 1:][keep[:, :-1]]  # (N,)
     rows = keep.nonzero()[:, 0]  # (N,): the row each trained position belongs to
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    loss = torch.zeros(len(labels), dtype=torch.float32, device=labels.device)
+    correct = torch.zeros(len(labels), dtype=torch.long, device=labels.device)
+    if is_sharded(model):  # the wrapper's forward gathers the weights: logits at trained positions, at once
+        logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits.float()  # (N, V)
+        loss.index_add_(0, rows, F.cross_entropy(logits, targets, reduction="none"))
+        correct.index_add_(0, rows, (logits.argmax(-1) == targets).long())
+        return loss, keep.sum(dim=1), correct
     lm = _causal_lm(model.module if _is_ddp(model) else model)
     selected = lm.get_decoder()(**inputs, use_cache=False).last_hidden_state[keep]  # (N, H)
     head = lm.get_output_embeddings()
-    loss = torch.zeros(len(labels), dtype=torch.float32, device=labels.device)
-    correct = torch.zeros(len(labels), dtype=torch.long, device=labels.device)
     for start in range(0, len(targets), chunk_size):
         logits = output_logits(lm, selected[start : start + chunk_size], head).float()  # (n, V)
         y, r = targets[start : start + chunk_size], rows[start : start + chunk_size]
@@ -115,6 +123,18 @@ def _cross_entropy_sum(logits, targets) -> torch.Tensor:
 
 def _is_ddp(model) -> bool:
     return isinstance(model, DistributedDataParallel)
+
+
+def is_sharded(model) -> bool:
+    """Wrapped by FSDP (1 or 2) or DeepSpeed: its weights are gathered only inside its own forward."""
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+    return isinstance(model, (FSDPModule, FullyShardedDataParallel)) or type(model).__name__ == "DeepSpeedEngine"
+
+
+def wrapped_forward(model) -> bool:
+    """Must the loss call the model's own forward: DDP (its gradient hooks), FSDP and DeepSpeed (their gathering)?"""
+    return _is_ddp(model) or is_sharded(model)
 
 
 def _causal_lm(model):

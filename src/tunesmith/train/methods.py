@@ -119,10 +119,13 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
-def save_deliverable(model, tokenizer, folder: Path, method: str) -> None:
-    """The run's final/: a PEFT adapter folder (lora, qlora) or a full HF model folder (full), with the tokenizer."""
+def save_deliverable(model, tokenizer, folder: Path, method: str, state_dict: dict | None = None) -> None:
+    """The run's final/: a PEFT adapter folder (lora, qlora) or a full HF model folder (full), with the tokenizer.
+
+    `state_dict`: the weights to write instead of the model's own (gathered from FSDP / DeepSpeed shards).
+    """
     if method in ("lora", "qlora"):
-        adapters.save_adapter(model, folder)
+        adapters.save_adapter(model, folder, state_dict=state_dict)
     else:
-        model.save_pretrained(str(folder), safe_serialization=True)
+        model.save_pretrained(str(folder), safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
     tokenizer.save_pretrained(str(folder))

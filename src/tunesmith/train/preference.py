@@ -264,14 +264,15 @@ def _token_logps(model, batch: dict, chunk_size: int) -> "torch.Tensor":
     """log p(token | what precedes it) for every scored answer token, through the model's decoder."""
     import torch
 
-    from tunesmith.train.loss import _causal_lm, _is_ddp, _plain_linear, final_softcap, output_logits
+    from tunesmith.train.loss import _causal_lm, _is_ddp, _plain_linear, final_softcap, output_logits, wrapped_forward
 
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
     frm, targets = batch["score_from"], batch["score_token"]
     B, T = batch["input_ids"].shape
     if _is_ddp(model) and not torch.is_grad_enabled():  # no gradient hooks to serve: no collective either
         model = model.module
-    if _is_ddp(model):  # the wrapper's forward (its gradient hooks), logits only at predicting positions
+    if wrapped_forward(model):  # the wrapper's forward (DDP's gradient hooks, FSDP's and DeepSpeed's gathering),
+        # logits only at predicting positions
         keep = torch.zeros(B * T, dtype=torch.bool, device=frm.device)
         keep[frm] = True
         logits = model(**inputs, logits_to_keep=keep.view(B, T), use_cache=False).logits  # (K, V)
