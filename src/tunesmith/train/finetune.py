@@ -4,7 +4,7 @@
     2. load the base model
     3. prepare the data splits and render them through the chat template
     4. choose the `auto` settings from the data (train/auto.py), make the method's weights trainable,
-       print the plan (examples, tokens, steps, estimated time and memory)
+       print the plan (examples, tokens, steps, estimated time and memory, the device)
     5. build optimizer, schedule and accelerate; on resume, check and restore the checkpoint
     6. run the loop (validation with sample answers, early stopping, a time budget, checkpoints, progress)
     7. write the deliverable (the best weights) to final/, record the run, print the summary
@@ -135,7 +135,7 @@ def _train(s: _Session, started: float, on_step, show_progress: bool, loss_fn: L
         model = acc.prepare(model)  # measured as it trains (DDP and all); the optimizer comes after
         cfg, chosen, total = _budget(s, shape, chosen, model, acc, train_set, val_set, plan, total, collate,
                                      eval_collate, samples, started, loss_fn)
-    estimate = progress.estimate(acc.unwrap_model(model), train_set, plan, total, cfg)
+    estimate = progress.estimate(acc.unwrap_model(model), train_set, plan, total, cfg, ready.machine)
     out.line(progress.plan_line(len(train_set), len(val_set), dropped, plan, total, estimate))
     for line in (auto.plan_line(chosen), (s.manifest.get("budget") or {}).get("line")):
         if line:
@@ -185,6 +185,7 @@ class _Ready:
     dropped: int
     shape: auto.Shape
     chosen: dict[str, auto.Choice]
+    machine: progress.Machine
 
 
 def _ready(s: _Session, out: progress.Printer) -> _Ready:
@@ -198,7 +199,8 @@ def _ready(s: _Session, out: progress.Printer) -> _Ready:
                        objective=cfg.method.name if cfg.method.preference else "sft")
     cfg, chosen = _choose(s, shape)
     model = methods.apply_method(model, cfg.method)
-    return _Ready(cfg, model, tokenizer, base, splits, train_set, val_set, dropped, shape, chosen)
+    machine = progress.machine(acc, model)
+    return _Ready(cfg, model, tokenizer, base, splits, train_set, val_set, dropped, shape, chosen, machine)
 
 
 def plan(config: Config | str | Path | None = None, *, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -220,7 +222,7 @@ def plan(config: Config | str | Path | None = None, *, overrides: tuple[str, ...
         cfg = ready.config
         steps = batching.StepPlan(len(ready.train_set), cfg.train.batch_size, cfg.train.grad_accum, acc.num_processes)
         total = steps.total_steps(cfg.train.epochs, cfg.train.max_steps)
-        est = progress.estimate(ready.model, ready.train_set, steps, total, cfg)
+        est = progress.estimate(ready.model, ready.train_set, steps, total, cfg, ready.machine)
         lines = [progress.plan_line(len(ready.train_set), len(ready.val_set), ready.dropped, steps, total, est),
                  auto.plan_line(ready.chosen)]
         if cfg.train.time_budget:
