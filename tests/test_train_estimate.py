@@ -1,8 +1,10 @@
-"""The plan line's estimate (issue 15): memory by part, sharding, the device it names."""
+"""The plan line's estimate (issue 15): memory by part, sharding, the device it names, auto gradient checkpointing."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -13,6 +15,8 @@ from tunesmith.train import progress
 from tunesmith.train.batching import StepPlan
 from tunesmith.train.loss import CHUNK
 from tunesmith.train.progress import Machine
+
+from train_helpers import overrides, sums_dataset
 
 VOCAB = 49152
 CPU = Machine("cpu", "CPU (2 threads)", "float32", 1e12)
@@ -141,3 +145,65 @@ def test_on_a_gpu_the_machine_is_the_gpu_in_bf16_and_its_matmul_is_timed_there(m
     assert m.device == "cuda:0" and m.label.startswith("cuda:0 (") and m.label.endswith(" GB)")
     assert m.dtype == "bfloat16" and 0 < m.free_bytes
     assert progress._matmul_rate(m.device, m.dtype) > 10 * progress._matmul_rate("cpu", "float32")
+
+
+# ------------------------------------------------------------------ auto gradient checkpointing in a run
+
+
+def _free(monkeypatch, free: float) -> None:
+    """Every machine the run reads has `free` bytes free."""
+    real = progress.machine
+    monkeypatch.setattr(progress, "machine", lambda acc, model: dataclasses.replace(real(acc, model), free_bytes=free))
+
+
+def test_auto_gradient_checkpointing_is_off_with_room_and_on_when_memory_is_short(tiny_model_dir, tmp_path,
+                                                                                store_home, monkeypatch):
+    from tunesmith.train.finetune import plan
+
+    train, val = sums_dataset(tmp_path / "data")
+    sets = tuple(overrides(tiny_model_dir, train, val, tmp_path / "runs"))
+    _free(monkeypatch, 100e9)
+    roomy = plan(None, overrides=sets)  # the tiny model's peak: ~0.6 GB, most of it the process itself
+    assert roomy["chosen"]["train.gradient_checkpointing"]["value"] is False
+    assert re.fullmatch(r"peak ~0\.\d GB of 100\.0 GB free", roomy["chosen"]["train.gradient_checkpointing"]["reason"])
+    assert re.search(r"gradient_checkpointing off \(peak ~0\.\d GB of 100\.0 GB free\)", roomy["lines"][1])
+    assert re.search(r"peak memory ~0\.\d GB on (CPU \(\d+ threads?\)|cuda:\d \(.*GB\))$", roomy["lines"][0])
+    _free(monkeypatch, 0.5e9)
+    short = plan(None, overrides=sets)
+    assert short["chosen"]["train.gradient_checkpointing"]["value"] is True
+    assert re.fullmatch(r"peak ~0\.\d GB without it, ~0\.\d GB with it, of 0\.5 GB free; still more than free: "
+                        r"see the plan line", short["chosen"]["train.gradient_checkpointing"]["reason"])
+    assert "more than the 0.5 GB free" in short["lines"][0] and "train.gradient_checkpointing" not in short["lines"][0]
+    _free(monkeypatch, 0.5e9)
+    given = plan(None, overrides=sets + ("train.gradient_checkpointing=false",))  # a value set wins
+    assert "train.gradient_checkpointing" not in given["chosen"]
+
+
+def test_a_run_short_of_memory_checkpoints_by_itself_and_trains(tiny_model_dir, tmp_path, store_home, monkeypatch):
+    from tunesmith.train import methods
+    from tunesmith.train.finetune import finetune
+
+    train, val = sums_dataset(tmp_path / "data")
+    calls = {}
+    apply_method = methods.apply_method
+
+    def counting(model, method_cfg):  # the first layer's MLP calls: the recompute runs the layer's forward again
+        key = len(calls)
+        calls[key] = 0
+        model.model.layers[0].mlp.register_forward_pre_hook(lambda *a: calls.__setitem__(key, calls[key] + 1))
+        return apply_method(model, method_cfg)
+
+    monkeypatch.setattr(methods, "apply_method", counting)
+    runs = []
+    for name, free in (("roomy", 100e9), ("short", 0.5e9)):
+        _free(monkeypatch, free)
+        cfg = load_config(None, overrides(tiny_model_dir, train, val, tmp_path / "runs", max_steps=2, eval_every=2,
+                                          save_every=2))
+        runs.append(finetune(cfg, name=name, show_progress=False))
+    roomy, short = runs
+    assert short.status == "completed" and short.steps == 2 and short.final is not None
+    assert calls[1] > calls[0]  # the short run's backward passes ran the layer again
+    chosen = [json.loads((r.dir / "manifest.json").read_text())["resolved"]["train.gradient_checkpointing"]["value"]
+              for r in runs]
+    assert chosen == [False, True]
+    assert "gradient_checkpointing: auto" in (short.dir / "config.yaml").read_text()  # what was asked stays asked
