@@ -78,6 +78,36 @@ def test_explicit_values_win_and_a_resume_takes_back_what_its_run_chose():
     assert cfg.train.lr == 3e-4 and chosen["train.lr"].reason == "as chosen then"
 
 
+def test_gradient_checkpointing_turns_on_only_when_the_peak_passes_85_percent_of_the_free_memory():
+    import dataclasses
+
+    def choose(peak, checkpointed, free, *sets, previous=None):
+        memory = auto.Memory(peak, checkpointed, free)
+        return auto.choose(load_config(None, list(sets)), dataclasses.replace(shape(402), memory=memory),
+                           previous=previous)
+
+    cfg, chosen = choose(1.2e9, 1.0e9, 20e9)
+    assert cfg.train.gradient_checkpointing is False
+    assert chosen["train.gradient_checkpointing"].reason == "peak ~1.2 GB of 20.0 GB free"
+    assert auto.plan_line(chosen).endswith(", gradient_checkpointing off (peak ~1.2 GB of 20.0 GB free)")
+    cfg, chosen = choose(18e9, 6e9, 20e9)  # 90% of what is free
+    assert cfg.train.gradient_checkpointing is True
+    assert auto.plan_line(chosen).endswith(
+        ", gradient_checkpointing on (peak ~18.0 GB without it, ~6.0 GB with it, of 20.0 GB free)")
+    assert choose(16e9, 6e9, 20e9)[0].train.gradient_checkpointing is False  # 80%: fits as it is
+    assert "still more than free" in choose(30e9, 25e9, 20e9)[1]["train.gradient_checkpointing"].reason
+    assert choose(30e9, 30e9, 20e9)[0].train.gradient_checkpointing is False  # no lower with it: no use
+    assert choose(30e9, 6e9, None)[0].train.gradient_checkpointing is False  # free memory unknown
+    cfg, chosen = choose(30e9, 6e9, 20e9, "train.gradient_checkpointing=false")  # a value set wins
+    assert cfg.train.gradient_checkpointing is False and "train.gradient_checkpointing" not in chosen
+    # chosen for the machine: a resume (perhaps elsewhere) chooses again rather than taking it back
+    previous = {"train.gradient_checkpointing": {"value": True, "reason": "on the machine it started on"}}
+    assert choose(1.2e9, 1.0e9, 20e9, previous=previous)[0].train.gradient_checkpointing is False
+    # without a memory estimate (the batch size not chosen yet) it stays auto and unprinted
+    cfg, chosen = auto.choose(load_config(), shape(402))
+    assert cfg.train.gradient_checkpointing == "auto" and "train.gradient_checkpointing" not in chosen
+
+
 @pytest.mark.parametrize("text,seconds", [("90s", 90), ("10m", 600), ("1h30m", 5400), ("2.5h", 9000), ("600", 600),
                                           ("1 h 5 min", 3900), (45, 45)])
 def test_durations(text, seconds):

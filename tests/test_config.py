@@ -222,4 +222,5 @@ def test_auto_is_accepted_only_for_the_keys_chosen_from_the_data(tmp_path):
         load_config(None, ["train.warmup_ratio=auto"])
     assert info.value.problems == [
         "--set train.warmup_ratio=auto: train.warmup_ratio: expected float, got 'auto' (str); 'auto' is accepted "
-        "only for method.r, method.alpha, train.epochs, train.lr, train.batch_size, train.eval_every, train.save_every"]
+        "only for method.r, method.alpha, train.epochs, train.lr, train.batch_size, train.eval_every, train.save_every, "
+        "train.gradient_checkpointing"]

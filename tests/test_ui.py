@@ -612,3 +612,10 @@ def test_tunesmith_ui_prints_the_address_with_its_token_and_serves_it(tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) in (0, 130, -2)
+
+
+def test_a_bool_or_auto_key_is_a_select_of_auto_true_false():
+    from tunesmith.ui.form import fields
+
+    field = next(f for f in fields()["train"] if f.key == "train.gradient_checkpointing")
+    assert (field.kind, field.options, field.default, field.quoted) == ("select", ("auto", "true", "false"), "auto", False)

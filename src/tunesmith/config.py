@@ -115,8 +115,9 @@ class TrainConfig:
     group_by_length: bool | None = opt(
         None, "steps of similar-length examples; null = on without packing, off with it (mixed lengths pack tighter)")
     threads: int | None = opt(None, "CPU threads for torch; null = all cores")
-    gradient_checkpointing: bool = opt(
-        False, "recompute each layer's activations in the backward pass: less memory, more time (CPU: 0.64x RSS, 1.7x time)")
+    gradient_checkpointing: bool | Auto = opt(
+        "auto", "recompute each layer's activations in the backward pass: less memory, more time (bench/RESULTS.md); "
+        "auto = on when the estimated peak memory passes 85% of what the device has free (docs/auto.md)")
     fused_kernels: bool | None = opt(
         None, "Liger kernels (RMSNorm, SwiGLU) on a CUDA GPU; null = when liger-kernel is installed")
     log_to: list[Literal["tensorboard", "wandb", "mlflow"]] = opt(

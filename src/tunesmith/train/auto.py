@@ -13,11 +13,16 @@
     train.eval_every    at least 8 validations a run and 2 an epoch; under a time budget, validating
                         takes at most a quarter of it
     train.save_every    at every validation (adapters), every second one (full: a checkpoint is the whole model)
+    train.gradient_checkpointing
+                        on when one process's estimated peak memory without it passes 85% of what its
+                        device has free (and with it the peak is lower), else off
 
 Explicit values always win. `choose` returns the config with every `auto` replaced and, per
 chosen key, its value and the reason printed in the plan line and kept in the run's manifest
 ("resolved"), where `runs show` reads it and a resume takes it back (a time budget's step count
-was measured, not derived).
+was measured, not derived). Gradient checkpointing is the exception: it is chosen for the
+machine, not the data, so a resume (perhaps on another machine) chooses it again; and it needs
+the memory estimate of the chosen batch (`Shape.memory`): without one it stays `auto`.
 
 The epoch rule is OpenAI's (the fine-tuning data-preparation cookbook: TARGET_EPOCHS = 3,
 MIN_TARGET_EXAMPLES = 100, MAX_TARGET_EXAMPLES = 25,000, MAX_DEFAULT_EPOCHS = 25). Since the
@@ -47,11 +52,23 @@ PREFERENCE_LORA_LR, PREFERENCE_FULL_LR = 2e-5, 1e-6
 RANKS = ((100_000, 8), (2_000_000, 16), (math.inf, 32))  # (below this many trained tokens an epoch, rank)
 MIN_VALIDATIONS, MIN_VALIDATIONS_PER_EPOCH = 8, 2
 BUDGET_VALIDATION_SHARE = 0.25  # under a time budget, validating takes at most this share of it
+CHECKPOINTING_SHARE = 0.85  # of the free memory a peak may fill before activations are recomputed
+
+
+@dataclass(frozen=True)
+class Memory:
+    """One process's estimated peak without and with gradient checkpointing, and what its device has free
+    (bytes; free None: unknown). train/progress.py estimates them."""
+
+    peak: float
+    peak_checkpointed: float
+    free: float | None
 
 
 @dataclass(frozen=True)
 class Shape:
-    """What the rules look at: the rendered training set, the model and the process layout."""
+    """What the rules look at: the rendered training set, the model, the process layout and (once the
+    batch size is chosen) the memory a step needs."""
 
     n_examples: int
     p95_tokens: int  # 95th-percentile rendered length
@@ -61,6 +78,7 @@ class Shape:
     grad_accum: int = 1
     world_size: int = 1
     objective: str = "sft"  # sft | dpo | simpo
+    memory: Memory | None = None  # known once the batch size is chosen: see the module's docstring
 
     @classmethod
     def of(cls, train_set, n_params: int, method: str, grad_accum: int, world_size: int,
@@ -116,8 +134,13 @@ def choose(cfg: Config, shape: Shape, *, total_steps: int | None = None, max_val
     adapter = shape.method != "full"
     r = pick("method.r", m.r, lambda: _rank(shape.trained_tokens)) if adapter else m.r
     alpha = pick("method.alpha", m.alpha, lambda: Choice(2 * r, "2 x r")) if adapter else m.alpha
+    checkpointing = t.gradient_checkpointing
+    if checkpointing == "auto" and shape.memory is not None:  # never taken back: chosen for this machine
+        chosen["train.gradient_checkpointing"] = _checkpointing(shape.memory)
+        checkpointing = chosen["train.gradient_checkpointing"].value
     resolved = replace(cfg, train={"epochs": epochs, "batch_size": batch, "eval_every": eval_every,
-                                   "save_every": save_every, "lr": lr},
+                                   "save_every": save_every, "lr": lr,
+                                   "gradient_checkpointing": checkpointing},
                        method={"r": r, "alpha": alpha})
     return resolved, chosen
 
@@ -130,6 +153,8 @@ def plan_line(chosen: dict[str, Choice]) -> str | None:
 
 
 def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -196,6 +221,20 @@ def _save_every(eval_every: int, method: str) -> Choice:
     if method == "full":
         return Choice(2 * eval_every, "every second validation: a full checkpoint is the whole model")
     return Choice(eval_every, "at every validation")
+
+
+def _checkpointing(memory: Memory) -> Choice:
+    if memory.free is None:
+        return Choice(False, f"peak ~{_gb(memory.peak)}; the free memory is unknown here")
+    if memory.peak > CHECKPOINTING_SHARE * memory.free and memory.peak_checkpointed < memory.peak:
+        fits = "" if memory.peak_checkpointed <= memory.free else "; still more than free: see the plan line"
+        return Choice(True, f"peak ~{_gb(memory.peak)} without it, ~{_gb(memory.peak_checkpointed)} with it, "
+                            f"of {_gb(memory.free)} free{fits}")
+    return Choice(False, f"peak ~{_gb(memory.peak)} of {_gb(memory.free)} free")
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB"
 
 
 # ------------------------------------------------------------------ time budget

@@ -4,7 +4,8 @@
     2. load the base model
     3. prepare the data splits and render them through the chat template
     4. choose the `auto` settings from the data (train/auto.py), make the method's weights trainable,
-       print the plan (examples, tokens, steps, estimated time and memory)
+       checkpoint activations when the memory estimate says so, print the plan (examples, tokens, steps,
+       estimated time and memory, the device)
     5. build optimizer, schedule and accelerate; on resume, check and restore the checkpoint
     6. run the loop (validation with sample answers, early stopping, a time budget, checkpoints, progress)
     7. write the deliverable (the best weights) to final/, record the run, print the summary
@@ -131,7 +132,7 @@ def _train(s: _Session, started: float, on_step, show_progress: bool, loss_fn: L
     collate = _train_collate(tokenizer, cfg, model, acc.device)
     eval_collate = _collate(tokenizer, cfg, model)
     samples = _sampler(s, model, tokenizer, splits.validation, out)
-    estimate = progress.estimate(model, train_set, plan, total, cfg)  # before FSDP / ZeRO-3 shard the weights
+    estimate = progress.estimate(model, train_set, plan, total, cfg, ready.machine)  # before FSDP / ZeRO-3 shard
     # together: FSDP and DeepSpeed wrap the optimizer around the parameters they shard
     adamw = _optimizer(model, cfg)
     distributed.configure(acc, cfg)  # DeepSpeed's batch fields, from the settings `auto` chose
@@ -186,6 +187,7 @@ class _Ready:
     dropped: int
     shape: auto.Shape
     chosen: dict[str, auto.Choice]
+    machine: progress.Machine
 
 
 def _ready(s: _Session, out: progress.Printer) -> _Ready:
@@ -199,7 +201,13 @@ def _ready(s: _Session, out: progress.Printer) -> _Ready:
                        objective=cfg.method.name if cfg.method.preference else "sft")
     cfg, chosen = _choose(s, shape)
     model = methods.apply_method(model, cfg.method)
-    return _Ready(cfg, model, tokenizer, base, splits, train_set, val_set, dropped, shape, chosen)
+    # gradient checkpointing's `auto` needs the memory estimate, and that the chosen batch size: choose again
+    machine = progress.machine(acc, model)
+    shape = dataclasses.replace(shape, memory=_memory(model, train_set, cfg, machine, acc))
+    cfg, chosen = _choose(s, shape)
+    if cfg.train.gradient_checkpointing:
+        methods.checkpoint_activations(model)
+    return _Ready(cfg, model, tokenizer, base, splits, train_set, val_set, dropped, shape, chosen, machine)
 
 
 def plan(config: Config | str | Path | None = None, *, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -216,12 +224,12 @@ def plan(config: Config | str | Path | None = None, *, overrides: tuple[str, ...
 
     cfg, acc = _settled(config, overrides, None)
     with tempfile.TemporaryDirectory(prefix="tunesmith-plan-") as scratch:
-        s = _Session(cfg, RunPaths(Path(scratch) / "plan"), acc, {"name": "plan"})
+        s = _Session(cfg, RunPaths(Path(scratch) / "plan"), acc, {"name": "plan"}, asked=cfg)
         ready = _ready(s, progress.Printer(enabled=False))
         cfg = ready.config
         steps = batching.StepPlan(len(ready.train_set), cfg.train.batch_size, cfg.train.grad_accum, acc.num_processes)
         total = steps.total_steps(cfg.train.epochs, cfg.train.max_steps)
-        est = progress.estimate(ready.model, ready.train_set, steps, total, cfg)
+        est = progress.estimate(ready.model, ready.train_set, steps, total, cfg, ready.machine)
         lines = [progress.plan_line(len(ready.train_set), len(ready.val_set), ready.dropped, steps, total, est),
                  auto.plan_line(ready.chosen)]
         if cfg.train.time_budget:
@@ -426,8 +434,6 @@ def _load_model(cfg: Config, acc):
         model, tokenizer = load_model(str(folder), dtype=cfg.model.dtype, allow_pickle=cfg.model.allow_pickle)
     model.config.use_cache = False
     fused = methods.fused_kernels(model, cfg.train.fused_kernels)
-    if cfg.train.gradient_checkpointing:
-        methods.checkpoint_activations(model)
     base = {"base_model": cfg.model.name, "base_model_path": str(folder.resolve()),
             "base_model_sha256": weights_digest(folder), "fused_kernels": "liger" if fused else None}
     return model, tokenizer, base
@@ -542,12 +548,26 @@ def _preference(s: _Session, model, tokenizer, train_set, val_set, splits, out, 
 
 
 def _choose(s: _Session, shape: auto.Shape) -> tuple[Config, dict[str, auto.Choice]]:
-    """The config with every `auto` chosen (a resumed run takes back what it chose), recorded in the manifest."""
+    """The config as given with every `auto` chosen (a resumed run takes back what it chose), recorded in
+    the manifest."""
     previous = s.manifest.get("resolved") if s.resume_from is not None else None
-    cfg, chosen = auto.choose(s.config, shape, previous=previous)
+    cfg, chosen = auto.choose(s.asked, shape, previous=previous)
     s.config = cfg
     s.manifest["resolved"] = {key: c.to_dict() for key, c in chosen.items()}
     return cfg, chosen
+
+
+def _memory(model, train_set, cfg: Config, machine: progress.Machine, acc) -> auto.Memory:
+    """The estimated peak without and with gradient checkpointing, and the free memory; every process
+    takes the main process's figures, so all decide alike (free memory differs from device to device)."""
+    peaks = [progress.peak_bytes(model, train_set, cfg.train.batch_size, cfg, machine, checkpointing=on).total
+             for on in (False, True)]
+    memory = auto.Memory(*peaks, machine.free_bytes)
+    if acc.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        memory = broadcast_object_list([memory])[0]
+    return memory
 
 
 def _sampler(s: _Session, model, tokenizer, validation: list[dict], out) -> Callable | None:

@@ -90,7 +90,8 @@ def fused_kernels(model, setting: bool | None) -> bool:
 
 
 def checkpoint_activations(model) -> None:
-    """Keep only each layer's input and recompute the rest in the backward pass (call before apply_method).
+    """Keep only each layer's input and recompute the rest in the backward pass (before or after apply_method:
+    finetune decides it after, from the memory estimate, train/auto.py).
 
     Activations are what fill memory once logits are computed only at trained positions; this
     keeps about one layer's worth, for one more forward pass per step (bench/RESULTS.md: on

@@ -58,8 +58,10 @@ def _field(key: str, f: dataclasses.Field, tp: Any, type_name: str) -> Field:
     if len(plain) == 1 and typing.get_origin(plain[0]) is Literal:
         options = tuple(str(v) for v in typing.get_args(plain[0]))
         return Field(key, label, "select", type_name, f.metadata["help"], shown, ("",) * nullable + options, True)
-    if plain == [bool]:
-        return Field(key, label, "select", type_name, f.metadata["help"], shown, ("",) * nullable + ("true", "false"))
+    if bool in plain and all(a is bool or typing.get_origin(a) is Literal for a in plain):  # bool, or bool | auto
+        words = tuple(str(v) for a in plain if a is not bool for v in typing.get_args(a))
+        return Field(key, label, "select", type_name, f.metadata["help"], shown,
+                     ("",) * nullable + words + ("true", "false"))
     texty = str in plain and not any(a in (int, float) for a in plain)
     return Field(key, label, "text", type_name, f.metadata["help"], shown, quoted=texty)
 
