@@ -276,6 +276,25 @@ def test_flex_passes_are_single_rows_without_padding():
     assert sum(batch_stats(b)[2] for b in cpu) == 120 - 5  # each example's first token is not trained
 
 
+def test_packed_attention_setting():
+    from tunesmith.errors import ConfigError, TrainError
+    from tunesmith.config import load_config
+    from tunesmith.train.finetune import check_config
+
+    model = _arch_model("llama")
+    assert packed_attention(model, "auto", "cpu") == "dense"  # the CPU keeps the measured path
+    assert packed_attention(model, "dense", "cuda") == "dense"
+    assert packed_attention(model, "auto", "cuda", packs=False) == "dense"
+    with pytest.raises(TrainError, match=r"train.packed_attention=flex needs a CUDA GPU \(on the CPU torch's "
+                                         "flex_attention has no backward pass\)"):
+        packed_attention(model, "flex", "cpu")
+    with pytest.raises(ConfigError) as e:
+        check_config(load_config(None, ["data.train=t.jsonl", "train.packing=false", "train.packed_attention=flex"]))
+    assert e.value.problems == ["train.packed_attention=flex needs train.packing=true"]
+    with pytest.raises(ConfigError, match="method dpo's pairs share their prompt"):
+        check_config(load_config(None, ["data.train=t.jsonl", "method.name=dpo", "train.packed_attention=flex"]))
+
+
 def _arch_model(name: str):
     """A tiny model of the architecture matrix's `name` family (tests/arch_helpers.py), vocabulary 256, seed 0."""
     from arch_helpers import ARCHS, COMMON
@@ -376,3 +395,33 @@ def test_flex_equals_dense_on_cuda(arch):
     dense, flex, diff, largest = _flex_against_dense(_arch_model(arch).cuda().train(), "cuda")
     assert flex == pytest.approx(dense, abs=1e-4) and dense > 1.0
     assert diff < 1e-4 and largest > 1e-2
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")  # the reference, on purpose
+def test_finetune_flex_equals_dense(tiny_model_dir, tmp_path, store_home, monkeypatch, reference_flex):
+    """train.packed_attention=flex through finetune (the model switched, BlockMasks made on its device,
+    validation through flex too) gives the dense path's losses; flex_missing is lifted for the CPU."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from train_helpers import overrides, sums_dataset
+
+    from tunesmith.config import load_config
+    from tunesmith.train import packing as packing_module
+    from tunesmith.train.finetune import finetune
+
+    monkeypatch.setattr(packing_module, "flex_missing", lambda model, device: None)
+    train, val = sums_dataset(tmp_path / "data", n_train=12, n_val=4)
+    losses, runs = {}, {}
+    for attention in ("dense", "flex"):
+        sets = overrides(tiny_model_dir, train, val, tmp_path / "runs", max_steps=3, eval_every=3, save_every=3)
+        cfg = load_config(None, sets + [f"train.packed_attention={attention}", "method.dropout=0"])
+        runs[attention] = finetune(cfg, name=f"attention-{attention}", show_progress=False)
+        rows = [json.loads(line) for line in (runs[attention].dir / "metrics.jsonl").read_text().splitlines()]
+        losses[attention] = [r["loss"] for r in rows]
+    assert losses["flex"] == pytest.approx(losses["dense"], abs=1e-5) and len(losses["flex"]) == 4
+    assert runs["flex"].summary["padding_waste"] == 0.0  # one unpadded row a pass
+    manifest = json.loads((runs["flex"].dir / "manifest.json").read_text())
+    assert manifest["packed_attention"] == "flex"
