@@ -249,7 +249,7 @@ def test_packed_loss_equals_unpacked_on_cuda(tiny_model_dir, fused):
     assert torch.isfinite(fresh(input_ids=torch.tensor([render(CONVERSATIONS[0], tok).input_ids])).logits).all()
 
 
-# ------------------------------------------------------------------ flex_attention: BlockMasks instead of the dense mask
+# ------------------------------------------------------------------ flex_attention: BlockMasks, not the dense mask
 
 
 def test_block_masks_allow_what_the_dense_masks_allow():
@@ -341,7 +341,7 @@ def _flex_against_dense(model, device="cpu"):
 
 @pytest.fixture
 def reference_flex(monkeypatch):
-    """transformers' flex_attention path, run by torch's unfused reference flex_attention, which has a backward on the CPU.
+    """transformers' flex_attention path through torch's unfused reference flex_attention, which has a CPU backward.
 
     torch refuses gradients through flex_attention on the CPU ("FlexAttention does not support
     backward on CPU"), and transformers compiles it with inductor, whose CPU kernel is forward
