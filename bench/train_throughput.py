@@ -18,6 +18,19 @@ padding waste %, peak RSS, final training loss; then the ratios b/a and, last, o
 
     RESULT tokens_per_s_ratio=<b/a> peak_rss_ratio=<b/a> padding_waste=<b, %> loss_delta=<(b-a)/a, %>
 
+`--packed-attention dense,flex` runs tunesmith once per value of train.packed_attention
+instead (interleaved, no TRL) and ends with one line comparing the second to the first:
+
+    RESULT packed_attention=flex/dense tokens_per_s_ratio=<flex/dense> steady_ratio=<flex/dense>
+           peak_gpu_ratio=<flex/dense> peak_rss_ratio=<flex/dense> padding_waste=<flex, %>/<dense, %>
+           loss_delta=<(flex-dense)/dense, %>
+
+steady_ratio is the useful tokens/s after the first WARM_STEPS steps (flex_attention compiles
+its kernels in the first steps; a long run pays that once).
+
+(one line; flex trains on CUDA only: on the CPU its side stops with train.packed_attention's
+error, and `auto,dense` there runs the same path twice.)
+
 "Final training loss" is the mean loss over every trained token of the training set, scored
 after training with the same code for both sides (eval mode, tunesmith's renderer), so it
 does not depend on the order either side drew the batches in.
@@ -46,6 +59,7 @@ LR = 2e-4  # TRL's PEFT guide: LoRA wants ~1e-4..2e-4 (its 2e-5 default is for f
 WARMUP = 0.05  # tunesmith's default warmup ratio, given to TRL as steps (ceil) so both schedules are identical
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}
 MAX_LENGTH = 1024  # TRL's default max_length and tunesmith's data.max_length
+WARM_STEPS = 2  # tunesmith's steady tokens/s counts the steps after these (flex_attention compiles in the first)
 
 
 # ------------------------------------------------------------------ data
@@ -231,6 +245,8 @@ def run_tunesmith(spec: dict) -> dict:
 
     def on_step(state, metrics) -> bool:
         seen["state"], seen["loss"] = state, metrics.get("loss")
+        if state.step == WARM_STEPS:  # the steady rate leaves out compiling (flex_attention) and warm-up
+            seen["warm"] = {"warm_seconds": state.train_seconds, "warm_loss_tokens": state.loss_tokens}
         return False
 
     wall = time.perf_counter()
@@ -241,7 +257,8 @@ def run_tunesmith(spec: dict) -> dict:
     model, tokenizer = load_run(run.dir, device="cpu")
     return {"tokens": state.tokens, "slots": state.slots, "loss_tokens": state.loss_tokens,
             "seconds": state.train_seconds, "wall_seconds": wall, "peak_rss_mb": peak, "peak_gpu_mb": _peak_gpu_mb(),
-            "last_step_loss": seen["loss"], "final_loss": score(model.eval(), tokenizer, files["ts_train"])}
+            "last_step_loss": seen["loss"], "final_loss": score(model.eval(), tokenizer, files["ts_train"]),
+            **seen.get("warm", {})}
 
 
 def _loss_lever(spec: dict):
@@ -327,7 +344,7 @@ def run_child(side: str, spec: dict, workdir: Path, script: str = __file__) -> d
 
 
 def summarise(result: dict) -> dict:
-    return {
+    summary = {
         "useful_tokens_per_s": result["loss_tokens"] / result["seconds"],
         "padding_waste_pct": 100 * (1 - result["tokens"] / result["slots"]),
         "peak_rss_mb": result["peak_rss_mb"],
@@ -336,6 +353,10 @@ def summarise(result: dict) -> dict:
         "seconds": result["seconds"],
         "loss_tokens": result["loss_tokens"],
     }
+    if "warm_seconds" in result and result["seconds"] > result["warm_seconds"]:  # tunesmith, past WARM_STEPS
+        summary["steady_tokens_per_s"] = ((result["loss_tokens"] - result["warm_loss_tokens"])
+                                          / (result["seconds"] - result["warm_seconds"]))
+    return summary
 
 
 def print_row(label: str, s: dict) -> None:
@@ -360,6 +381,8 @@ def main() -> None:
     p.add_argument("--ts-set", action="append", default=[], help="extra tunesmith config override (lever measurements)")
     p.add_argument("--ts-loss", choices=["default", "plain"], default="default", help="lever: the plain full-logits loss")
     p.add_argument("--sides", default="trl,tunesmith", help="which sides to run (lever sweeps may skip one)")
+    p.add_argument("--packed-attention", help="lever: tunesmith once per train.packed_attention value, e.g. dense,flex "
+                   "(replaces --sides); the RESULT line compares the second to the first")
     p.add_argument("--json", help="also write every result to this file")
     p.add_argument("--child", choices=["trl", "tunesmith"], help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
@@ -400,24 +423,35 @@ def bench(a) -> None:
               f"{a.threads} threads, {repeats} repeat(s)", flush=True)
         print(f"  {'side':<10} {'useful/s':>10} {'waste %':>9} {'peak MB':>9} {'final loss':>10} {'train s':>8} {'trained':>8}"
               + (f" {'GPU MB':>8}" if _cuda() else ""))
-        sides = a.sides.split(",")
-        results: dict[str, list[dict]] = {s: [] for s in sides}
+        sides = _sides(a, spec)
+        results: dict[str, list[dict]] = {label: [] for label in sides}
         for r in range(repeats):
-            order = sides if r % 2 == 0 else sides[::-1]  # interleaved, alternating who goes first
-            for side in order:
-                s = summarise(run_child(side, spec, tmp / f"{side}-{r}"))
-                results[side].append(s)
-                print_row(f"{side}#{r + 1}", s)
-        report(results, a.json)
+            order = list(sides) if r % 2 == 0 else list(sides)[::-1]  # interleaved, alternating who goes first
+            for label in order:
+                child, child_spec = sides[label]
+                s = summarise(run_child(child, child_spec, tmp / f"{label}-{r}"))
+                results[label].append(s)
+                print_row(f"{label}#{r + 1}", s)
+        report(results, a.json, variants=bool(a.packed_attention))
 
 
-def report(results: dict[str, list[dict]], json_path: str | None) -> None:
+def _sides(a, spec: dict) -> dict[str, tuple[str, dict]]:
+    """label -> (child side, its spec): --sides as given, or one tunesmith side per --packed-attention value."""
+    if not a.packed_attention:
+        return {side: (side, spec) for side in a.sides.split(",")}
+    return {value: ("tunesmith", {**spec, "ts_overrides": [*spec["ts_overrides"], f"train.packed_attention={value}"]})
+            for value in a.packed_attention.split(",")}
+
+
+def report(results: dict[str, list[dict]], json_path: str | None, variants: bool = False) -> None:
     medians = {side: {k: statistics.median(s[k] for s in runs) for k in runs[0]} for side, runs in results.items()}
     print("medians:")
     for side, m in medians.items():
         print_row(side, m)
     if json_path:
         Path(json_path).write_text(json.dumps({"runs": results, "medians": medians}, indent=2))
+    if variants and len(medians) == 2:
+        report_variants(*medians.items())
     if not {"trl", "tunesmith"} <= medians.keys():
         return
     a, b = medians["trl"], medians["tunesmith"]
@@ -430,6 +464,20 @@ def report(results: dict[str, list[dict]], json_path: str | None) -> None:
           f"padding waste {b['padding_waste_pct']:.1f}% (a: {a['padding_waste_pct']:.1f}%); final loss {delta:+.2f}%")
     print(f"RESULT tokens_per_s_ratio={speed:.3f} peak_rss_ratio={rss:.3f} "
           f"padding_waste={b['padding_waste_pct']:.2f} loss_delta={delta:.3f}")
+
+
+def report_variants(first: tuple[str, dict], second: tuple[str, dict]) -> None:
+    """The RESULT line of two tunesmith variants (--packed-attention A,B): B against A."""
+    (a_name, a), (b_name, b) = first, second
+    speed = b["useful_tokens_per_s"] / a["useful_tokens_per_s"]
+    gpu = b["peak_gpu_mb"] / a["peak_gpu_mb"] if a["peak_gpu_mb"] and b["peak_gpu_mb"] else float("nan")  # nan: no GPU
+    steady = (b["steady_tokens_per_s"] / a["steady_tokens_per_s"] if "steady_tokens_per_s" in a.keys() & b.keys()
+              else float("nan"))  # nan: a run of WARM_STEPS steps or fewer
+    rss = b["peak_rss_mb"] / a["peak_rss_mb"]
+    delta = 100 * (b["final_loss"] - a["final_loss"]) / a["final_loss"]
+    print(f"RESULT packed_attention={b_name}/{a_name} tokens_per_s_ratio={speed:.3f} steady_ratio={steady:.3f} "
+          f"peak_gpu_ratio={gpu:.3f} peak_rss_ratio={rss:.3f} "
+          f"padding_waste={b['padding_waste_pct']:.2f}/{a['padding_waste_pct']:.2f} loss_delta={delta:.3f}")
 
 
 if __name__ == "__main__":

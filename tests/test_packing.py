@@ -1,6 +1,9 @@
-"""Packing: row plans, the block-causal mask, and packed == unpacked per example on a tiny model."""
+"""Packing: row plans, the block-causal mask, and packed == unpacked per example on a tiny model;
+the flex path (train.packed_attention=flex) against the dense mask."""
 
 from __future__ import annotations
+
+import shutil
 
 import pytest
 import torch
@@ -8,7 +11,8 @@ import torch
 from tunesmith.data.render import Rendered, render, render_example
 from tunesmith.train.batching import collate_padded
 from tunesmith.train.packing import (
-    IGNORE, attention_layout, batch_stats, block_causal_mask, collate_packed, first_fit_decreasing, plan_rows,
+    IGNORE, AttentionLayout, attend_with, attention_layout, batch_stats, block_causal_mask, collate_packed,
+    first_fit_decreasing, packed_attention, packed_micro_batches, plan_rows,
 )
 
 CONVERSATIONS = [
@@ -243,3 +247,181 @@ def test_packed_loss_equals_unpacked_on_cuda(tiny_model_dir, fused):
     # Only that model changed: a model loaded afterwards still runs on the CPU.
     fresh, _ = load_model(str(tiny_model_dir), dtype="float32")
     assert torch.isfinite(fresh(input_ids=torch.tensor([render(CONVERSATIONS[0], tok).input_ids])).logits).all()
+
+
+# ------------------------------------------------------------------ flex_attention: BlockMasks, not the dense mask
+
+
+def test_block_masks_allow_what_the_dense_masks_allow():
+    from torch.nn.attention.flex_attention import create_mask
+
+    layout = AttentionLayout({"full_attention": None, "sliding_attention": 2}, per_type=True)
+    rows = [[Rendered([1, 2, 3, 4], [1] * 4), Rendered([5, 6], [1, 1])], [Rendered([7, 8, 9], [1] * 3)]]
+    dense, flex = (collate_packed(rows, layout=layout, attention=a) for a in ("dense", "flex"))
+    for kind in layout.windows:
+        block_mask = flex["attention_mask"][kind]
+        assert block_mask.shape == (2, 1, 6, 6)  # 4D: transformers passes it to every layer of that type as it is
+        allowed = create_mask(block_mask.mask_mod, 2, 1, 6, 6, device="cpu")
+        assert torch.equal(allowed, dense["attention_mask"][kind] == 0), kind
+    assert all(torch.equal(flex[k], dense[k]) for k in ("input_ids", "position_ids", "labels", "token_mask"))
+
+
+def test_flex_passes_are_single_rows_without_padding():
+    examples = [Rendered(list(range(1, n + 1)), [1] * n) for n in (30, 12, 50, 7, 21)]  # 120 tokens
+    gpu = packed_micro_batches(examples, max_length=64, attention="flex", pass_slots=1 << 40)  # device_costs("cuda")
+    assert [tuple(b["input_ids"].shape) for b in gpu] == [(1, 120)]
+    cpu = packed_micro_batches(examples, max_length=64, attention="flex")  # passes of at most max_length
+    assert all(b["input_ids"].shape[0] == 1 and b["input_ids"].shape[1] <= 64 for b in cpu)
+    assert sum(batch_stats(b)[1] for b in cpu) == 120 and len(cpu) == 2
+    assert sum(batch_stats(b)[2] for b in cpu) == 120 - 5  # each example's first token is not trained
+
+
+def test_packed_attention_setting():
+    from tunesmith.errors import ConfigError, TrainError
+    from tunesmith.config import load_config
+    from tunesmith.train.finetune import check_config
+
+    model = _arch_model("llama")
+    assert packed_attention(model, "auto", "cpu") == "dense"  # the CPU keeps the measured path
+    assert packed_attention(model, "dense", "cuda") == "dense"
+    assert packed_attention(model, "auto", "cuda", packs=False) == "dense"
+    with pytest.raises(TrainError, match=r"train.packed_attention=flex needs a CUDA GPU \(on the CPU torch's "
+                                         "flex_attention has no backward pass\)"):
+        packed_attention(model, "flex", "cpu")
+    with pytest.raises(ConfigError) as e:
+        check_config(load_config(None, ["data.train=t.jsonl", "train.packing=false", "train.packed_attention=flex"]))
+    assert e.value.problems == ["train.packed_attention=flex needs train.packing=true"]
+    with pytest.raises(ConfigError, match="method dpo's pairs share their prompt"):
+        check_config(load_config(None, ["data.train=t.jsonl", "method.name=dpo", "train.packed_attention=flex"]))
+
+
+def _arch_model(name: str):
+    """A tiny model of the architecture matrix's `name` family (tests/arch_helpers.py), vocabulary 256, seed 0."""
+    from arch_helpers import ARCHS, COMMON
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    arch = ARCHS[name]
+    config = AutoConfig.for_model(arch.model_type, vocab_size=256, **{**COMMON, **arch.config})
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config)
+
+
+def _random_rows():
+    """Two rows of examples longer than the matrix's sliding window (8): the second row padded."""
+    g = torch.Generator().manual_seed(1)
+    ex = [Rendered(torch.randint(1, 256, (n,), generator=g).tolist(), [0] * 3 + [1] * (n - 3)) for n in (13, 20, 25)]
+    return [[ex[0], ex[1]], [ex[2]]]
+
+
+def _to(batch, device):
+    return {k: _to(v, device) if isinstance(v, dict) else v.to(device) for k, v in batch.items()}
+
+
+def _loss_and_grads(model, batch):
+    from tunesmith.train.loss import causal_lm_loss
+
+    model.zero_grad(set_to_none=True)
+    loss_sum, n = causal_lm_loss(model, batch)
+    loss = loss_sum / n
+    loss.backward()
+    return float(loss.detach()), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def _flex_against_dense(model, device="cpu"):
+    """(dense loss, flex loss, largest gradient difference, largest gradient) for the same packed rows."""
+    rows, layout = _random_rows(), attention_layout(model)
+    dense_loss, dense_grads = _loss_and_grads(model, _to(collate_packed(rows, layout=layout), device))
+    attend_with(model, "flex")
+    flex_loss, flex_grads = _loss_and_grads(
+        model, _to(collate_packed(rows, layout=layout, attention="flex", device=device), device))
+    assert flex_grads.keys() == dense_grads.keys()
+    diff = max(float((flex_grads[k] - dense_grads[k]).abs().max()) for k in dense_grads)
+    return dense_loss, flex_loss, diff, max(float(g.abs().max()) for g in dense_grads.values())
+
+
+@pytest.fixture
+def reference_flex(monkeypatch):
+    """transformers' flex_attention path through torch's unfused reference flex_attention, which has a CPU backward.
+
+    torch refuses gradients through flex_attention on the CPU ("FlexAttention does not support
+    backward on CPU"), and transformers compiles it with inductor, whose CPU kernel is forward
+    only. The reference (the flex_attention operator's own math, which torch checks its kernels
+    against) takes the same BlockMask and score_mod. So this checks our BlockMasks and
+    transformers' use of them (per layer type, soft-capping, GQA), not a fused kernel: the
+    compiled CPU kernel is checked forward below, the CUDA one by test_flex_equals_dense_on_cuda.
+    """
+    import torch.nn.attention.flex_attention as flex
+    from transformers.integrations import flex_attention as hf_flex
+
+    monkeypatch.setattr(flex, "_validate_device", lambda *args: None)
+    monkeypatch.setattr(hf_flex, "compile_friendly_flex_attention",
+                        lambda query, key, value, training=False, **kw: flex.flex_attention(query, key, value, **kw))
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")  # the reference, on purpose
+@pytest.mark.parametrize("arch", ["llama", "mistral", "gemma2", "gemma3"])
+def test_flex_loss_and_gradients_equal_the_dense_mask(arch, reference_flex):
+    """Full attention (Llama), one window for all layers (Mistral), per-type windows with soft-capping
+    (Gemma 2) and Gemma 3's five sliding layers to one full: the same loss and gradients."""
+    dense, flex, diff, largest = _flex_against_dense(_arch_model(arch).train())
+    assert flex == pytest.approx(dense, abs=1e-4) and dense > 1.0
+    assert diff < 1e-4 and largest > 1e-2  # real gradients, equal within 1e-4
+
+
+def test_compiled_block_mask_keeps_examples_apart():
+    """transformers' flex path as it runs on this CPU (inductor compiles flex_attention to C++, ~15 s
+    once; forward only): the dense mask's logits, and changing example A leaves B's logits as they were."""
+    if not (shutil.which("c++") or shutil.which("g++")):
+        pytest.skip("inductor compiles flex_attention's CPU kernel with a C++ compiler: none on PATH")
+    model = _arch_model("llama").eval()
+    (a, b), _ = _random_rows()
+    changed = Rendered([(t * 7 + 11) % 255 + 1 for t in a.input_ids], a.loss_mask)
+    inputs = ("input_ids", "attention_mask", "position_ids")
+    with torch.no_grad():
+        dense = model(**{k: v for k, v in collate_packed([[a, b]]).items() if k in inputs}).logits
+        attend_with(model, "flex")
+        flex = [model(**{k: v for k, v in collate_packed([[x, b]], attention="flex").items() if k in inputs}).logits
+                for x in (a, changed)]
+    n = len(a.input_ids)
+    assert torch.allclose(flex[0], dense, atol=1e-4)
+    assert not torch.allclose(flex[0][0, :n], flex[1][0, :n])  # A itself did change
+    assert torch.allclose(flex[0][0, n:], flex[1][0, n:], atol=1e-6)  # B did not
+
+
+@needs_cuda
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_flex_equals_dense_on_cuda(arch):
+    """The real thing: flex_attention's Triton kernels, forward and backward, against the dense mask through SDPA."""
+    dense, flex, diff, largest = _flex_against_dense(_arch_model(arch).cuda().train(), "cuda")
+    assert flex == pytest.approx(dense, abs=1e-4) and dense > 1.0
+    assert diff < 1e-4 and largest > 1e-2
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")  # the reference, on purpose
+def test_finetune_flex_equals_dense(tiny_model_dir, tmp_path, store_home, monkeypatch, reference_flex):
+    """train.packed_attention=flex through finetune (the model switched, BlockMasks made on its device,
+    validation through flex too) gives the dense path's losses; flex_missing is lifted for the CPU."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from train_helpers import overrides, sums_dataset
+
+    from tunesmith.config import load_config
+    from tunesmith.train import packing as packing_module
+    from tunesmith.train.finetune import finetune
+
+    monkeypatch.setattr(packing_module, "flex_missing", lambda model, device: None)
+    train, val = sums_dataset(tmp_path / "data", n_train=12, n_val=4)
+    losses, runs = {}, {}
+    for attention in ("dense", "flex"):
+        sets = overrides(tiny_model_dir, train, val, tmp_path / "runs", max_steps=3, eval_every=3, save_every=3)
+        cfg = load_config(None, sets + [f"train.packed_attention={attention}", "method.dropout=0"])
+        runs[attention] = finetune(cfg, name=f"attention-{attention}", show_progress=False)
+        rows = [json.loads(line) for line in (runs[attention].dir / "metrics.jsonl").read_text().splitlines()]
+        losses[attention] = [r["loss"] for r in rows]
+    assert losses["flex"] == pytest.approx(losses["dense"], abs=1e-5) and len(losses["flex"]) == 4
+    assert runs["flex"].summary["padding_waste"] == 0.0  # one unpadded row a pass
+    manifest = json.loads((runs["flex"].dir / "manifest.json").read_text())
+    assert manifest["packed_attention"] == "flex"

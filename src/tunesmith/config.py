@@ -112,6 +112,10 @@ class TrainConfig:
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = opt(
         "auto", "auto = bf16 on a GPU that supports it, otherwise full precision")
     packing: bool = opt(True, "pack several examples per row (attention kept inside each example)")
+    packed_attention: Literal["auto", "dense", "flex"] = opt(
+        "auto", "how packed rows keep examples apart: dense = a 4D mask through the model's attention; flex = "
+        "torch's flex_attention with a block mask, one unpadded row a pass (CUDA only); auto = flex on a CUDA GPU "
+        "where it can train the model, else dense")
     group_by_length: bool | None = opt(
         None, "steps of similar-length examples; null = on without packing, off with it (mixed lengths pack tighter)")
     threads: int | None = opt(None, "CPU threads for torch; null = all cores")
@@ -479,7 +483,7 @@ def auto_keys() -> list[str]:
 
 
 # keys whose Literal choices include "auto" as a mode of their own (not a value chosen from the data)
-_AUTO_LITERAL_KEYS = ("model.dtype", "model.device", "train.mixed_precision", "serve.engine")
+_AUTO_LITERAL_KEYS = ("model.dtype", "model.device", "train.mixed_precision", "train.packed_attention", "serve.engine")
 
 
 def _mismatch(value: Any, tp: Any) -> str:

@@ -196,6 +196,8 @@ def _ready(s: _Session, out: progress.Printer) -> _Ready:
     model, tokenizer, base = _load_model(cfg, acc)
     if base["fused_kernels"]:
         out.line("fused kernels: Liger RMSNorm, SwiGLU")
+    if base["packed_attention"] == "flex":
+        out.line("packed attention: flex_attention with block masks, one unpadded row a pass")
     splits, train_set, val_set, dropped = _data(cfg, s, tokenizer)
     shape = auto.Shape.of(train_set, _n_params(model), cfg.method.trains, cfg.train.grad_accum, acc.num_processes,
                        objective=cfg.method.name if cfg.method.preference else "sft")
@@ -367,6 +369,10 @@ def check_config(cfg: Config) -> None:
         (t.sample_max_tokens < 1, "train.sample_max_tokens must be >= 1"),
         (t.time_budget is not None and t.max_steps is not None,
          "train.time_budget and train.max_steps are both set: a budget plans the steps itself; unset one of them"),
+        (t.packed_attention == "flex" and not t.packing, "train.packed_attention=flex needs train.packing=true"),
+        (t.packed_attention == "flex" and cfg.method.preference,
+         f"train.packed_attention=flex is for packed SFT rows; method {cfg.method.name}'s pairs share their prompt "
+         "through a dense mask: set train.packed_attention=auto or dense"),
     ] if bad]
     if t.time_budget is not None:
         try:
@@ -425,6 +431,7 @@ def _mixed_precision(setting: str) -> str:
 def _load_model(cfg: Config, acc):
     from tunesmith.models.load import load_model, load_tokenizer, local_folder
     from tunesmith.models.store import weights_digest
+    from tunesmith.train import packing
 
     with acc.main_process_first():  # a GGUF model is converted once, by the main process
         folder = local_folder(cfg.model.name, allow_pickle=cfg.model.allow_pickle)
@@ -434,8 +441,12 @@ def _load_model(cfg: Config, acc):
         model, tokenizer = load_model(str(folder), dtype=cfg.model.dtype, allow_pickle=cfg.model.allow_pickle)
     model.config.use_cache = False
     fused = methods.fused_kernels(model, cfg.train.fused_kernels)
+    attention = packing.packed_attention(model, cfg.train.packed_attention, acc.device,
+                                         packs=cfg.train.packing and not cfg.method.preference)
+    packing.attend_with(model, attention)  # before the method: LoRA wraps the model as it will attend
     base = {"base_model": cfg.model.name, "base_model_path": str(folder.resolve()),
-            "base_model_sha256": weights_digest(folder), "fused_kernels": "liger" if fused else None}
+            "base_model_sha256": weights_digest(folder), "fused_kernels": "liger" if fused else None,
+            "packed_attention": attention if cfg.train.packing else None}
     return model, tokenizer, base
 
 
@@ -809,8 +820,10 @@ def _train_collate(tokenizer, cfg: Config, model, device):
     dtype = packing.mask_dtype(model)
     costs = packing.device_costs(device)
     layout = packing.attention_layout(model)  # refuses architectures a block mask cannot keep apart
+    attention = packing.attention_of(model)  # the masks the model takes: dense 4D, or flex BlockMasks
     return lambda examples: packing.packed_micro_batches(examples, max_length=cfg.data.max_length, pad_id=pad,
-                                                          dtype=dtype, layout=layout, **costs)
+                                                          dtype=dtype, layout=layout, attention=attention,
+                                                          device=device, **costs)
 
 
 def _pair_collate(pad: int, model, *, packed: bool, max_length: int = 0, device=None):

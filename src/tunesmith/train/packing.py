@@ -10,6 +10,18 @@ A 4D mask replaces the model's own, sliding window included, so a sliding-window
 block mask cut to its window too: one mask for every layer (Mistral), or one per layer type for
 models with `layer_types` (Gemma 2/3, Qwen); see AttentionLayout.
 
+How the mask reaches attention is `train.packed_attention` (packed_attention()):
+- "dense": the float mask above, through the model's own attention (SDPA or eager). A dense
+  mask keeps SDPA off its fused kernels and costs (T, T) per row, so rows stay within max_length
+  and a pass pads its rows to the longest.
+- "flex": the model attends through torch's `flex_attention` (transformers'
+  attn_implementation="flex_attention") and the mask is a `BlockMask` built by
+  `create_block_mask` from per-token document ids: same document AND causal AND, for a
+  sliding-window layer type, the window; a dict of them keyed by layer type as above. Attention
+  then skips the masked blocks, so a pass is one row of all its examples back to back: no
+  padding (the padding-free packing FlashAttention's varlen kernel gives, without it). CUDA only:
+  on the CPU torch's flex_attention has no backward pass.
+
 Batches are dicts of tensors: the model inputs (`input_ids`, `attention_mask`, `position_ids`),
 `labels`, and `token_mask` (B, T) = 1 on real tokens, for the padding-waste figure. Which
 examples make up a step, and the padded (unpacked) path, live in batching.py.
@@ -19,13 +31,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
 from tunesmith.data.render import Rendered
 from tunesmith.errors import TrainError
 
 if TYPE_CHECKING:
     import torch
+    from torch.nn.attention.flex_attention import BlockMask
+
+Attention = Literal["dense", "flex"]
 
 IGNORE = -100
 
@@ -100,6 +115,55 @@ def attention_layout(model) -> AttentionLayout:
         raise TrainError(f"packing is not supported for architecture '{config.model_type}': its {', '.join(other)} "
                          "layers cannot be kept inside each example by a block mask", "set train.packing=false")
     return AttentionLayout({t: window if t == "sliding_attention" else None for t in sorted(set(types))}, per_type=True)
+
+
+def packed_attention(model, setting: str, device, *, packs: bool = True) -> Attention:
+    """train.packed_attention resolved for `model` training on `device`: "dense" or "flex" (module docstring).
+
+    auto: flex on a CUDA device where flex_attention can train this model, else dense (the CPU
+    path was measured with dense); flex: TrainError naming what is missing. packs=False (no
+    packing, or preference pairs, whose shared-prompt masks are not document masks): dense,
+    which check_config makes sure was not asked as flex.
+    """
+    if setting == "dense" or not packs:
+        return "dense"
+    missing = flex_missing(model, device)
+    if setting == "auto":
+        return "dense" if missing else "flex"
+    if missing:
+        raise TrainError(f"train.packed_attention=flex needs {missing}", "set train.packed_attention=auto or dense")
+    return "flex"
+
+
+def flex_missing(model, device) -> str | None:
+    """What torch's flex_attention lacks to train `model` on `device` (None: nothing)."""
+    import importlib.util
+
+    if not str(device).startswith("cuda"):
+        return "a CUDA GPU (on the CPU torch's flex_attention has no backward pass)"
+    if importlib.util.find_spec("torch.nn.attention.flex_attention") is None:
+        return "a torch with torch.nn.attention.flex_attention (2.5 or later)"
+    if importlib.util.find_spec("triton") is None:
+        return "the triton package (flex_attention compiles its CUDA kernels with it)"
+    model = _unwrap(model)
+    if not getattr(model, "_supports_flex_attn", False):
+        return f"a model type transformers runs through flex_attention (this one is {model.config.model_type!r})"
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    if getattr(config, "attention_dropout", 0.0):
+        return f"a model without attention dropout (flex_attention has none; this one has {config.attention_dropout})"
+    return None
+
+
+def attend_with(model, attention: Attention) -> None:
+    """Make `model` take the packed masks of `attention`: flex switches it to flex_attention (for every
+    forward pass: validation and sample answers too); dense keeps its own attention."""
+    if attention == "flex":
+        _unwrap(model).set_attn_implementation("flex_attention")
+
+
+def attention_of(model) -> Attention:
+    """The packed mask `model` takes: "flex" when it attends through flex_attention (attend_with), else "dense"."""
+    return "flex" if _unwrap(model).config._attn_implementation == "flex_attention" else "dense"
 
 
 def first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -203,7 +267,7 @@ def _shortest_fit(lengths: Sequence[int], n_rows: int, low: int, high: int) -> i
 
 def packed_micro_batches(
     examples: Sequence[Rendered], *, max_length: int, pad_id: int = 0, dtype=None, pass_tokens: int | None = None,
-    pass_slots: int | None = None, layout: AttentionLayout = FULL,
+    pass_slots: int | None = None, layout: AttentionLayout = FULL, attention: Attention = "dense", device=None,
 ) -> list[dict[str, "torch.Tensor"]]:
     """A micro-batch's examples -> packed batches, one per forward pass, run one after another.
 
@@ -211,13 +275,28 @@ def packed_micro_batches(
     LoRA in fp32), so on a CPU no pass holds more than max_length slots (pass_slots); the
     gradients of a step's passes accumulate and the loop normalises by the whole step's trained
     tokens, so the gradient is the same as in one pass. Memory then follows max_length, not
-    batch_size. Each pass is padded to its own longest row only.
+    batch_size. Dense: each pass is padded to its own longest row only. Flex: each pass is one
+    row of at most pass_slots tokens (default max_length), not padded; its BlockMasks are made
+    on `device`, the model's.
     """
     lengths = [len(e.input_ids) for e in examples]
-    plan = plan_rows(lengths, max_length, pass_tokens=pass_tokens, pass_slots=pass_slots)
+    if attention == "flex":
+        plan = flex_plan(lengths, pass_slots or max_length)
+    else:
+        plan = plan_rows(lengths, max_length, pass_tokens=pass_tokens, pass_slots=pass_slots)
     return [collate_packed([[examples[i] for i in row] for row in p.rows], pad_id=pad_id, length=p.length, dtype=dtype,
-                           layout=layout)
+                           layout=layout, attention=attention, device=device)
             for p in plan.passes]
+
+
+def flex_plan(lengths: Sequence[int], capacity: int) -> RowPlan:
+    """Passes of one row each, examples back to back up to `capacity` tokens: no padding.
+
+    The flex path's plan: a BlockMask lets attention skip the blocks it masks, so a long row of
+    short examples does not cost (T, T), and rows need not share a pass (which pads them).
+    """
+    rows = first_fit_decreasing(lengths, capacity)
+    return RowPlan([Pass([row], sum(min(lengths[i], capacity) for i in row)) for row in rows])
 
 
 def device_costs(device) -> dict[str, int | None]:
@@ -250,13 +329,15 @@ def _unwrap(model):
 
 def collate_packed(
     rows: Sequence[Sequence[Rendered]], *, pad_id: int = 0, length: int | None = None, dtype=None,
-    layout: AttentionLayout = FULL,
+    layout: AttentionLayout = FULL, attention: Attention = "dense", device=None,
 ) -> dict[str, "torch.Tensor"]:
     """Rows of examples -> input_ids, labels, position_ids (B, T), a block-causal mask (B, 1, T, T), token_mask.
 
     Each row is cut to `length` (default: the longest row) and padded to it. `dtype` is the mask's
     (the model's) float dtype, float32 by default. With a per-type `layout` the mask is a dict
-    {layer type: (B, 1, T, T)}; sliding-window layers' masks are cut to the window.
+    {layer type: (B, 1, T, T)}; sliding-window layers' masks are cut to the window. attention
+    "flex": the masks are BlockMasks of the same pattern (document_block_mask), made on `device`
+    (default the CPU), where the model runs: their mask function reads the segment ids there.
     """
     import torch
 
@@ -268,7 +349,11 @@ def collate_packed(
     segments = torch.full(shape, -1, dtype=torch.long)  # -1 = padding, its own block
     for b, row in enumerate(rows):
         _fill_row(row, length, input_ids[b], labels[b], position_ids[b], segments[b])
-    masks = {kind: block_causal_mask(segments, dtype=dtype, window=w) for kind, w in layout.windows.items()}
+    if attention == "flex":
+        on_device = segments.to(device or "cpu")
+        masks = {kind: document_block_mask(on_device, window=w) for kind, w in layout.windows.items()}
+    else:
+        masks = {kind: block_causal_mask(segments, dtype=dtype, window=w) for kind, w in layout.windows.items()}
     return {
         "input_ids": input_ids,
         "attention_mask": masks if layout.per_type else masks["all"],
@@ -310,6 +395,26 @@ def block_causal_mask(segments: "torch.Tensor", *, dtype=None, window: int | Non
     allowed = (same & causal)[:, None]  # (B, 1, T, T)
     mask = torch.zeros(allowed.shape, dtype=dtype)
     return mask.masked_fill_(~allowed, float("-inf"))
+
+
+def document_block_mask(segments: "torch.Tensor", *, window: int | None = None) -> "BlockMask":
+    """(B, T) segment ids -> a flex_attention BlockMask (B, 1, T, T) that allows what block_causal_mask
+    allows (same segment, j <= i, i - j < window when there is one), on the segments' device.
+
+    On CUDA create_block_mask is compiled, as torch advises: uncompiled it evaluates the mask over
+    every (i, j) at once, int64 segment ids included (8 B * T * T: 0.5 GB for a row of 8192). On
+    the CPU (tests: flex does not train there) it is not, which spares inductor's C++ compile.
+    """
+    import torch
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def allowed(b, h, q, k):  # index tensors, called by create_block_mask and inside the kernel
+        keep = (segments[b, q] == segments[b, k]) & (q >= k)
+        return keep & (q - k < window) if window is not None else keep
+
+    B, T = segments.shape
+    make = torch.compile(create_block_mask) if segments.is_cuda else create_block_mask
+    return make(allowed, B, None, T, T, device=segments.device)
 
 
 def batch_stats(batch: dict[str, "torch.Tensor"]) -> tuple[int, int, int]:
