@@ -31,4 +31,5 @@ def test_config_parses(name):
         assert config.deepspeed_config["zero_stage"] == stage
         assert config.deepspeed_config["gradient_accumulation_steps"] == 1
     if kind == "FSDP":
-        assert config.fsdp_config["fsdp_use_orig_params"] is True
+        assert config.fsdp_config["fsdp_version"] == 2  # FSDP2: per-parameter sharding, LoRA's frozen weights beside trained ones
+        assert config.fsdp_config["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"  # each process checkpoints its shard
