@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import LaunchError, RunError
-from tunesmith.train.checkpoint import SHARDED
 
 _LAUNCH_HINT = ("on CPU processes use DDP: accelerate launch --multi_gpu --num_processes N $(which tunesmith) train "
                 "CONFIG.yaml (the processes talk over gloo); FSDP and DeepSpeed shard over one GPU per process")
@@ -116,9 +115,10 @@ def save_state(acc, folder: Path) -> Path:
     return folder
 
 
-def load_state(acc, folder: Path) -> None:
-    """Every process reads its shard back (the model's and optimizer's state as they were at the save)."""
-    acc.load_state(str(folder / SHARDED))
+def load_state(acc, shards: Path) -> None:
+    """Every process reads its shard back from a checkpoint's sharded/ (the model's and optimizer's state
+    as they were at the save)."""
+    acc.load_state(str(shards))
     acc.wait_for_everyone()
 
 

@@ -767,7 +767,7 @@ def _restore(s: _Session, model, optimizer, scheduler) -> LoopState:
     """Load the latest checkpoint (verified) into model, optimizer, schedule and RNG; its loop state."""
     saved = checkpoint.load(s.resume_from)
     if saved["sharded"] is not None:  # FSDP / DeepSpeed: every process reads its shard of weights and optimizer
-        distributed.load_state(s.accelerator, s.resume_from)
+        distributed.load_state(s.accelerator, saved["sharded"])
     else:
         checkpoint.load_weights(s.accelerator.unwrap_model(model), saved["weights"])
         optimizer.load_state_dict(saved["optimizer"])

@@ -65,15 +65,15 @@ def per_row_eval(model, batch: dict, *, chunk_size: int = CHUNK) -> tuple[torch.
     loss = torch.zeros(len(labels), dtype=torch.float32, device=labels.device)
     correct = torch.zeros(len(labels), dtype=torch.long, device=labels.device)
     if is_sharded(model):  # the wrapper's forward gathers the weights: logits at trained positions, at once
-        logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits.float()  # (N, V)
-        loss.index_add_(0, rows, F.cross_entropy(logits, targets, reduction="none"))
-        correct.index_add_(0, rows, (logits.argmax(-1) == targets).long())
-        return loss, keep.sum(dim=1), correct
-    lm = _causal_lm(model.module if _is_ddp(model) else model)
-    selected = lm.get_decoder()(**inputs, use_cache=False).last_hidden_state[keep]  # (N, H)
-    head = lm.get_output_embeddings()
+        every = model(**inputs, logits_to_keep=keep, use_cache=False).logits  # (N, V)
+        logits_of = lambda a, b: every[a:b]  # noqa: E731
+    else:
+        lm = _causal_lm(model.module if _is_ddp(model) else model)
+        selected = lm.get_decoder()(**inputs, use_cache=False).last_hidden_state[keep]  # (N, H)
+        head = lm.get_output_embeddings()
+        logits_of = lambda a, b: output_logits(lm, selected[a:b], head)  # noqa: E731
     for start in range(0, len(targets), chunk_size):
-        logits = output_logits(lm, selected[start : start + chunk_size], head).float()  # (n, V)
+        logits = logits_of(start, start + chunk_size).float()  # (n, V)
         y, r = targets[start : start + chunk_size], rows[start : start + chunk_size]
         loss.index_add_(0, r, F.cross_entropy(logits, y, reduction="none"))
         correct.index_add_(0, r, (logits.argmax(-1) == y).long())
