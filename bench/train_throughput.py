@@ -4,6 +4,8 @@
     python bench/train_throughput.py --quick    # a tiny 2-layer model, 1 repeat (CI smoke run)
     python bench/train_throughput.py --random-weights   # SmolLM2-135M's shape, random weights (a GPU box
                                                         # without the model file: speed and memory only)
+    python bench/train_throughput.py --shape llama-3.2-1b   # Llama-3.2-1B's shape (config.json's numbers),
+                                                            # random weights: issue 15's 1B-class target
 
 On a CUDA machine both sides train on the GPU with their defaults there (TRL: bf16 autocast and
 gradient checkpointing; tunesmith: bf16, packed rows through SDPA, Liger kernels when installed)
@@ -16,7 +18,16 @@ exactly one epoch, so both have seen every training example once. Each side runs
 subprocess so its peak RSS is its own. Printed per side: useful (loss-bearing) tokens/s,
 padding waste %, peak RSS, final training loss; then the ratios b/a and, last, one line:
 
-    RESULT tokens_per_s_ratio=<b/a> peak_rss_ratio=<b/a> padding_waste=<b, %> loss_delta=<(b-a)/a, %>
+    RESULT tokens_per_s_ratio=<b/a> peak_rss_ratio=<b/a> peak_gpu_ratio=<b/a, nan without CUDA>
+           padding_waste=<b, %> loss_delta=<(b-a)/a, %> mfu=<b, %>/<a, %>
+
+MFU (model FLOPs utilisation) is the model's training FLOPs per token, PaLM's convention
+(6 x the parameters the tokens pass through, the input embedding left out, plus 12 x layers x
+attention width x the mean example length for attention), times the real (non-padding) tokens
+each side processed per second, over the device's peak: bf16 dense tensor-core FLOP/s of a
+known GPU (GPU_PEAK below, or --peak-tflops), on a CPU a measured fp32 matmul. It is the same
+formula for both sides, so the ratio of MFUs is the ratio of real tokens/s; LoRA skips the
+frozen weights' gradients (about a third of that work), so neither side can reach 100%.
 
 `--packed-attention dense,flex` runs tunesmith once per value of train.packed_attention
 instead (interleaved, no TRL) and ends with one line comparing the second to the first:
@@ -60,6 +71,26 @@ WARMUP = 0.05  # tunesmith's default warmup ratio, given to TRL as steps (ceil) 
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}
 MAX_LENGTH = 1024  # TRL's default max_length and tunesmith's data.max_length
 WARM_STEPS = 2  # tunesmith's steady tokens/s counts the steps after these (flex_attention compiles in the first)
+
+
+# bf16 dense (no sparsity) tensor-core peak FLOP/s by the name torch gives the device (first match wins)
+GPU_PEAK = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "GH200": 989e12, "B200": 2250e12,
+            "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 70e12, "A10": 125e12, "RTX 4090": 165e12}
+
+# Random-weight model shapes (--shape): each its config.json's numbers; the SmolLM2 tokenizer's ids
+# fit every vocabulary here, and a larger vocabulary keeps the logits' real cost.
+SHAPES = {
+    "smollm2-135m": dict(  # HuggingFaceTB/SmolLM2-135M-Instruct
+        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+        num_key_value_heads=3, head_dim=64, max_position_embeddings=8192, rms_norm_eps=1e-5,
+        rope_parameters={"rope_theta": 100000.0, "rope_type": "default"}, tie_word_embeddings=True),
+    "llama-3.2-1b": dict(  # meta-llama/Llama-3.2-1B(-Instruct)
+        vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=64, max_position_embeddings=131072, rms_norm_eps=1e-5,
+        rope_parameters={"rope_theta": 500000.0, "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+        tie_word_embeddings=True),
+}
 
 
 # ------------------------------------------------------------------ data
@@ -109,23 +140,54 @@ def _write(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def random_smollm2(folder: Path) -> Path:
-    """SmolLM2-135M-Instruct's architecture (its config.json) with seeded random weights, real tokenizer."""
+def random_model(folder: Path, shape: str) -> Path:
+    """A Llama of SHAPES[shape] with seeded random weights, stored in bf16 (as the hub's are), real tokenizer."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     if (folder / "config.json").is_file():
         return folder
     tok = AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
-    config = LlamaConfig(
-        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-        num_key_value_heads=3, head_dim=64, max_position_embeddings=8192, rms_norm_eps=1e-5,
-        rope_parameters={"rope_theta": 100000.0, "rope_type": "default"}, bos_token_id=1, eos_token_id=2,
-        pad_token_id=2, tie_word_embeddings=True)
+    config = LlamaConfig(**SHAPES[shape], bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)
     torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # a 1B init takes a while on a CPU
+        model = LlamaForCausalLM(config)
+    model.to(torch.bfloat16).save_pretrained(folder, safe_serialization=True)
     tok.save_pretrained(folder)
+    del model
     return folder
+
+
+def flops_per_token(model: str, mean_length: float) -> float:
+    """Training FLOPs per token of the model folder `model`, PaLM's convention (see the docstring: MFU)."""
+    from transformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(model)
+    c = getattr(c, "text_config", c)
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    attention = c.hidden_size * head_dim * (c.num_attention_heads * 2 + kv * 2)  # q, o; k, v
+    mlp = 3 * c.hidden_size * c.intermediate_size  # gate, up, down
+    params = c.num_hidden_layers * (attention + mlp) + c.vocab_size * c.hidden_size  # + the output projection
+    return 6 * params + 12 * c.num_hidden_layers * c.num_attention_heads * head_dim * mean_length
+
+
+def peak_flops(override_tflops: float | None) -> tuple[float, str]:
+    """The device's peak FLOP/s and what it is: --peak-tflops, a known GPU's bf16 dense peak, a CPU matmul."""
+    import torch
+
+    if override_tflops:
+        return override_tflops * 1e12, f"{override_tflops:g} TFLOP/s (--peak-tflops)"
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        peak = next((v for k, v in GPU_PEAK.items() if k in name), None)
+        return (peak or math.nan), (f"{name}: {peak / 1e12:g} TFLOP/s bf16 dense" if peak
+                                    else f"{name}: peak unknown, pass --peak-tflops")
+    from tunesmith.train.progress import _matmul_rate
+
+    rate = _matmul_rate("cpu", "float32")
+    return rate, f"CPU: {rate / 1e9:.0f} GFLOP/s, a measured fp32 matmul ({torch.get_num_threads()} threads)"
 
 
 def tiny_model(folder: Path) -> Path:
@@ -346,6 +408,8 @@ def run_child(side: str, spec: dict, workdir: Path, script: str = __file__) -> d
 def summarise(result: dict) -> dict:
     summary = {
         "useful_tokens_per_s": result["loss_tokens"] / result["seconds"],
+        "real_tokens_per_s": result["tokens"] / result["seconds"],
+        "tokens": result["tokens"],
         "padding_waste_pct": 100 * (1 - result["tokens"] / result["slots"]),
         "peak_rss_mb": result["peak_rss_mb"],
         "peak_gpu_mb": result.get("peak_gpu_mb") or 0.0,
@@ -376,6 +440,9 @@ def main() -> None:
     p.add_argument("--model", help="a local model folder instead of the embedded SmolLM2-135M-Instruct")
     p.add_argument("--random-weights", action="store_true",
                    help="SmolLM2-135M's shape with random weights (no model file needed; speed and memory only)")
+    p.add_argument("--shape", choices=sorted(SHAPES), help="this model shape with random weights (as --random-weights)")
+    p.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s for MFU (default: known GPUs' bf16 "
+                   "dense peak, on a CPU a measured matmul)")
     p.add_argument("--trl-fp32", action="store_true", help="TRL without its bf16 default (a faster peer on CPUs without bf16)")
     p.add_argument("--trl-no-checkpointing", action="store_true", help="TRL without its gradient-checkpointing default")
     p.add_argument("--ts-set", action="append", default=[], help="extra tunesmith config override (lever measurements)")
@@ -406,8 +473,8 @@ def bench(a) -> None:
         files = build_data(tmp / "data", n_faq=n_faq, n_long=n_long, max_turns=3 if a.quick else 8, seed=a.seed)
         if a.quick:
             model = str(tiny_model(tmp / "tiny-model"))
-        elif a.random_weights:
-            model = str(random_smollm2(tmp / "random-smollm2"))
+        elif a.shape or a.random_weights:
+            model = str(random_model(tmp / f"random-{a.shape or 'smollm2-135m'}", a.shape or "smollm2-135m"))
         elif a.model:
             model = a.model
         else:
@@ -432,6 +499,13 @@ def bench(a) -> None:
                 s = summarise(run_child(child, child_spec, tmp / f"{label}-{r}"))
                 results[label].append(s)
                 print_row(f"{label}#{r + 1}", s)
+        runs = [r for rs in results.values() for r in rs]  # each run saw every example once (one epoch)
+        mean_tokens = sum(r["tokens"] for r in runs) / (len(runs) * (n_faq + n_long))  # real tokens per example
+        per_token, (peak, peak_what) = flops_per_token(model, mean_tokens), peak_flops(a.peak_tflops)
+        for runs in results.values():
+            for r in runs:
+                r["mfu_pct"] = 100 * per_token * r["real_tokens_per_s"] / peak
+        print(f"MFU: {per_token / 1e9:.2f} GFLOP per token (mean example {mean_tokens:.0f} tokens), peak {peak_what}")
         report(results, a.json, variants=bool(a.packed_attention))
 
 
@@ -458,12 +532,15 @@ def report(results: dict[str, list[dict]], json_path: str | None, variants: bool
     speed = b["useful_tokens_per_s"] / a["useful_tokens_per_s"]
     rss = b["peak_rss_mb"] / a["peak_rss_mb"]
     delta = 100 * (b["final_loss"] - a["final_loss"]) / a["final_loss"]
+    gpu = b["peak_gpu_mb"] / a["peak_gpu_mb"] if a["peak_gpu_mb"] and b["peak_gpu_mb"] else float("nan")  # nan: no GPU
     if a["peak_gpu_mb"] and b["peak_gpu_mb"]:
-        print(f"peak GPU memory b/a: {b['peak_gpu_mb'] / a['peak_gpu_mb']:.2f}x")
+        print(f"peak GPU memory b/a: {gpu:.2f}x")
     print(f"ratios b/a: useful tokens/s {speed:.2f}x, peak RSS {rss:.2f}x; "
-          f"padding waste {b['padding_waste_pct']:.1f}% (a: {a['padding_waste_pct']:.1f}%); final loss {delta:+.2f}%")
-    print(f"RESULT tokens_per_s_ratio={speed:.3f} peak_rss_ratio={rss:.3f} "
-          f"padding_waste={b['padding_waste_pct']:.2f} loss_delta={delta:.3f}")
+          f"padding waste {b['padding_waste_pct']:.1f}% (a: {a['padding_waste_pct']:.1f}%); final loss {delta:+.2f}%; "
+          f"MFU {b.get('mfu_pct', math.nan):.1f}% (a: {a.get('mfu_pct', math.nan):.1f}%)")
+    print(f"RESULT tokens_per_s_ratio={speed:.3f} peak_rss_ratio={rss:.3f} peak_gpu_ratio={gpu:.3f} "
+          f"padding_waste={b['padding_waste_pct']:.2f} loss_delta={delta:.3f} "
+          f"mfu={b.get('mfu_pct', math.nan):.2f}/{a.get('mfu_pct', math.nan):.2f}")
 
 
 def report_variants(first: tuple[str, dict], second: tuple[str, dict]) -> None:
