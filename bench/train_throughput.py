@@ -522,6 +522,7 @@ def report(results: dict[str, list[dict]], json_path: str | None, variants: bool
     print("medians:")
     for side, m in medians.items():
         print_row(side, m)
+    print("MFU: " + ", ".join(f"{side} {m['mfu_pct']:.2f}%" for side, m in medians.items() if "mfu_pct" in m))
     if json_path:
         Path(json_path).write_text(json.dumps({"runs": results, "medians": medians}, indent=2))
     if variants and len(medians) == 2:
