@@ -28,7 +28,7 @@ def chat_cmd(
     from tunesmith.serve.engine import Engine
 
     check_sampling(max_new_tokens, temperature, top_p)
-    engine = Engine.load([target], device=device)
+    engine = Engine.load([target], device=device, max_batch=1)  # one person: llama.cpp allocates a cache per sequence
     name = engine.names[0]
     session = ChatSession(engine, name, max_new_tokens, temperature, top_p, seed, system)
     console.print(f"chatting with {name} ({HELP})", markup=False)

@@ -58,6 +58,11 @@ class Event:
     token_ids: tuple[int, ...] = ()  # on the last event: every generated id (the stop token included)
 
 
+def failure(e: Exception) -> Event:
+    """The last Event of a request its engine could not run (`e` says why), as its client receives it."""
+    return Event(error=f"generation failed: {type(e).__name__}: {e}", finish_reason="error")
+
+
 def whole(texts: Sequence[str], last: Event) -> Event:
     """One answer's Events as one: the pieces' text joined, the last event's reason and counts."""
     return Event("".join(texts), last.finish_reason, last.prompt_tokens, last.completion_tokens, last.error,
@@ -217,7 +222,7 @@ class Engine:
             self._prefill(joining)
         except Exception as e:  # requests that cannot run answer their own clients; the running batch goes on
             for handle in joining:
-                handle.sink(Event(error=f"generation failed: {type(e).__name__}: {e}", finish_reason="error"))
+                handle.sink(failure(e))
 
     def _prefill(self, handles: list[Handle]) -> None:
         """Run the prompts together (left-padded), sample each first token, and merge their cache into the batch's."""

@@ -2,11 +2,14 @@
 
 `LlamaCppEngine` serves a GGUF on the CPU at llama.cpp's speed. It is models/engine.Engine with the forward pass swapped: the queue, cancellation,
 sampling (`pick`: the same greedy / temperature / top-p / seed rules), stop tokens and strings and
-incremental text (`TextAssembler`) are the torch engine's own; only prefill and decode call
-llama.cpp (llama-cpp-python, in this process). Prompts are rendered by the one renderer with the
+incremental text (`TextAssembler`) are the torch engine's own; only the forward pass calls
+llama.cpp (llama-cpp-python's low-level API, in this process). Prompts are rendered by the one renderer with the
 tokenizer read from the GGUF itself, so the ids are the ones the export verified llama.cpp reads.
-One sequence runs at a time (llama-cpp-python's `Llama` holds one sequence); the others wait in the
-queue, where the server's limits (serve.max_queue, 503) apply as for the torch engine.
+Up to `max_batch` requests run at once as sequences of ONE llama.cpp context, each with a KV cache
+of its own (`_Context`); each step is one `llama_decode` holding the prompts of the requests that
+join and the last token of every running one (as llama.cpp's server batches), so concurrent
+clients share the passes. The others wait in the queue, where the server's limits
+(serve.max_queue, 503) apply as for the torch engine.
 
 The export runs the quantizer and its check of a written file here, in a child process
 (export/llama_cpp.py): llama.cpp aborts the whole process on a file it cannot read.
@@ -15,6 +18,7 @@ The export runs the quantizer and its check of a written file here, in a child p
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import weakref
@@ -22,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import ServeError
-from tunesmith.models.engine import Engine, Handle, TextAssembler, _generator, _Row
+from tunesmith.models.engine import Engine, Handle, TextAssembler, _generator, _Row, failure
 
 INSTALL_HINT = "llama-cpp-python is not installed: run `make install` (or pip install 'llama-cpp-python==0.3.36')"
 # our name -> llama.cpp's llama_ftype constant (llama-cpp-python exposes them as LLAMA_FTYPE_*)
@@ -38,59 +42,171 @@ def available() -> bool:
 
 
 class LlamaCppEngine(Engine):
-    """Engine over a GGUF file in llama.cpp. `n_ctx` tokens of context (prompt + answer) per request."""
+    """Engine over a GGUF file in llama.cpp: up to `max_batch` requests at once, each with `n_ctx` tokens of context.
 
-    def __init__(self, path: str | Path, tokenizer, *, n_ctx: int = 4096, threads: int | None = None):
+    `n_ctx` is per request (prompt + answer, capped at the trained context); the KV cache is
+    allocated whole at load, `max_batch` x `n_ctx` cells, so memory grows with both.
+    """
+
+    def __init__(self, path: str | Path, tokenizer, *, n_ctx: int = 4096, max_batch: int = 8,
+                 threads: int | None = None):
         if not available():
             raise ServeError(f"serving a GGUF on llama.cpp needs llama-cpp-python: {INSTALL_HINT}")
-        import llama_cpp
-
         trained = _trained_context(path)
         n_ctx = min(n_ctx, trained) if trained else n_ctx
-        try:
-            llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads or os.cpu_count() or 1,
-                                  verbose=False)
-        except Exception as e:  # llama-cpp-python raises ValueError with llama.cpp's reason on stderr
-            raise ServeError(f"llama.cpp cannot load {path} ({e})", "check the file with `tunesmith export` again") from None
-        super().__init__(llm, tokenizer, max_batch=1)
-        self.path, self.n_ctx, self.n_vocab = Path(path), n_ctx, llm.n_vocab()
-        weakref.finalize(self, llm.close)  # freed while the interpreter is whole (its __del__ at exit raises)
+        context = _Context(Path(path), n_ctx, max_batch, threads or os.cpu_count() or 1)
+        super().__init__(context, tokenizer, max_batch=max_batch)
+        self.batchable = True  # each sequence has its own KV stream: rows join and leave without touching the others
+        self.path, self.n_ctx = Path(path), n_ctx
+        self._seqs: dict[_Row, int] = {}  # each active row's llama.cpp sequence id
+        weakref.finalize(self, context.close)  # freed while the interpreter is whole
 
     @property
     def context_length(self) -> int:
         return self.n_ctx
 
     def _prefill(self, handles: list[Handle]) -> None:
-        (handle,) = handles  # max_batch is 1: llama-cpp-python's Llama holds one sequence
-        if len(handle.prompt_ids) >= self.n_ctx:
-            raise ValueError(f"the prompt has {len(handle.prompt_ids)} tokens; llama.cpp's context holds {self.n_ctx}")
-        self.model.reset()
-        self.model.eval(handle.prompt_ids)
-        row = _Row(handle, _generator("cpu", handle.sampling.seed), TextAssembler(self.tokenizer, handle.sampling.stop),
-                   self.stop_ids, length=len(handle.prompt_ids))
-        self._rows.append(row)
-        self._take(row, self._logits())
+        """Give each joining request a free sequence; its prompt is fed in this step's one pass (`_decode`)."""
+        for handle in handles:
+            if len(handle.prompt_ids) >= self.n_ctx:  # this request's error event; the others join
+                handle.sink(failure(ValueError(f"the prompt has {len(handle.prompt_ids)} tokens; "
+                                               f"llama.cpp's context holds {self.n_ctx}")))
+                continue
+            row = _Row(handle, _generator("cpu", handle.sampling.seed),
+                       TextAssembler(self.tokenizer, handle.sampling.stop), self.stop_ids)  # length 0: nothing fed yet
+            # the lowest free id: llama.cpp batches only runs of consecutive ids in one ubatch (_Context)
+            self._seqs[row] = min(set(range(self.max_batch)) - set(self._seqs.values()))
+            self._rows.append(row)
 
     def _decode(self) -> None:
-        (row,) = self._rows
-        if row.length + 1 >= self.n_ctx:  # the context is full: the answer ends here
-            return self._finish(row, "length")
-        self.model.eval([row.next_token])
-        self.passes += 1
-        row.length += 1
-        self._take(row, self._logits())
-
-    def _drop(self, leaving: list[_Row]) -> None:
-        self._rows = [r for r in self._rows if r not in leaving]
-
-    def _logits(self) -> Any:
-        """The last position's logits as a torch tensor (V,), for the shared sampler."""
-        import llama_cpp
-        import numpy as np
+        """One pass: the prompt of every row not yet fed (length 0) and the sampled token of every running row."""
         import torch
 
-        pointer = llama_cpp.llama_get_logits_ith(self.model.ctx, -1)
-        return torch.from_numpy(np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy())
+        for row in [r for r in self._rows if r.length + 1 >= self.n_ctx]:
+            self._finish(row, "length")  # its context is full: the answer ends here
+        rows = list(self._rows)
+        if not rows:
+            return
+        feeds = [row.handle.prompt_ids if row.length == 0 else [row.next_token] for row in rows]
+        logits = self.model.decode([(self._seqs[r], r.length, f) for r, f in zip(rows, feeds)])
+        self.passes += 1
+        for row, fed, row_logits in zip(rows, feeds, logits):
+            row.length += len(fed)
+            self._take(row, torch.from_numpy(row_logits))
+
+    def _drop(self, leaving: list[_Row]) -> None:
+        """Take rows out of the batch and their cells out of the KV cache, so the next request reuses the sequence."""
+        for row in leaving:
+            if row in self._seqs:
+                self.model.forget(self._seqs.pop(row))
+        self._rows = [r for r in self._rows if r not in leaving]
+
+    def fail(self, message: str) -> None:
+        """The base's, then an empty KV cache: a failed llama_decode may leave part of its batch in it."""
+        super().fail(message)
+        self._seqs.clear()
+        self.model.clear()
+
+
+class _Context:
+    """A GGUF's weights and one llama.cpp context of `n_seq` sequences, each with `n_ctx` KV cells of its own.
+
+    kv_unified=False: llama.cpp splits the context's n_ctx into n_seq_max streams (n_ctx_seq, rounded
+    up to 256), so the context is made n_ctx x n_seq and every sequence can always use its whole
+    share: no request runs out of cells because of the others, and a token's attention reads only
+    its own sequence's cells (kv_unified=True, one pool as llama.cpp's server has with its automatic
+    slot count, lets a sequence use what others leave free, but the pool can fill up mid-answer).
+    llama.cpp puts only runs of consecutive sequence ids in one ubatch of separate streams
+    (split_equal), so tokens go in id order and the engine hands out the lowest free id.
+    Flash attention is off, as `Llama` has it, so the numerics are the ones the export's check
+    measured (on the test model it moves logits by ~1e-2). A sequence's logits in a batch are then
+    bit-identical to its logits alone (tests/test_serve_llama_cpp.py pins it).
+    """
+
+    def __init__(self, path: Path, n_ctx: int, n_seq: int, threads: int):
+        import llama_cpp
+
+        llama_cpp.llama_backend_init()
+        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's load log, as Llama(verbose=False)
+        self.batch = self.ctx = None
+        self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), llama_cpp.llama_model_default_params())
+        if not self.model:  # llama.cpp's reason is on stderr
+            raise ServeError(f"llama.cpp cannot load {path}", "check the file with `tunesmith export` again")
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx, params.n_seq_max, params.kv_unified = n_ctx * n_seq, n_seq, False
+        params.n_threads = params.n_threads_batch = threads
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # the verified numerics (see above)
+        self.ctx = llama_cpp.llama_init_from_model(self.model, params)
+        if not self.ctx:
+            self.close()
+            raise ServeError(f"llama.cpp cannot make a context of {n_seq} sequences x {n_ctx} tokens for {path}",
+                             "serve fewer requests at once (serve.max_batch) or give them less context")
+        self.n_batch = llama_cpp.llama_n_batch(self.ctx)  # tokens one llama_decode takes (more aborts the process)
+        self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self.model))
+
+    def decode(self, feeds: list[tuple[int, int, list[int]]]) -> list[Any]:
+        """Feed each (sequence id, position of its first token, tokens); the logits (V,) after each one's last token.
+
+        In input order, as numpy arrays; the tokens go in sequence-id order, n_batch at a time.
+        """
+        order = sorted(range(len(feeds)), key=lambda k: feeds[k][0])
+        cells = [(k, feeds[k][0], feeds[k][1] + i, token, i == len(feeds[k][2]) - 1)
+                 for k in order for i, token in enumerate(feeds[k][2])]  # (feed, seq, pos, token, wants logits)
+        logits: list[Any] = [None] * len(feeds)
+        for start in range(0, len(cells), self.n_batch):
+            chunk = cells[start:start + self.n_batch]
+            self._run(chunk)
+            for i, (k, *_, last) in enumerate(chunk):
+                if last:
+                    logits[k] = self._logits(i)
+        return logits
+
+    def _run(self, cells: list[tuple]) -> None:
+        """One llama_decode of `cells`; it returns non-zero for a bad batch (-1) or no free cells (1): raised."""
+        import llama_cpp
+
+        batch = self.batch
+        batch.n_tokens = len(cells)
+        for i, (_, seq, pos, token, last) in enumerate(cells):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos, 1, last
+            batch.seq_id[i][0] = seq
+        rc = llama_cpp.llama_decode(self.ctx, batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc} for {len(cells)} tokens")
+
+    def _logits(self, i: int) -> Any:
+        """Batch entry i's logits (V,), copied: llama.cpp reuses the buffer on the next decode."""
+        import llama_cpp
+        import numpy as np
+
+        pointer = llama_cpp.llama_get_logits_ith(self.ctx, i)
+        return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy()
+
+    def forget(self, seq: int) -> None:
+        """Remove a sequence's cells from the KV cache, so the id can serve another request."""
+        import llama_cpp
+
+        llama_cpp.llama_memory_seq_rm(self.memory, seq, -1, -1)
+
+    def clear(self) -> None:
+        """Empty the KV cache of every sequence."""
+        import llama_cpp
+
+        llama_cpp.llama_memory_clear(self.memory, True)
+
+    def close(self) -> None:
+        """Free the batch, the context, then the model (in that order); a second call does nothing."""
+        import llama_cpp
+
+        if self.batch is not None:
+            llama_cpp.llama_batch_free(self.batch)
+        if self.ctx:
+            llama_cpp.llama_free(self.ctx)
+        if self.model:
+            llama_cpp.llama_model_free(self.model)
+        self.batch = self.ctx = self.model = None
 
 
 def _trained_context(path: str | Path) -> int | None:

@@ -75,7 +75,8 @@ class Engine:
         llama.cpp for a GGUF file or export folder, torch for the rest; 'llamacpp' also puts a GGUF
         store model on llama.cpp; 'torch' loads every GGUF through transformers (dequantized).
         """
-        return cls(load_slots(specs, base, dtype=dtype, device=device, engine=engine), max_batch=max_batch)
+        return cls(load_slots(specs, base, dtype=dtype, device=device, engine=engine, max_batch=max_batch),
+                   max_batch=max_batch)
 
     @property
     def names(self) -> list[str]:
@@ -119,8 +120,10 @@ class Engine:
 
 
 def load_slots(specs: Sequence[str], base: str | None, *, dtype: str = "auto", device: str = "auto",
-               engine: str = "auto") -> list[Slot]:
+               engine: str = "auto", max_batch: int = MAX_BATCH) -> list[Slot]:
     """One Slot per run (adapters grouped on a shared base) or GGUF (on llama.cpp), plus, with `base`, the base.
+
+    `max_batch` is the sequences a GGUF's llama.cpp context holds (the torch engines get it from `Engine`).
 
     Each run is resolved by the one deliverable type; LoRA runs on one base are put on ONE copy of
     it (the deliverable's own load would give each run a copy), the reason this loads bases itself.
@@ -137,7 +140,7 @@ def load_slots(specs: Sequence[str], base: str | None, *, dtype: str = "auto", d
     ggufs = {s: _gguf_for(s, engine) for s in [*specs, *([base] if base else [])]}
     sources = [resolve(s) for s in specs if ggufs[s] is None]
     base_name = ModelStore().resolve(base).name if base and ggufs[base] is None else None
-    slots: list[Slot] = [_llama_cpp_slot(spec, path) for spec, path in ggufs.items() if path is not None]
+    slots: list[Slot] = [_llama_cpp_slot(spec, path, max_batch) for spec, path in ggufs.items() if path is not None]
     _check_unique([s.name for s in slots] + [s.name for s in sources] + ([base_name] if base_name else []))
     shared: dict[Path, Any] = {}  # base folder -> the (peft) model holding every adapter on it
     for src in sources:
@@ -184,10 +187,10 @@ def _gguf_for(spec: str, engine: str) -> Path | None:
     return path
 
 
-def _llama_cpp_slot(spec: str, path: Path) -> Slot:
+def _llama_cpp_slot(spec: str, path: Path, max_batch: int) -> Slot:
     from tunesmith.models.llama_cpp import LlamaCppEngine
 
-    runner = LlamaCppEngine(path, load_gguf_tokenizer(path))
+    runner = LlamaCppEngine(path, load_gguf_tokenizer(path), max_batch=max_batch)
     return Slot(_gguf_name(spec, path), runner.model, runner.tokenizer, source=str(path), runner=runner)
 
 
