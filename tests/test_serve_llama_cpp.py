@@ -72,7 +72,7 @@ def test_a_gguf_export_is_served_on_llama_cpp_under_its_run_name(gguf_export):
 def test_engine_choice_and_refusals(gguf_export):
     import llama_cpp
 
-    from tunesmith.models.llama_cpp import LlamaCppEngine
+    from tunesmith.models.llama_cpp import MAX_SEQUENCES, LlamaCppEngine
     from tunesmith.serve.engine import load_slots
 
     file = next(gguf_export["export"].glob("*.gguf"))
@@ -81,6 +81,8 @@ def test_engine_choice_and_refusals(gguf_export):
     # serve.max_batch is the sequences llama.cpp's context holds, each with the whole context
     assert slot.runner.max_batch == llama_cpp.llama_n_seq_max(slot.runner.model.ctx) == 3
     assert llama_cpp.llama_n_ctx_seq(slot.runner.model.ctx) >= slot.context_length
+    (many,) = load_slots([str(file)], None, max_batch=16)  # the default serve.max_batch: capped, each cache is whole
+    assert many.runner.max_batch == llama_cpp.llama_n_seq_max(many.runner.model.ctx) == MAX_SEQUENCES
     with pytest.raises(ServeError, match="'.*run-lora' is not a GGUF file or export: llama.cpp serves GGUF"):
         load_slots([str(gguf_export["run"])], None, engine="llamacpp")
     with pytest.raises(ServeError, match="unknown engine 'vllm'"):

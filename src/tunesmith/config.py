@@ -155,7 +155,7 @@ class ServeConfig:
     engine: Literal["auto", "torch", "llamacpp"] = opt(
         "auto", "auto (llama.cpp for a GGUF file or export, torch otherwise) | torch | llamacpp")
     max_batch: int = opt(16, "requests decoded together in one forward pass (continuous batching); on llama.cpp "
-                             "each has a KV cache of the whole context, allocated at start")
+                             "at most 4, each with a KV cache of the whole context, allocated at start")
     max_queue: int = opt(64, "requests waiting for the engine; past it a request gets 503 with Retry-After")
     allowed_hosts: list[str] = opt(
         ["localhost", "127.0.0.1", "::1"],

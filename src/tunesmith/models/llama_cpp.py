@@ -30,6 +30,9 @@ from tunesmith.models.engine import Engine, Handle, TextAssembler, _generator, _
 
 INSTALL_HINT = "llama-cpp-python is not installed: run `make install` (or pip install 'llama-cpp-python==0.3.36')"
 # our name -> llama.cpp's llama_ftype constant (llama-cpp-python exposes them as LLAMA_FTYPE_*)
+# Sequences one served GGUF decodes at once at most (serve.max_batch above it still applies to torch
+# engines): llama.cpp's server's default of 4 parallel slots; each holds a whole context's KV cache.
+MAX_SEQUENCES = 4
 FTYPES = {"q8_0": "MOSTLY_Q8_0", "q6_k": "MOSTLY_Q6_K", "q5_k_m": "MOSTLY_Q5_K_M", "q4_k_m": "MOSTLY_Q4_K_M",
           "q4_0": "MOSTLY_Q4_0"}
 
