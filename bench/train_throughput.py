@@ -155,7 +155,6 @@ def random_model(folder: Path, shape: str) -> Path:
         model = LlamaForCausalLM(config)
     model.to(torch.bfloat16).save_pretrained(folder, safe_serialization=True)
     tok.save_pretrained(folder)
-    del model
     return folder
 
 
@@ -502,9 +501,8 @@ def bench(a) -> None:
         runs = [r for rs in results.values() for r in rs]  # each run saw every example once (one epoch)
         mean_tokens = sum(r["tokens"] for r in runs) / (len(runs) * (n_faq + n_long))  # real tokens per example
         per_token, (peak, peak_what) = flops_per_token(model, mean_tokens), peak_flops(a.peak_tflops)
-        for runs in results.values():
-            for r in runs:
-                r["mfu_pct"] = 100 * per_token * r["real_tokens_per_s"] / peak
+        for r in runs:
+            r["mfu_pct"] = 100 * per_token * r["real_tokens_per_s"] / peak
         print(f"MFU: {per_token / 1e9:.2f} GFLOP per token (mean example {mean_tokens:.0f} tokens), peak {peak_what}")
         report(results, a.json, variants=bool(a.packed_attention))
 
@@ -533,8 +531,8 @@ def report(results: dict[str, list[dict]], json_path: str | None, variants: bool
     speed = b["useful_tokens_per_s"] / a["useful_tokens_per_s"]
     rss = b["peak_rss_mb"] / a["peak_rss_mb"]
     delta = 100 * (b["final_loss"] - a["final_loss"]) / a["final_loss"]
-    gpu = b["peak_gpu_mb"] / a["peak_gpu_mb"] if a["peak_gpu_mb"] and b["peak_gpu_mb"] else float("nan")  # nan: no GPU
-    if a["peak_gpu_mb"] and b["peak_gpu_mb"]:
+    gpu = _gpu_ratio(b, a)
+    if not math.isnan(gpu):
         print(f"peak GPU memory b/a: {gpu:.2f}x")
     print(f"ratios b/a: useful tokens/s {speed:.2f}x, peak RSS {rss:.2f}x; "
           f"padding waste {b['padding_waste_pct']:.1f}% (a: {a['padding_waste_pct']:.1f}%); final loss {delta:+.2f}%; "
@@ -544,11 +542,16 @@ def report(results: dict[str, list[dict]], json_path: str | None, variants: bool
           f"mfu={b.get('mfu_pct', math.nan):.2f}/{a.get('mfu_pct', math.nan):.2f}")
 
 
+def _gpu_ratio(b: dict, a: dict) -> float:
+    """Peak GPU memory of b over a's; nan where either side ran without CUDA."""
+    return b["peak_gpu_mb"] / a["peak_gpu_mb"] if a["peak_gpu_mb"] and b["peak_gpu_mb"] else math.nan
+
+
 def report_variants(first: tuple[str, dict], second: tuple[str, dict]) -> None:
     """The RESULT line of two tunesmith variants (--packed-attention A,B): B against A."""
     (a_name, a), (b_name, b) = first, second
     speed = b["useful_tokens_per_s"] / a["useful_tokens_per_s"]
-    gpu = b["peak_gpu_mb"] / a["peak_gpu_mb"] if a["peak_gpu_mb"] and b["peak_gpu_mb"] else float("nan")  # nan: no GPU
+    gpu = _gpu_ratio(b, a)
     steady = (b["steady_tokens_per_s"] / a["steady_tokens_per_s"] if "steady_tokens_per_s" in a.keys() & b.keys()
               else float("nan"))  # nan: a run of WARM_STEPS steps or fewer
     rss = b["peak_rss_mb"] / a["peak_rss_mb"]

@@ -29,10 +29,10 @@ from tunesmith.errors import ServeError
 from tunesmith.models.engine import Engine, Handle, TextAssembler, _generator, _Row, failure
 
 INSTALL_HINT = "llama-cpp-python is not installed: run `make install` (or pip install 'llama-cpp-python==0.3.36')"
-# our name -> llama.cpp's llama_ftype constant (llama-cpp-python exposes them as LLAMA_FTYPE_*)
 # Sequences one served GGUF decodes at once at most (serve.max_batch above it still applies to torch
 # engines): llama.cpp's server's default of 4 parallel slots; each holds a whole context's KV cache.
 MAX_SEQUENCES = 4
+# our name -> llama.cpp's llama_ftype constant (llama-cpp-python exposes them as LLAMA_FTYPE_*)
 FTYPES = {"q8_0": "MOSTLY_Q8_0", "q6_k": "MOSTLY_Q6_K", "q5_k_m": "MOSTLY_Q5_K_M", "q4_k_m": "MOSTLY_Q4_K_M",
           "q4_0": "MOSTLY_Q4_0"}
 
@@ -51,7 +51,7 @@ class LlamaCppEngine(Engine):
     allocated whole at load, `max_batch` x `n_ctx` cells, so memory grows with both.
     """
 
-    def __init__(self, path: str | Path, tokenizer, *, n_ctx: int = 4096, max_batch: int = 8,
+    def __init__(self, path: str | Path, tokenizer, *, n_ctx: int = 4096, max_batch: int = MAX_SEQUENCES,
                  threads: int | None = None):
         if not available():
             raise ServeError(f"serving a GGUF on llama.cpp needs llama-cpp-python: {INSTALL_HINT}")
