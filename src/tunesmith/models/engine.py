@@ -198,9 +198,9 @@ class Engine:
 
     def fail(self, message: str) -> None:
         """End every active and waiting request with an error event (a forward pass raised); the engine stays usable."""
-        with self._stepping, self._lock:
+        with self._stepping, self._lock:  # no step runs while the batch is reset
             waiting, self._waiting = list(self._waiting), deque()
-        rows, self._rows, self._cache, self._mask = self._rows, [], None, None
+            rows, self._rows, self._cache, self._mask = self._rows, [], None, None
         for handle in [r.handle for r in rows] + waiting:
             if not handle.cancelled.is_set():
                 handle.sink(Event(error=message, finish_reason="error"))
