@@ -180,3 +180,19 @@ def test_device_auto_is_the_cpu_here_and_cuda_without_a_gpu_is_one_clear_error(m
     assert resolve_device("auto") == "cuda" and resolve_device("cuda:1") == "cuda:1"
     with pytest.raises(ModelError, match="2 CUDA device"):
         resolve_device("cuda:2")
+
+
+@pytest.mark.parametrize("scale", [3.0, 1.0])  # a peaked nucleus (inside the top-k) and a flat one (a full sort)
+def test_top_p_samples_the_nucleus_a_full_sort_defines(scale):
+    import torch
+
+    from tunesmith.models.engine import NUCLEUS_FIRST, pick
+
+    logits = torch.randn(5000, generator=torch.Generator().manual_seed(0)) * scale
+    probs = torch.softmax(logits, -1)
+    sorted_probs, order = probs.sort(descending=True)
+    nucleus = set(order[sorted_probs.cumsum(0) - sorted_probs < 0.9].tolist())
+    assert (len(nucleus) > NUCLEUS_FIRST) == (scale == 1.0)  # both paths of pick are taken
+    gen = torch.Generator().manual_seed(1)
+    picked = {pick(logits, 1.0, 0.9, gen) for _ in range(400)}
+    assert picked <= nucleus and len(picked) > 1

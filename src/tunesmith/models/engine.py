@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 GREEDY_BELOW = 1e-5  # temperatures under this are greedy: dividing by them overflows to inf/NaN
+NUCLEUS_FIRST = 256  # candidates looked at before sorting the whole vocabulary
 BASE = "__base__"  # the adapter name that switches a peft model's adapters off for one row (peft's own)
 
 
@@ -417,7 +418,11 @@ def pick(logits, temperature: float, top_p: float, gen) -> int:
         return int(logits.argmax())
     probs = torch.softmax(logits.float() / temperature, dim=-1)  # (V,)
     if top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
+        # the nucleus is nearly always within the top few hundred: a top-k is ~20x cheaper than sorting a
+        # whole vocabulary (3 ms at 49k, 21 ms at Gemma's 262k on one core); sort it all only when it is not
+        sorted_probs, order = probs.topk(min(NUCLEUS_FIRST, len(probs)))
+        if float(sorted_probs.sum()) < top_p:
+            sorted_probs, order = probs.sort(descending=True)
         keep = sorted_probs.cumsum(0) - sorted_probs < top_p  # the smallest prefix reaching top_p
         probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_probs[keep])
     return int(torch.multinomial(probs / probs.sum(), 1, generator=gen))
