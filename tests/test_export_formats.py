@@ -233,9 +233,8 @@ def test_embedded_model_gguf_answers_in_llama_cpp(tmp_path):
     inside the file): f16 answers 'Paris'. Q4_K_M loads and answers too, but this 135M model is on a knife's edge
     for that prompt: llama.cpp's quantized kernels (even the wheel's own Q4_1 file) start it in French, so only
     the agreement figures are held for it."""
-    import llama_cpp
-
     from tunesmith.export import export
+    from tunesmith.models.llama_cpp import open_llama
 
     result = export("smollm2-135m-instruct", "gguf", tmp_path / "out", quants=("f16", "q4_k_m"), n_prompts=2,
                     max_new_tokens=12)
@@ -246,7 +245,7 @@ def test_embedded_model_gguf_answers_in_llama_cpp(tmp_path):
     assert checks["q4_k_m"]["teacher_forced_top1"] >= 0.8 and checks["q4_k_m"]["bytes"] < 0.45 * checks["f16"]["bytes"]
     answers = {}
     for quant in ("f16", "q4_k_m"):
-        llm = llama_cpp.Llama(model_path=str(tmp_path / "out" / f"smollm2-135m-instruct-{quant}.gguf"), n_ctx=512,
+        llm = open_llama(tmp_path / "out" / f"smollm2-135m-instruct-{quant}.gguf", n_ctx=512,
                               verbose=False)
         reply = llm.create_chat_completion([{"role": "user", "content": "What is the capital of France?"}],
                                            max_tokens=16, temperature=0.0)

@@ -33,11 +33,10 @@ def gguf(gguf_export):
 
 
 def test_a_gguf_export_is_served_on_llama_cpp_under_its_run_name(gguf_export):
-    import llama_cpp
     from openai import OpenAI
 
     from tunesmith.config import ServeConfig
-    from tunesmith.models.llama_cpp import LlamaCppEngine
+    from tunesmith.models.llama_cpp import LlamaCppEngine, open_llama
     from tunesmith.serve.app import create_app
     from tunesmith.serve.engine import Engine, Worker
     from tunesmith.serve.server import start_in_thread
@@ -46,7 +45,7 @@ def test_a_gguf_export_is_served_on_llama_cpp_under_its_run_name(gguf_export):
     assert engine.names == ["run-lora"] and isinstance(engine.slot("run-lora").runner, LlamaCppEngine)
     prompt = engine.chat_prompt("run-lora", QUESTION)
     # the same ids, greedy, straight through llama-cpp-python: the engine adds nothing of its own
-    llm = llama_cpp.Llama(model_path=str(engine.slot("run-lora").source), n_ctx=512, verbose=False)
+    llm = open_llama(engine.slot("run-lora").source, n_ctx=512, verbose=False)
     expected = []
     for token in llm.generate(prompt, temp=0.0, top_k=1, top_p=1.0, repeat_penalty=1.0):
         expected.append(int(token))

@@ -111,6 +111,36 @@ class LlamaCppEngine(Engine):
         self.model.clear()
 
 
+def model_params(defaults=None):
+    """llama.cpp's default model parameters, less the extra weight buffers (AMX, CPU repack) on a CPU with AMX.
+
+    llama-cpp-python 0.3.36 built on an AMX CPU (Intel Sapphire Rapids and later) puts quantized weights in
+    ggml's AMX buffers, and its first llama_decode then segfaults (measured 2026-12-03 on SmolLM2's own Q4_1
+    GGUF and on Q4_K_M exports, 1 or 2 threads). Plain CPU buffers run the kernels llama.cpp uses on every
+    other CPU; on those the defaults stay (repacking speeds up Q4_0 there).
+    """
+    import llama_cpp
+
+    params = (defaults or llama_cpp.llama_model_default_params)()
+    if b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info():
+        params.use_extra_bufts = False
+    return params
+
+
+def open_llama(path: str | Path, **kwargs: Any):
+    """`llama_cpp.Llama(model_path=path, **kwargs)` loaded with `model_params()`: how tunesmith and its tests
+    open a GGUF in llama-cpp-python's high-level API (its Llama class takes no model parameters of this kind)."""
+    import llama_cpp
+    import llama_cpp.llama_cpp as low
+
+    default = low.llama_model_default_params
+    low.llama_model_default_params = lambda: model_params(default)  # what Llama.__init__ starts from
+    try:
+        return llama_cpp.Llama(model_path=str(path), **kwargs)
+    finally:
+        low.llama_model_default_params = default
+
+
 class _Context:
     """A GGUF's weights and one llama.cpp context of `n_seq` sequences, each with `n_ctx` KV cells of its own.
 
@@ -132,7 +162,7 @@ class _Context:
         llama_cpp.llama_backend_init()
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's load log, as Llama(verbose=False)
         self.batch = self.ctx = None
-        self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), llama_cpp.llama_model_default_params())
+        self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params())
         if not self.model:  # llama.cpp's reason is on stderr
             raise ServeError(f"llama.cpp cannot load {path}", "check the file with `tunesmith export` again")
         params = llama_cpp.llama_context_default_params()
@@ -237,14 +267,12 @@ def _child_quantize(src: str, dst: str, quant: str) -> None:
 
 
 def _child_check(path: str) -> None:
-    import llama_cpp
     import numpy as np
 
     req = json.load(sys.stdin)
     longest = max([len(p) + len(a) for p, a in zip(req["prompts"], req["answers"])] + [1])
     n_ctx = max(256, longest + req["max_new_tokens"] + 8)
-    llm = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_threads=os.cpu_count() or 1, logits_all=True,
-                          verbose=False)
+    llm = open_llama(path, n_ctx=n_ctx, n_threads=os.cpu_count() or 1, logits_all=True, verbose=False)
     stops = set(req["stop_ids"])
     generated, forced, tokenized = [], [], []
     for prompt, answer, text in zip(req["prompts"], req["answers"], req["texts"]):
