@@ -6,6 +6,7 @@ Skipped with the reason when Chromium or Playwright is missing (ui_helpers.brows
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -87,15 +88,18 @@ def test_chat_with_base_and_tuned_side_by_side_both_streaming(server, page):  # 
     assert all(a.strip() for a in answers) and answers[0] != answers[1]
     updates = page.evaluate("window.updates")
     assert updates["left"] >= 4 and updates["right"] >= 4, updates  # loading, then several pieces each
-    assert "loaded:" in page.inner_text("#chat-loaded") and "run-1" in page.inner_text("#chat-loaded")
+    from playwright.sync_api import expect
+
+    # the page asks which models are loaded after both answers end (one more request): wait for it; the
+    # placeholder "no models loaded: ..." must not pass, and the next turn needs the Send button back
+    expect(page.locator("#chat-loaded")).to_have_text(re.compile(r"^loaded: .*run-1"), timeout=JOB_S)
+    expect(page.locator("#chat-send")).to_be_enabled(timeout=JOB_S)
     # a second turn: each side goes on from its own answer
     page.fill("#chat-input", "And the mountains?")
     page.press("#chat-input", "Enter")
     for side in ("left", "right"):  # (locators, not wait_for_function: the page's CSP forbids eval)
         page.locator(f'#log-{side} .msg.assistant[data-state="done"]').nth(1).wait_for(timeout=JOB_S)
     screenshot(page, "chat")
-    from playwright.sync_api import expect
-
     page.click("#chat-release")
     expect(page.locator("#chat-loaded")).to_have_text("models released")
     assert server.app.state.chat.servers.child is None
