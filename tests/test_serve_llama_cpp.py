@@ -68,10 +68,10 @@ def test_a_gguf_export_is_served_on_llama_cpp_under_its_run_name(gguf_export):
     assert reply.usage.completion_tokens == len(expected)
 
 
-def test_engine_choice_and_refusals(gguf_export):
+def test_engine_choice_and_refusals(gguf_export, monkeypatch):
     import llama_cpp
 
-    from tunesmith.models.llama_cpp import MAX_SEQUENCES, LlamaCppEngine
+    from tunesmith.models.llama_cpp import LlamaCppEngine, _kv_bytes
     from tunesmith.serve.engine import load_slots
 
     file = next(gguf_export["export"].glob("*.gguf"))
@@ -80,8 +80,16 @@ def test_engine_choice_and_refusals(gguf_export):
     # serve.max_batch is the sequences llama.cpp's context holds, each with the whole context
     assert slot.runner.max_batch == llama_cpp.llama_n_seq_max(slot.runner.model.ctx) == 3
     assert llama_cpp.llama_n_ctx_seq(slot.runner.model.ctx) >= slot.context_length
-    (many,) = load_slots([str(file)], None, max_batch=16)  # the default serve.max_batch: capped, each cache is whole
-    assert many.runner.max_batch == llama_cpp.llama_n_seq_max(many.runner.model.ctx) == MAX_SEQUENCES
+    (many,) = load_slots([str(file)], None, max_batch=16)  # the default serve.max_batch: the tiny model's 16 fit
+    assert many.runner.max_batch == llama_cpp.llama_n_seq_max(many.runner.model.ctx) == 16
+    # past the KV budget, fewer sequences (each cache is whole); the others wait in the queue
+    per_seq = _kv_bytes(many.runner.model.model, file, many.runner.n_ctx)
+    monkeypatch.setattr("tunesmith.models.llama_cpp.KV_BUDGET", 5 * per_seq + 1)
+    (few,) = load_slots([str(file)], None, max_batch=16)
+    assert few.runner.max_batch == llama_cpp.llama_n_seq_max(few.runner.model.ctx) == 5
+    monkeypatch.setattr("tunesmith.models.llama_cpp.KV_BUDGET", 1)  # not even one fits: one, as llama.cpp would
+    (one,) = load_slots([str(file)], None, max_batch=16)
+    assert one.runner.max_batch == 1
     with pytest.raises(ServeError, match="'.*run-lora' is not a GGUF file or export: llama.cpp serves GGUF"):
         load_slots([str(gguf_export["run"])], None, engine="llamacpp")
     with pytest.raises(ServeError, match="unknown engine 'vllm'"):

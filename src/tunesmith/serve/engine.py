@@ -188,11 +188,12 @@ def _gguf_for(spec: str, engine: str) -> Path | None:
 
 
 def _llama_cpp_slot(spec: str, path: Path, max_batch: int) -> Slot:
-    """A GGUF on llama.cpp, serving min(max_batch, MAX_SEQUENCES) requests at once (each sequence's KV cache is
-    allocated whole at load: 16 x 4096 cells of an 8B model would be ~8 GB before the first request)."""
-    from tunesmith.models.llama_cpp import MAX_SEQUENCES, LlamaCppEngine
+    """A GGUF on llama.cpp, serving up to max_batch requests at once: fewer when their KV caches, allocated whole
+    at load, would pass llama_cpp.KV_BUDGET (16 x 4096 cells of an 8B model would be ~8 GB before the first
+    request)."""
+    from tunesmith.models.llama_cpp import LlamaCppEngine
 
-    runner = LlamaCppEngine(path, load_gguf_tokenizer(path), max_batch=min(max_batch, MAX_SEQUENCES))
+    runner = LlamaCppEngine(path, load_gguf_tokenizer(path), max_batch=max_batch)
     return Slot(_gguf_name(spec, path), runner.model, runner.tokenizer, source=str(path), runner=runner)
 
 
