@@ -9,8 +9,9 @@ Measured, greedy, with the same stop tokens and a fixed answer length (`--max-to
 end-of-turn token ignored on both sides so every answer is exactly that long and the paths do the
 same work):
   generate     plain transformers `model.generate`, one prompt after another (the baseline a user has)
-  server x1    the OpenAI API (streaming, via httpx), one request at a time, alternating with generate
-               prompt by prompt so a busy machine slows both alike
+  server x1    the OpenAI API (streaming, via httpx) of a server in a process of its own, as `tunesmith
+               serve` runs it, one request at a time, alternating with generate prompt by prompt so a
+               busy machine slows both alike
   server xN    N concurrent streaming clients (N in --clients), each sending its prompts back to back
   llama.cpp    with --gguf: the same API served on llama.cpp (`serve.engine: llamacpp`) from a GGUF
                export (e.g. Q4_K_M), x1 alternating with generate again, then xN
@@ -22,9 +23,11 @@ ratios (server x1 / generate, server x8 / server x1), and one JSON line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -44,55 +47,75 @@ PROMPTS = [
 
 def main() -> None:
     args = _args()
+    if args.serve_child:
+        return _serve_child(args)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from tunesmith.serve.engine import Engine
+
+    engine = Engine.load([args.model], max_batch=max(args.clients))  # the plain-generate baseline, in this process
+    name = engine.names[0]
+    _never_stop(engine)
+    messages = [[{"role": "user", "content": p}] for p in PROMPTS]
+    _plain_generate(engine, name, messages[0], 4)  # warm-up: the first call of each path pays one-off costs
+    with _server(args.model, "torch", args) as (url, served):
+        rows = _interleaved(engine, name, url, served, messages[:args.prompts], args.max_tokens, "server x1")
+        for n in args.clients:
+            if n > 1:
+                rows.append((f"server x{n}", *_concurrent(url, served, messages, args.max_tokens, n, args.prompts)))
+    if args.gguf:
+        with _server(args.gguf, "llamacpp", args) as (url, served):
+            more = _interleaved(engine, name, url, served, messages[:args.prompts], args.max_tokens, "llama.cpp x1")
+            more[0] = ("generate'", *more[0][1:])  # the baseline again, measured beside llama.cpp
+            for n in args.clients:
+                if n > 1:
+                    more.append((f"llama.cpp x{n}", *_concurrent(url, served, messages, args.max_tokens, n,
+                                                                 args.prompts)))
+        rows += more
+    _report(rows, name, args)
+
+
+@contextlib.contextmanager
+def _server(spec: str, engine: str, args):
+    """The server in a process of its own, as `tunesmith serve` runs (uvicorn in the main thread, one generating
+    thread): (url, served model name). In this process its generating thread would be a second OpenMP
+    master beside the one running `generate`, and libgomp then cuts its threads' spinning to ~1000 turns
+    whenever it manages more threads than there are cores: measured on 2 cores, llama.cpp x1 fell from
+    64 to 24 tokens/s that way, which no user process serving a model sees."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--serve-child", spec, "--engine", engine,
+           "--threads", str(args.threads), "--clients", ",".join(map(str, args.clients)),
+           "--max-tokens", str(args.max_tokens)]
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        line = child.stdout.readline().split()  # "NAME PORT" once it listens
+        if len(line) != 2:
+            raise SystemExit(f"the {engine} server for {spec} did not start (exit {child.wait()})")
+        url = f"http://127.0.0.1:{line[1]}"
+        _stream(url, line[0], [{"role": "user", "content": PROMPTS[0]}], 4)  # warm-up
+        yield url, line[0]
+    finally:
+        child.terminate()
+        child.wait(30)
+
+
+def _serve_child(args) -> None:
+    """--serve-child SPEC: load it, never stop early, listen on a free port, print "NAME PORT", serve."""
     import torch
 
     torch.set_num_threads(args.threads)
     from tunesmith.config import ServeConfig
     from tunesmith.serve.app import create_app
     from tunesmith.serve.engine import Engine
-    from tunesmith.serve.server import start_in_thread
+    from tunesmith.serve.server import bind, uvicorn_server
 
-    engine = Engine.load([args.model], max_batch=max(args.clients))
-    name = engine.names[0]
+    engine = Engine.load([args.serve_child], engine=args.engine, max_batch=max(args.clients))
     _never_stop(engine)
-    messages = [[{"role": "user", "content": p}] for p in PROMPTS]
     cfg = ServeConfig(max_tokens_limit=max(args.max_tokens, 16), max_batch=max(args.clients), max_queue=0)
-    server = start_in_thread(create_app(engine, cfg))
-    try:
-        _plain_generate(engine, name, messages[0], 4)  # warm-up: the first call of each path pays one-off costs
-        _stream(server.url, name, messages[0], 4)
-        rows = _interleaved(engine, name, server.url, name, messages[:args.prompts], args.max_tokens, "server x1")
-        for n in args.clients:
-            if n > 1:
-                rows.append((f"server x{n}", *_concurrent(server.url, name, messages, args.max_tokens, n, args.prompts)))
-    finally:
-        server.stop()
-    if args.gguf:
-        rows += _llama_cpp_rows(engine, name, messages, cfg, args)
-    _report(rows, name, args)
-
-
-def _llama_cpp_rows(engine, name, messages, cfg, args) -> list[tuple]:
-    """The llama.cpp engine on the GGUF export, behind the same app: x1 alternating with generate, then xN."""
-    from tunesmith.serve.app import create_app
-    from tunesmith.serve.engine import Engine
-    from tunesmith.serve.server import start_in_thread
-
-    gguf = Engine.load([args.gguf], engine="llamacpp")
-    served = gguf.names[0]
-    _never_stop(gguf)
-    server = start_in_thread(create_app(gguf, cfg))
-    try:
-        _stream(server.url, served, messages[0], 4)  # warm-up
-        rows = _interleaved(engine, name, server.url, served, messages[:args.prompts], args.max_tokens, "llama.cpp x1")
-        rows[0] = ("generate'", *rows[0][1:])  # the baseline again, measured beside llama.cpp
-        for n in args.clients:
-            if n > 1:
-                rows.append((f"llama.cpp x{n}", *_concurrent(server.url, served, messages, args.max_tokens, n,
-                                                             args.prompts)))
-    finally:
-        server.stop()
-    return rows
+    sock = bind("127.0.0.1", 0)
+    app = create_app(engine, cfg)
+    print(engine.names[0], sock.getsockname()[1], flush=True)
+    uvicorn_server(app).run(sockets=[sock])
 
 
 def _never_stop(engine) -> None:
@@ -213,6 +236,8 @@ def _args():
     p.add_argument("--prompts", type=int, default=4, help="requests per client (and prompts in the x1 run)")
     p.add_argument("--gguf", default=None, help="a GGUF export (folder or .gguf) of the model, served on llama.cpp")
     p.add_argument("--quick", action="store_true", help="16 new tokens, clients 1,4,8, 2 requests each")
+    p.add_argument("--serve-child", default=None, help=argparse.SUPPRESS)  # the server process (_server)
+    p.add_argument("--engine", default="torch", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.quick:
         args.max_tokens, args.clients, args.prompts = 16, "1,4,8", 2
