@@ -77,6 +77,39 @@ def test_a_batch_of_different_lengths_gives_each_prompt_its_own_answer(tiny):
     assert engine.passes < sum(len(e.token_ids) for e in alone) / 2  # rows shared their forward passes
 
 
+def test_scoring_a_reference_in_the_prefill_gives_the_separate_pass_loss_and_the_same_answers(tiny, monkeypatch):
+    """compare's response loss, taken in the answer's own prefill (one pass), equals metrics.response_nll's
+    pass over prompt + reference, row by row; the answers are the unscored ones, token for token."""
+    import pytest
+
+    from tunesmith.evaluate import metrics as M
+    from tunesmith.evaluate.strategies import with_answer
+    from tunesmith.models import engine as E
+
+    _, model, tok = tiny
+    conversations = [[{"role": "user", "content": q}] for q in QUESTIONS]
+    conversations[1] = [{"role": "system", "content": "Answer briefly."}] + conversations[1]
+    references = ["Paris.", "Red, green and blue, and many more colours than that " * 2, "Use the link.",
+                  "The sea is deep.", "Yes", "A"]
+    scored = [with_answer(c, r) for c, r in zip(conversations, references)]
+    expected = M.response_nll(model, tok, scored, batch_size=8)
+    plain = E.answer(model, tok, conversations, max_new_tokens=16, batch_size=4)
+    both = E.answer(model, tok, conversations, max_new_tokens=16, batch_size=4, scored=scored)
+    assert [g.token_ids for g in both] == [g.token_ids for g in plain]
+    for got, want in zip([g.score for g in both], expected):
+        assert got[1] == want[1] and got[0] == pytest.approx(want[0], rel=1e-4)
+    # past the logits budget a prefill splits in two: the same scores
+    monkeypatch.setattr(E, "SCORE_LOGITS", 1)
+    split = E.answer(model, tok, conversations, max_new_tokens=16, batch_size=4, scored=scored)
+    assert [g.token_ids for g in split] == [g.token_ids for g in plain]
+    assert [g.score[1] for g in split] == [w[1] for w in expected]
+    # an engine that cannot keep hidden columns (sliding-window caches) scores nothing: the caller's own pass
+    monkeypatch.setattr(E, "_batchable", lambda model: False)
+    assert all(g.score is None for g in E.answer(model, tok, conversations[:2], max_new_tokens=4, scored=scored[:2]))
+    with pytest.raises(ValueError, match="cannot score"):
+        E.Engine(model, tok).submit([1, 2], E.Sampling(4), print, score_ids=[3])
+
+
 def test_requests_join_a_running_batch_and_leave_it_when_cancelled(tiny):
     from tunesmith.models.engine import Engine, Sampling
 

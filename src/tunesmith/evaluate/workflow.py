@@ -396,13 +396,19 @@ def _run_strategy(name: str, cases: list[S.Case], ctx: S.Context, models: Loaded
     prompts = [S.build_prompt(name, c, i, ctx) for i, c in enumerate(cases)]
     e = plan.cfg.eval
     start = time.time()
+    scored = [S.with_answer(p, c.reference) for p, c in zip(prompts, cases)]
+    # the reference's loss comes from the answer's own prefill where it can (one pass, not two)
     gens = answer(model, tok, prompts, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
-                  on_batch=track(f"{name}: answering", len(cases)))
+                  on_batch=track(f"{name}: answering", len(cases)), scored=scored)
     seconds = time.time() - start
     texts = [g.text for g in gens]
     values = M.per_example(texts, [c.reference for c in cases])
-    values["loss"] = M.response_nll(model, tok, [S.with_answer(p, c.reference) for p, c in zip(prompts, cases)],
-                                    batch_size=e.batch_size, on_batch=track(f"{name}: loss", len(cases)))
+    values["loss"] = [g.score for g in gens]
+    rest = [i for i, g in enumerate(gens) if g.score is None]
+    if rest:
+        for i, v in zip(rest, M.response_nll(model, tok, [scored[i] for i in rest], batch_size=e.batch_size,
+                                             on_batch=track(f"{name}: loss", len(rest)))):
+            values["loss"][i] = v
     if all(c.rejected is not None for c in cases):  # a preference test file: which answer the model prefers
         values["preference_accuracy"] = M.preference_wins(
             model, tok, [(p, c.reference, c.rejected) for p, c in zip(prompts, cases)], batch_size=e.batch_size,

@@ -33,6 +33,7 @@ from typing import Any, Callable, Sequence
 
 GREEDY_BELOW = 1e-5  # temperatures under this are greedy: dividing by them overflows to inf/NaN
 NUCLEUS_FIRST = 256  # candidates looked at before sorting the whole vocabulary
+SCORE_LOGITS = 64 << 20  # logits one prefill of scored requests may hold (rows x kept positions x vocabulary): 256 MB
 BASE = "__base__"  # the adapter name that switches a peft model's adapters off for one row (peft's own)
 
 
@@ -57,6 +58,7 @@ class Event:
     completion_tokens: int = 0
     error: str | None = None
     token_ids: tuple[int, ...] = ()  # on the last event: every generated id (the stop token included)
+    score: tuple[float, int] | None = None  # on the last event of a scored request: (summed NLL, tokens)
 
 
 def failure(e: Exception) -> Event:
@@ -67,7 +69,7 @@ def failure(e: Exception) -> Event:
 def whole(texts: Sequence[str], last: Event) -> Event:
     """One answer's Events as one: the pieces' text joined, the last event's reason and counts."""
     return Event("".join(texts), last.finish_reason, last.prompt_tokens, last.completion_tokens, last.error,
-                 last.token_ids)
+                 last.token_ids, last.score)
 
 
 @dataclass
@@ -75,6 +77,8 @@ class Handle:
     """A submitted request; `cancel()` removes it from the batch at the next step (no final event then).
 
     `adapter`: on a peft model, the adapter this request runs with (BASE for none, None for the active one).
+    `score_ids`: tokens to score after the prompt (teacher-forced in the prefill's own pass, then hidden
+    from the answer): the last event's `score` is their summed negative log-likelihood and count.
     """
 
     id: int
@@ -83,6 +87,7 @@ class Handle:
     sink: Callable[[Event], None]
     adapter: str | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
+    score_ids: tuple[int, ...] = ()
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -99,6 +104,7 @@ class _Row:
     generated: list[int] = field(default_factory=list)
     length: int = 0  # real tokens in the cache (prompt + generated, the last one not yet fed)
     next_token: int | None = None  # sampled, to be fed in the next pass
+    score: tuple[float, int] | None = None  # the score_ids' (summed NLL, count), from the prefill
 
 
 class Engine:
@@ -126,11 +132,14 @@ class Engine:
     # ---------------------------------------------------------------- the public interface
 
     def submit(self, prompt_ids: Sequence[int], sampling: Sampling, sink: Callable[[Event], None],
-               adapter: str | None = None) -> Handle:
-        """Queue a request; `sink` receives its Events from the stepping thread."""
+               adapter: str | None = None, score_ids: Sequence[int] = ()) -> Handle:
+        """Queue a request; `sink` receives its Events from the stepping thread. `score_ids` (see Handle) need
+        `can_score`."""
         if not prompt_ids:
             raise ValueError("an empty prompt has nothing to continue")
-        handle = Handle(next(self._ids), list(prompt_ids), sampling, sink, adapter)
+        if score_ids and not self.can_score:
+            raise ValueError("this engine cannot score tokens in its prefill (see Engine.can_score)")
+        handle = Handle(next(self._ids), list(prompt_ids), sampling, sink, adapter, score_ids=tuple(score_ids))
         with self._lock:
             self._waiting.append(handle)
         return handle
@@ -147,6 +156,12 @@ class Engine:
     @property
     def active(self) -> int:
         return len(self._rows)
+
+    @property
+    def can_score(self) -> bool:
+        """Whether requests may carry score_ids: the scored tokens stay in the cache, hidden by the mask, which
+        only full-attention caches allow (a sliding window would count them against its width)."""
+        return self.batchable and type(self)._prefill is Engine._prefill
 
     @property
     def waiting(self) -> int:
@@ -174,8 +189,10 @@ class Engine:
 
     def generate(self, prompts: Sequence[Sequence[int]], sampling: Sampling | Sequence[Sampling],
                  adapters: Sequence[str | None] | None = None,
-                 on_done: Callable[[int], None] | None = None) -> list[Event]:
-        """Every prompt's whole answer (the last Event, text joined), in input order; runs in this thread."""
+                 on_done: Callable[[int], None] | None = None,
+                 scores: Sequence[Sequence[int]] | None = None) -> list[Event]:
+        """Every prompt's whole answer (the last Event, text joined), in input order; runs in this thread.
+        `scores`: per prompt, the score_ids to score in its prefill (see Handle)."""
         samplings = [sampling] * len(prompts) if isinstance(sampling, Sampling) else list(sampling)
         results: list[Event | None] = [None] * len(prompts)
         parts: list[list[str]] = [[] for _ in prompts]
@@ -192,7 +209,8 @@ class Engine:
         # longest first: the batch's padding is set by its longest prompt, so similar lengths share it
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         for i in order:
-            self.submit(prompts[i], samplings[i], sink_for(i), adapters[i] if adapters else None)
+            self.submit(prompts[i], samplings[i], sink_for(i), adapters[i] if adapters else None,
+                        scores[i] if scores else ())
         while self.busy:
             self.step()
         return results  # type: ignore[return-value]
@@ -226,26 +244,48 @@ class Engine:
                 handle.sink(failure(e))
 
     def _prefill(self, handles: list[Handle]) -> None:
-        """Run the prompts together (left-padded), sample each first token, and merge their cache into the batch's."""
+        """Run the prompts together (left-padded), sample each first token, and merge their cache into the batch's.
+
+        A request with score_ids feeds them after its prompt in the same pass (teacher-forced, so one
+        forward gives the answer's first token and the reference's loss); their columns are then
+        masked out, so the answer attends to the prompt alone and continues at the prompt's positions.
+        """
         import torch
 
+        from tunesmith.train.loss import cross_entropy_sum
+
+        keep = 1 + max(len(h.score_ids) for h in handles)  # logits kept per row: the scored span and the next token
+        if len(handles) > 1 and len(handles) * keep * _vocab(self.model) > SCORE_LOGITS:
+            half = len(handles) // 2  # (rows, keep, V) logits past the budget: two passes
+            self._prefill(handles[:half])
+            self._prefill(handles[half:])
+            return
         device = self.model.device
-        width = max(len(h.prompt_ids) for h in handles)
+        fed = [h.prompt_ids + list(h.score_ids) for h in handles]
+        width = max(map(len, fed))
         ids = torch.full((len(handles), width), self._pad_id, dtype=torch.long, device=device)
         mask = torch.zeros((len(handles), width), dtype=torch.long, device=device)
-        for b, h in enumerate(handles):
-            ids[b, width - len(h.prompt_ids):] = torch.tensor(h.prompt_ids, device=device)
-            mask[b, width - len(h.prompt_ids):] = 1
+        for b, tokens in enumerate(fed):
+            ids[b, width - len(tokens):] = torch.tensor(tokens, device=device)
+            mask[b, width - len(tokens):] = 1
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # each prompt starts at position 0 after its pads
         with torch.inference_mode():
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                             logits_to_keep=1, **self._adapter_kwargs(handles))
+                             logits_to_keep=keep, **self._adapter_kwargs(handles))
         rows = [_Row(h, _generator(device, h.sampling.seed), TextAssembler(self.tokenizer, h.sampling.stop),
                      self.stop_ids, length=len(h.prompt_ids)) for h in handles]
+        for b, row in enumerate(rows):
+            n = len(row.handle.score_ids)
+            if n:
+                mask[b, width - n:] = 0  # the scored tokens: in the cache, invisible to the answer
+                with torch.inference_mode():
+                    nll = cross_entropy_sum(out.logits[b, keep - 1 - n:keep - 1],
+                                            torch.tensor(row.handle.score_ids, device=device))
+                row.score = (float(nll), n)
         self._merge(out.cache, mask)
         self._rows += rows
         for b, row in enumerate(rows):
-            self._take(row, out.logits[b, -1])
+            self._take(row, out.logits[b, keep - 1 - len(row.handle.score_ids)])
 
     @property
     def _pad_id(self) -> int:
@@ -315,7 +355,7 @@ class Engine:
         self._drop([row])
         if not row.handle.cancelled.is_set():
             row.handle.sink(Event(row.text.flush(), reason, len(row.handle.prompt_ids), len(row.generated),
-                                  token_ids=tuple(row.generated)))
+                                  token_ids=tuple(row.generated), score=row.score))
 
     def _drop(self, leaving: list[_Row]) -> None:
         """Take rows out of the batch (and their cache rows), then trim pad columns no row needs."""
@@ -347,11 +387,13 @@ class Engine:
 
 @dataclass(frozen=True)
 class Generation:
-    """One finished answer: its text (stripped), the ids generated (the stop token included), whether it stopped."""
+    """One finished answer: its text (stripped), the ids generated (the stop token included), whether it stopped,
+    and, when asked, the (summed NLL, count) of the tokens scored after its prompt."""
 
     text: str
     token_ids: tuple[int, ...]
     stopped: bool
+    score: tuple[float, int] | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -359,22 +401,52 @@ class Generation:
 
 
 def answer(model, tokenizer, conversations: Sequence[Sequence[dict]], *, max_new_tokens: int = 128,
-           batch_size: int = 8, on_batch: Callable[[int], None] | None = None) -> list[Generation]:
-    """Greedy answers to each conversation, prompted through the chat template (with the assistant header)."""
+           batch_size: int = 8, on_batch: Callable[[int], None] | None = None,
+           scored: Sequence[Sequence[dict]] | None = None) -> list[Generation]:
+    """Greedy answers to each conversation, prompted through the chat template (with the assistant header).
+
+    `scored`: per conversation, the same conversation with a reference answer as its only trained turn;
+    each answer's `score` is then that reference's loss, computed in the prefill's own pass, or None
+    where the engine cannot (`Engine.can_score`) or the template does not render the prompt as a prefix of
+    the scored conversation (the caller scores those on their own)."""
     from tunesmith.data.render import render_prompt
 
     prompts = [render_prompt(c, tokenizer) for c in conversations]
+    engine = Engine(model, tokenizer, max_batch=batch_size)
+    scores = None
+    if scored is not None and engine.can_score:
+        scores = [_trained_suffix(p, c, tokenizer) for p, c in zip(prompts, scored)]
     return generate_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                        on_batch=on_batch)
+                        on_batch=on_batch, scores=scores, engine=engine)
 
 
 def generate_ids(model, tokenizer, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 128,
-                 batch_size: int = 8, on_batch: Callable[[int], None] | None = None) -> list[Generation]:
-    """Greedy continuations of token-id prompts, up to `batch_size` decoded together; `on_batch(1)` per answer."""
-    engine = Engine(model, tokenizer, max_batch=batch_size)
+                 batch_size: int = 8, on_batch: Callable[[int], None] | None = None,
+                 scores: Sequence[Sequence[int] | None] | None = None, engine: Engine | None = None) -> list[Generation]:
+    """Greedy continuations of token-id prompts, up to `batch_size` decoded together; `on_batch(1)` per answer.
+    `scores`: per prompt, tokens to score after it (see Handle.score_ids; None or empty: none)."""
+    engine = engine or Engine(model, tokenizer, max_batch=batch_size)
     events = engine.generate(prompts, Sampling(max_tokens=max_new_tokens),
-                             on_done=(lambda i: on_batch(1)) if on_batch else None)
-    return [Generation(e.text.strip(), e.token_ids, e.finish_reason == "stop") for e in events]
+                             on_done=(lambda i: on_batch(1)) if on_batch else None,
+                             scores=[s or () for s in scores] if scores else None)
+    return [Generation(e.text.strip(), e.token_ids, e.finish_reason == "stop", e.score) for e in events]
+
+
+def _trained_suffix(prompt_ids: list[int], conversation: Sequence[dict], tokenizer) -> list[int] | None:
+    """The trained tokens right after `prompt_ids` in `conversation`'s rendering, when that rendering is the
+    prompt, then its trained tokens, then untrained ones only (else None: score it the usual way)."""
+    from tunesmith.data.render import render
+
+    rendered = render(conversation, tokenizer)
+    ids, trained, n = rendered.input_ids, rendered.loss_mask, len(prompt_ids)
+    if ids[:n] != prompt_ids or any(trained[:n]):
+        return None
+    end = n
+    while end < len(ids) and trained[end]:
+        end += 1
+    if end == n or any(trained[end:]):
+        return None
+    return ids[n:end]
 
 
 def _generator(device, seed: int | None):
@@ -386,6 +458,12 @@ def _generator(device, seed: int | None):
     else:
         gen.seed()
     return gen
+
+
+def _vocab(model) -> int:
+    config = getattr(model, "config", None)
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return int(getattr(config, "vocab_size", 0) or 0)
 
 
 def _batchable(model) -> bool:

@@ -34,14 +34,14 @@ def causal_lm_loss(model, batch: dict, *, chunk_size: int = CHUNK) -> tuple[torc
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
     if wrapped_forward(model):
         logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits  # (N, V)
-        return _cross_entropy_sum(logits, targets), keep.sum()
+        return cross_entropy_sum(logits, targets), keep.sum()
     lm = _causal_lm(model)
     hidden = lm.get_decoder()(**inputs, use_cache=False).last_hidden_state  # (B, T, H)
     selected = hidden[keep]  # (N, H)
     head = lm.get_output_embeddings()
     if _plain_linear(head) and final_softcap(lm) is None:
         return linear_cross_entropy(selected, head.weight, targets, chunk_size=chunk_size), keep.sum()
-    return _cross_entropy_sum(output_logits(lm, selected), targets), keep.sum()
+    return cross_entropy_sum(output_logits(lm, selected), targets), keep.sum()
 
 
 @torch.no_grad()
@@ -117,7 +117,8 @@ def _trained_positions(labels: torch.Tensor) -> torch.Tensor:
     return keep
 
 
-def _cross_entropy_sum(logits, targets) -> torch.Tensor:
+def cross_entropy_sum(logits, targets) -> torch.Tensor:
+    """Summed next-token cross-entropy of (N, V) logits against (N,) targets, in float32 (also the engine's score)."""
     return F.cross_entropy(logits.float(), targets, reduction="sum")
 
 
