@@ -110,6 +110,45 @@ def test_scoring_a_reference_in_the_prefill_gives_the_separate_pass_loss_and_the
         E.Engine(model, tok).submit([1, 2], E.Sampling(4), print, score_ids=[3])
 
 
+def test_prompts_sharing_a_few_shot_prefix_run_it_once_and_answer_as_alone(tiny):
+    """compare's `prompt` strategy: one system prompt and the same few-shot turns before every question. The
+    joining prompts' common prefix runs once (its cache copied to each row); answers and scored losses are
+    the ones each prompt gets alone."""
+    import pytest
+
+    from tunesmith.data.render import render_prompt
+    from tunesmith.evaluate import metrics as M
+    from tunesmith.evaluate.strategies import with_answer
+    from tunesmith.models import engine as E
+
+    _, model, tok = tiny
+    shots = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4, as always."},
+             {"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]
+    conversations = [[{"role": "system", "content": "Answer in a few words."}, *shots, {"role": "user", "content": q}]
+                     for q in QUESTIONS]
+    prompts = [render_prompt(c, tok) for c in conversations]
+    shared = len(__import__("os").path.commonprefix(prompts))
+    assert shared >= E.SHARED_PREFIX
+    fed = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: fed.append(kw["input_ids"].shape), with_kwargs=True)
+    try:
+        engine = E.Engine(model, tok, max_batch=8)
+        batched = engine.generate(prompts, E.Sampling(max_tokens=12))
+    finally:
+        hook.remove()
+    assert fed[0] == (1, shared)  # the prefix, once
+    assert fed[1][0] == len(prompts) and fed[1][1] == max(map(len, prompts)) - shared  # then each row's own tokens
+    alone = [_alone(model, tok, p, E.Sampling(max_tokens=12)) for p in prompts]
+    assert [e.token_ids for e in batched] == [e.token_ids for e in alone]
+    scored = [with_answer(c, "Paris, I think. " * (i + 1)) for i, c in enumerate(conversations)]
+    got = E.answer(model, tok, conversations, max_new_tokens=4, batch_size=8, scored=scored)
+    for g, want in zip(got, M.response_nll(model, tok, scored, batch_size=8)):
+        assert g.score[1] == want[1] and g.score[0] == pytest.approx(want[0], rel=1e-4)
+    # rows of different adapters never share a prefix's cache (a LoRA changes its keys and values)
+    assert engine._shared_prefix([E.Handle(1, prompts[0], E.Sampling(), print, "a"),
+                                  E.Handle(2, prompts[1], E.Sampling(), print, "b")]) == (0, None)
+
+
 def test_requests_join_a_running_batch_and_leave_it_when_cancelled(tiny):
     from tunesmith.models.engine import Engine, Sampling
 
