@@ -85,6 +85,7 @@ def test_scoring_a_reference_in_the_prefill_gives_the_separate_pass_loss_and_the
     from tunesmith.evaluate import metrics as M
     from tunesmith.evaluate.strategies import with_answer
     from tunesmith.models import engine as E
+    from tunesmith.train.loss import cross_entropy_sum
 
     _, model, tok = tiny
     conversations = [[{"role": "user", "content": q}] for q in QUESTIONS]
@@ -94,20 +95,27 @@ def test_scoring_a_reference_in_the_prefill_gives_the_separate_pass_loss_and_the
     scored = [with_answer(c, r) for c, r in zip(conversations, references)]
     expected = M.response_nll(model, tok, scored, batch_size=8)
     plain = E.answer(model, tok, conversations, max_new_tokens=16, batch_size=4)
-    both = E.answer(model, tok, conversations, max_new_tokens=16, batch_size=4, scored=scored)
+    both = E.answer(model, tok, conversations, max_new_tokens=16, batch_size=4, scored=scored,
+                    scorer=cross_entropy_sum)
     assert [g.token_ids for g in both] == [g.token_ids for g in plain]
     for got, want in zip([g.score for g in both], expected):
         assert got[1] == want[1] and got[0] == pytest.approx(want[0], rel=1e-4)
     # past the logits budget a prefill splits in two: the same scores
     monkeypatch.setattr(E, "SCORE_LOGITS", 1)
-    split = E.answer(model, tok, conversations, max_new_tokens=16, batch_size=4, scored=scored)
+    split = E.answer(model, tok, conversations, max_new_tokens=16, batch_size=4, scored=scored,
+                     scorer=cross_entropy_sum)
     assert [g.token_ids for g in split] == [g.token_ids for g in plain]
     assert [g.score[1] for g in split] == [w[1] for w in expected]
-    # an engine that cannot keep hidden columns (sliding-window caches) scores nothing: the caller's own pass
-    monkeypatch.setattr(E, "_batchable", lambda model: False)
+    # no scorer, or an engine that cannot keep hidden columns (sliding-window caches): nothing scored, the
+    # caller's own pass does it
     assert all(g.score is None for g in E.answer(model, tok, conversations[:2], max_new_tokens=4, scored=scored[:2]))
     with pytest.raises(ValueError, match="cannot score"):
         E.Engine(model, tok).submit([1, 2], E.Sampling(4), print, score_ids=[3])
+    monkeypatch.setattr(E, "_batchable", lambda model: False)
+    assert all(g.score is None for g in E.answer(model, tok, conversations[:2], max_new_tokens=4, scored=scored[:2],
+                                                 scorer=cross_entropy_sum))
+    with pytest.raises(ValueError, match="cannot score"):
+        E.Engine(model, tok, scorer=cross_entropy_sum).submit([1, 2], E.Sampling(4), print, score_ids=[3])
 
 
 def test_prompts_sharing_a_few_shot_prefix_run_it_once_and_answer_as_alone(tiny):
@@ -120,6 +128,7 @@ def test_prompts_sharing_a_few_shot_prefix_run_it_once_and_answer_as_alone(tiny)
     from tunesmith.evaluate import metrics as M
     from tunesmith.evaluate.strategies import with_answer
     from tunesmith.models import engine as E
+    from tunesmith.train.loss import cross_entropy_sum
 
     _, model, tok = tiny
     shots = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4, as always."},
@@ -141,7 +150,8 @@ def test_prompts_sharing_a_few_shot_prefix_run_it_once_and_answer_as_alone(tiny)
     alone = [_alone(model, tok, p, E.Sampling(max_tokens=12)) for p in prompts]
     assert [e.token_ids for e in batched] == [e.token_ids for e in alone]
     scored = [with_answer(c, "Paris, I think. " * (i + 1)) for i, c in enumerate(conversations)]
-    got = E.answer(model, tok, conversations, max_new_tokens=4, batch_size=8, scored=scored)
+    got = E.answer(model, tok, conversations, max_new_tokens=4, batch_size=8, scored=scored,
+                   scorer=cross_entropy_sum)
     for g, want in zip(got, M.response_nll(model, tok, scored, batch_size=8)):
         assert g.score[1] == want[1] and g.score[0] == pytest.approx(want[0], rel=1e-4)
     # rows of different adapters never share a prefix's cache (a LoRA changes its keys and values)

@@ -391,6 +391,7 @@ def _base_spec(plan: Plan) -> str:
 def _run_strategy(name: str, cases: list[S.Case], ctx: S.Context, models: Loaded, plan: Plan, track) -> dict:
     """Answers, per-example metrics, response loss and timing for one strategy."""
     from tunesmith.models.engine import answer
+    from tunesmith.train.loss import cross_entropy_sum
 
     model, tok = models.tuned if S.uses_tuned(name) else models.base
     prompts = [S.build_prompt(name, c, i, ctx) for i, c in enumerate(cases)]
@@ -399,7 +400,7 @@ def _run_strategy(name: str, cases: list[S.Case], ctx: S.Context, models: Loaded
     scored = [S.with_answer(p, c.reference) for p, c in zip(prompts, cases)]
     # the reference's loss comes from the answer's own prefill where it can (one pass, not two)
     gens = answer(model, tok, prompts, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
-                  on_batch=track(f"{name}: answering", len(cases)), scored=scored)
+                  on_batch=track(f"{name}: answering", len(cases)), scored=scored, scorer=cross_entropy_sum)
     seconds = time.time() - start
     texts = [g.text for g in gens]
     values = M.per_example(texts, [c.reference for c in cases])

@@ -118,10 +118,12 @@ class Engine:
     caller stepping for its own answer can share an engine).
     """
 
-    def __init__(self, model, tokenizer, *, max_batch: int = 16):
+    def __init__(self, model, tokenizer, *, max_batch: int = 16, scorer: Callable | None = None):
+        """`scorer(logits (n, V), targets (n,)) -> summed NLL`: what scores score_ids (the caller's loss, e.g.
+        train.loss.cross_entropy_sum; this layer does not import it)."""
         from tunesmith.data.render import stop_token_ids
 
-        self.model, self.tokenizer, self.max_batch = model, tokenizer, max_batch
+        self.model, self.tokenizer, self.max_batch, self.scorer = model, tokenizer, max_batch, scorer
         self.stop_ids = frozenset(stop_token_ids(tokenizer))
         self._waiting: deque[Handle] = deque()
         self._lock = threading.Lock()  # guards the waiting queue
@@ -163,9 +165,9 @@ class Engine:
 
     @property
     def can_score(self) -> bool:
-        """Whether requests may carry score_ids: the scored tokens stay in the cache, hidden by the mask, which
-        only full-attention caches allow (a sliding window would count them against its width)."""
-        return self.batchable and type(self)._prefill is Engine._prefill
+        """Whether requests may carry score_ids: with a scorer, and a full-attention cache (the scored tokens stay
+        in it, hidden by the mask; a sliding window would count them against its width)."""
+        return self.scorer is not None and self.batchable and type(self)._prefill is Engine._prefill
 
     @property
     def waiting(self) -> int:
@@ -256,8 +258,6 @@ class Engine:
         """
         import torch
 
-        from tunesmith.train.loss import cross_entropy_sum
-
         keep = 1 + max(len(h.score_ids) for h in handles)  # logits kept per row: the scored span and the next token
         if len(handles) > 1 and len(handles) * keep * _vocab(self.model) > SCORE_LOGITS:
             half = len(handles) // 2  # (rows, keep, V) logits past the budget: two passes
@@ -285,8 +285,8 @@ class Engine:
             if n:
                 mask[b, -n:] = 0  # the scored tokens: in the cache, invisible to the answer
                 with torch.inference_mode():
-                    nll = cross_entropy_sum(out.logits[b, keep - 1 - n:keep - 1],
-                                            torch.tensor(row.handle.score_ids, device=device))
+                    nll = self.scorer(out.logits[b, keep - 1 - n:keep - 1],
+                                      torch.tensor(row.handle.score_ids, device=device))
                 row.score = (float(nll), n)
         self._merge(out.cache, mask)
         self._rows += rows
@@ -429,17 +429,18 @@ class Generation:
 
 def answer(model, tokenizer, conversations: Sequence[Sequence[dict]], *, max_new_tokens: int = 128,
            batch_size: int = 8, on_batch: Callable[[int], None] | None = None,
-           scored: Sequence[Sequence[dict]] | None = None) -> list[Generation]:
+           scored: Sequence[Sequence[dict]] | None = None, scorer: Callable | None = None) -> list[Generation]:
     """Greedy answers to each conversation, prompted through the chat template (with the assistant header).
 
     `scored`: per conversation, the same conversation with a reference answer as its only trained turn;
-    each answer's `score` is then that reference's loss, computed in the prefill's own pass, or None
+    each answer's `score` is then that reference's loss by `scorer` (see Engine), computed in the prefill's
+    own pass, or None
     where the engine cannot (`Engine.can_score`) or the template does not render the prompt as a prefix of
     the scored conversation (the caller scores those on their own)."""
     from tunesmith.data.render import render_prompt
 
     prompts = [render_prompt(c, tokenizer) for c in conversations]
-    engine = Engine(model, tokenizer, max_batch=batch_size)
+    engine = Engine(model, tokenizer, max_batch=batch_size, scorer=scorer)
     scores = None
     if scored is not None and engine.can_score:
         scores = [_trained_suffix(p, c, tokenizer) for p, c in zip(prompts, scored)]
