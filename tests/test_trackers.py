@@ -151,6 +151,7 @@ def _wandb_records(folder: Path) -> list:
     wandb has no public reader for offline runs: the file is a 7-byte header (':W&B', magic,
     version) and then LevelDB-log chunks (crc32c, length, type) in 32 KiB blocks.
     """
+    from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2
 
     data = next(folder.glob("run-*.wandb")).read_bytes()
@@ -161,10 +162,16 @@ def _wandb_records(folder: Path) -> list:
             pos += block - pos % block
             continue
         length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        if kind == 0 or pos + 7 + length > len(data):  # the tail wandb's writer has not finished (seen on CI)
+            break
         pending += data[pos + 7:pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # a full record, or the last chunk of one
-            records.append(wandb_internal_pb2.Record.FromString(pending))
+            try:
+                records.append(wandb_internal_pb2.Record.FromString(pending))
+            except DecodeError:
+                if pos < len(data):  # only the last record may be half written; one inside the file is a bug
+                    raise
             pending = b""
     return records
 
