@@ -59,21 +59,21 @@ def main() -> None:
     _never_stop(engine)
     messages = [[{"role": "user", "content": p}] for p in PROMPTS]
     _plain_generate(engine, name, messages[0], 4)  # warm-up: the first call of each path pays one-off costs
-    with _server(args.model, "torch", args) as (url, served):
-        rows = _interleaved(engine, name, url, served, messages[:args.prompts], args.max_tokens, "server x1")
+    rows = _server_rows(engine, name, messages, args.model, "torch", "server", args)
+    if args.gguf:
+        more = _server_rows(engine, name, messages, args.gguf, "llamacpp", "llama.cpp", args)
+        rows += [("generate'", *more[0][1:]), *more[1:]]  # the baseline again, measured beside llama.cpp
+    _report(rows, name, args)
+
+
+def _server_rows(engine, name, messages, spec: str, kind: str, label: str, args) -> list[tuple]:
+    """`spec` served on the `kind` engine: generate and one client alternating (x1), then each xN."""
+    with _server(spec, kind, args) as (url, served):
+        rows = _interleaved(engine, name, url, served, messages[:args.prompts], args.max_tokens, f"{label} x1")
         for n in args.clients:
             if n > 1:
-                rows.append((f"server x{n}", *_concurrent(url, served, messages, args.max_tokens, n, args.prompts)))
-    if args.gguf:
-        with _server(args.gguf, "llamacpp", args) as (url, served):
-            more = _interleaved(engine, name, url, served, messages[:args.prompts], args.max_tokens, "llama.cpp x1")
-            more[0] = ("generate'", *more[0][1:])  # the baseline again, measured beside llama.cpp
-            for n in args.clients:
-                if n > 1:
-                    more.append((f"llama.cpp x{n}", *_concurrent(url, served, messages, args.max_tokens, n,
-                                                                 args.prompts)))
-        rows += more
-    _report(rows, name, args)
+                rows.append((f"{label} x{n}", *_concurrent(url, served, messages, args.max_tokens, n, args.prompts)))
+    return rows
 
 
 @contextlib.contextmanager

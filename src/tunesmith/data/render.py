@@ -262,6 +262,19 @@ def _first_trained(r: Rendered) -> int:
     return next((i for i, m in enumerate(r.loss_mask) if m), len(r.input_ids))
 
 
+def trained_continuation(prompt_ids: Sequence[int], rendered: Rendered) -> list[int] | None:
+    """The trained tokens right after `prompt_ids` in `rendered`, when `rendered` is exactly the prompt, then
+    one run of trained tokens, then untrained ones only; else None (a template that tokenizes the boundary
+    differently, or trains elsewhere too)."""
+    n = len(prompt_ids)
+    if rendered.input_ids[:n] != list(prompt_ids) or _first_trained(rendered) != n:
+        return None
+    end = next((i for i in range(n, len(rendered.input_ids)) if not rendered.loss_mask[i]), len(rendered.input_ids))
+    if any(rendered.loss_mask[end:]):
+        return None
+    return rendered.input_ids[n:end]
+
+
 def render_text(text: str, tokenizer, *, max_length: int | None = None) -> Rendered:
     """Plain text (continued pre-training): every token is trained, then end-of-sequence."""
     ids = bos_prefix(tokenizer) + list(tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -434,16 +434,15 @@ def answer(model, tokenizer, conversations: Sequence[Sequence[dict]], *, max_new
 
     `scored`: per conversation, the same conversation with a reference answer as its only trained turn;
     each answer's `score` is then that reference's loss by `scorer` (see Engine), computed in the prefill's
-    own pass, or None
-    where the engine cannot (`Engine.can_score`) or the template does not render the prompt as a prefix of
-    the scored conversation (the caller scores those on their own)."""
-    from tunesmith.data.render import render_prompt
+    own pass, or None where the engine cannot (`Engine.can_score`) or the template does not render the
+    prompt as a prefix of the scored conversation (the caller scores those on their own)."""
+    from tunesmith.data.render import render, render_prompt, trained_continuation
 
     prompts = [render_prompt(c, tokenizer) for c in conversations]
     engine = Engine(model, tokenizer, max_batch=batch_size, scorer=scorer)
     scores = None
     if scored is not None and engine.can_score:
-        scores = [_trained_suffix(p, c, tokenizer) for p, c in zip(prompts, scored)]
+        scores = [trained_continuation(p, render(c, tokenizer)) for p, c in zip(prompts, scored)]
     return generate_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                         on_batch=on_batch, scores=scores, engine=engine)
 
@@ -458,23 +457,6 @@ def generate_ids(model, tokenizer, prompts: Sequence[Sequence[int]], *, max_new_
                              on_done=(lambda i: on_batch(1)) if on_batch else None,
                              scores=[s or () for s in scores] if scores else None)
     return [Generation(e.text.strip(), e.token_ids, e.finish_reason == "stop", e.score) for e in events]
-
-
-def _trained_suffix(prompt_ids: list[int], conversation: Sequence[dict], tokenizer) -> list[int] | None:
-    """The trained tokens right after `prompt_ids` in `conversation`'s rendering, when that rendering is the
-    prompt, then its trained tokens, then untrained ones only (else None: score it the usual way)."""
-    from tunesmith.data.render import render
-
-    rendered = render(conversation, tokenizer)
-    ids, trained, n = rendered.input_ids, rendered.loss_mask, len(prompt_ids)
-    if ids[:n] != prompt_ids or any(trained[:n]):
-        return None
-    end = n
-    while end < len(ids) and trained[end]:
-        end += 1
-    if end == n or any(trained[end:]):
-        return None
-    return ids[n:end]
 
 
 def _generator(device, seed: int | None):
