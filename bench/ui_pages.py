@@ -4,7 +4,7 @@
     python bench/ui_pages.py --runs 1000 --repeat 50
 
 Registers fake runs (a manifest, a config and 40 metric lines each, as tests/ui_helpers.py makes
-them) in a temporary $TUNESMITH_HOME, builds the app in this process and times each page through
+them) and one run with a 500-example compare report in a temporary $TUNESMITH_HOME, builds the app in this process and times each page through
 an in-process client (median and worst of --repeat, after one warm-up); then serves it on a free
 port and times how long an appended metrics line takes to reach a server-sent-events client.
 Targets (issue 16): a page under 300 ms on the 2-core machine, a logged step on the curve within
@@ -98,18 +98,20 @@ def main() -> None:
 
         from tunesmith.serve.server import start_in_thread
         from tunesmith.ui.app import create_app
-        from ui_helpers import fake_run
+        from ui_helpers import fake_report, fake_run
 
         start = time.perf_counter()
         for i in range(args.runs):
             rows = [{"step": s, "split": "train", "loss": 2.0 - s / 100, "tokens_per_s": 900.0} for s in range(1, 41)]
             fake_run(workspace / "runs", f"run-{i:04d}", steps=40, metrics=rows,
                      created=f"2026-11-{1 + i % 28:02d}T{i % 24:02d}:{i % 60:02d}:00")
+        fake_report(workspace / "runs", "big-report", n_examples=500)  # a compare of 500 examples x 5 strategies
         made = time.perf_counter() - start
         app = create_app(workspace, "bench", state_dir=tmp / "jobs")
         client = TestClient(app, base_url="http://127.0.0.1:8765", headers={"Authorization": "Bearer bench"})
         pages = time_pages(client, ["/runs", "/api/runs", "/runs/run-0100", "/api/runs/run-0100/metrics", "/data",
-                                    "/train", "/runs/overlay?name=run-0001&name=run-0002&name=run-0003"], args.repeat)
+                                    "/train", "/runs/overlay?name=run-0001&name=run-0002&name=run-0003",
+                                    "/compare?run=big-report", "/compare?run=big-report&start=450"], args.repeat)
         heavy = sorted(m for m in ("torch", "transformers", "accelerate", "peft") if m in sys.modules)
         rss = rss_mb()
         fake_run(workspace / "runs", "live", status="running", steps=2)

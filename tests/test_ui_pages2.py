@@ -88,33 +88,20 @@ def test_compare_view_marks_significant_differences_and_forgetting():
     assert cell["vs_reference"] == [("same", "Paris.")] and cell["exact"]
 
 
-def test_a_large_report_is_shown_in_pages_of_answers_fast(client, tmp_path):
-    """500 examples x 5 strategies: the metrics at once, the answers (each diffed twice) 50 at a time."""
-    import random
+def test_a_large_report_is_shown_in_pages_of_answers_only(client, tmp_path, monkeypatch):
+    """500 examples x 5 strategies: the metrics at once, the answers (each diffed twice) 50 at a time. What the
+    page costs is counted in diffs, not timed (bench/ui_pages.py times it: target 300 ms)."""
+    import tunesmith.ui.pages.compare as page
+    from ui_helpers import fake_report
 
-    from tunesmith.runs.store import register_run
-    from tunesmith.ui.pages.compare import EXAMPLES_PER_PAGE
-
-    rng = random.Random(0)
-    words = "the permit costs fifty euros and takes two weeks to arrive by post or online".split()
-    say = lambda: " ".join(rng.choice(words) for _ in range(30))  # noqa: E731
-    names = ["base", "prompt", "rag", "tuned", "tuned+rag"]
-    run = tmp_path / "big"
-    (run / "final").mkdir(parents=True)
-    manifest = {"name": "big", "status": "completed", "method": "lora", "base_model": "x"}
-    (run / "manifest.json").write_text(json.dumps(manifest))
-    examples = [{"line": i + 1, "input": f"question {i}", "reference": say(),
-                 "answers": {n: say() for n in names}, "scores": {}} for i in range(500)]
-    report = {"run": "big", "n_examples": 500, "strategies": {n: {"exact_match": 0.0, "loss": 1.0} for n in names},
-              "intervals": {}, "forgetting": {"skipped": "--no-probe"}, "examples": examples}
-    (run / "report.json").write_text(json.dumps(report))
-    register_run(run, manifest)
-    client.get("/compare?run=big")  # the template's first compile is not the page's time
-    started = time.perf_counter()
+    fake_report(tmp_path, "big", n_examples=500)
+    diffs = []
+    real = page.word_diff
+    monkeypatch.setattr(page, "word_diff", lambda a, b: diffs.append(1) or real(a, b))
     html = client.get("/compare?run=big").text
-    seconds = time.perf_counter() - started
-    assert html.count("<td class=\"text answer") == EXAMPLES_PER_PAGE * 5 and "examples 1–50 of 500" in html
-    assert seconds < 1.0, seconds  # the issue's target is 300 ms; ~0.12 s measured on the 2-core machine
+    assert html.count("<td class=\"text answer") == page.EXAMPLES_PER_PAGE * 5 and "examples 1–50 of 500" in html
+    # per shown example: 4 strategies against base, 5 against the reference; none for the 450 not shown
+    assert len(diffs) == page.EXAMPLES_PER_PAGE * 9, len(diffs)
     last = client.get("/compare?run=big&start=450").text
     assert "examples 451–500 of 500" in last and "question 499" in last and "start=400" in last and "next" not in last
 

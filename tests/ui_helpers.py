@@ -139,6 +139,31 @@ def fake_run(runs: Path, name: str, *, status: str = "completed", steps: int = 2
     return paths.dir
 
 
+def fake_report(runs: Path, name: str, n_examples: int = 500) -> Path:
+    """A registered run whose report.json holds `n_examples` x 5 strategies of 30-word answers (what a large
+    compare leaves): tests/test_ui_pages2.py and bench/ui_pages.py page through it."""
+    import json
+    import random
+
+    from tunesmith.runs.store import register_run
+
+    rng = random.Random(0)
+    words = "the permit costs fifty euros and takes two weeks to arrive by post or online".split()
+    say = lambda: " ".join(rng.choice(words) for _ in range(30))  # noqa: E731
+    names = ["base", "prompt", "rag", "tuned", "tuned+rag"]
+    run = runs / name
+    (run / "final").mkdir(parents=True)
+    manifest = {"name": name, "status": "completed", "method": "lora", "base_model": "x"}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    examples = [{"line": i + 1, "input": f"question {i}", "reference": say(),
+                 "answers": {n: say() for n in names}, "scores": {}} for i in range(n_examples)]
+    report = {"run": name, "n_examples": n_examples, "strategies": {n: {"exact_match": 0.0, "loss": 1.0} for n in names},
+              "intervals": {}, "forgetting": {"skipped": "--no-probe"}, "examples": examples}
+    (run / "report.json").write_text(json.dumps(report))
+    register_run(run, manifest)
+    return run
+
+
 def job_with_a_grandchild(pid_file: str) -> None:
     """A job function for tests/test_ui.py: starts a grandchild, writes its pid, and ignores Ctrl-C."""
     import signal
