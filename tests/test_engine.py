@@ -186,6 +186,28 @@ def test_requests_join_a_running_batch_and_leave_it_when_cancelled(tiny):
         assert "".join(e.text for e in events[i]) == _alone(model, tok, prompts[i], sampling).text
 
 
+def test_caches_written_in_place_give_transformers_answers_across_many_regrowths(tiny, monkeypatch):
+    """Each layer writes a step's keys into room reserved ahead (GROW_BY columns); here 3, so 40 tokens regrow
+    the room a dozen times, and rows join, finish and are trimmed in between. Every answer must still be the
+    one transformers' own generate gives (its DynamicCache concatenates), token for token."""
+    import torch
+
+    from tunesmith.models import engine as E
+
+    _, model, tok = tiny
+    monkeypatch.setattr(E, "GROW_BY", 3)  # read when each cache is made
+    prompts = _prompts(tok)
+    budgets = [40, 9, 40, 17, 33, 40]  # rows leave at different steps; the later ones join as they do
+    engine = E.Engine(model, tok, max_batch=3)
+    engine.stop_ids = frozenset()  # every answer runs to its budget
+    mine = engine.generate(prompts, [E.Sampling(max_tokens=n, stop=("\uffff",)) for n in budgets])
+    for prompt, n, event in zip(prompts, budgets, mine):
+        with torch.inference_mode():
+            out = model.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                 temperature=None, top_p=None, top_k=None, pad_token_id=tok.pad_token_id)
+        assert list(event.token_ids) == out[0, len(prompt):].tolist()
+
+
 def test_seeded_sampling_does_not_depend_on_the_batch(tiny):
     from tunesmith.models.engine import Engine, Sampling
 

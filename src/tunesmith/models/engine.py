@@ -21,7 +21,8 @@ plain `generate` at a time (1.8x), while one padded forward of 8 rows costs abou
 (4.6x the tokens); it is built around paged attention and CUDA graphs, and has no per-request
 seed, stop strings or adapters. See bench/serve_throughput.py.
 
-Caches are grown and trimmed in place for full-attention layers (`DynamicLayer`); a model whose
+Caches are grown and trimmed in place for full-attention layers (`DynamicLayer`, each given GROW_BY
+spare columns so a step writes its token instead of copying the whole cache); a model whose
 cache has other layer kinds (sliding windows, linear attention) decodes its requests one at a
 time through the same code, which is correct and unbatched.
 """
@@ -38,6 +39,7 @@ GREEDY_BELOW = 1e-5  # temperatures under this are greedy: dividing by them over
 NUCLEUS_FIRST = 256  # candidates looked at before sorting the whole vocabulary
 SHARED_PREFIX = 32  # tokens the prompts joining together must share before their common prefix runs once
 SCORE_LOGITS = 64 << 20  # logits one prefill of scored requests may hold (rows x kept positions x vocabulary): 256 MB
+GROW_BY = 64  # cache columns a layer reserves ahead, so a decode step writes its token in place
 BASE = "__base__"  # the adapter name that switches a peft model's adapters off for one row (peft's own)
 
 
@@ -266,6 +268,7 @@ class Engine:
             return
         device = self.model.device
         shared, cache = self._shared_prefix(handles)
+        cache = cache if cache is not None else self._new_cache()
         fed = [h.prompt_ids[shared:] + list(h.score_ids) for h in handles]
         width = max(map(len, fed))
         ids = torch.full((len(handles), width), self._pad_id, dtype=torch.long, device=device)
@@ -308,11 +311,25 @@ class Engine:
             return 0, None
         ids = torch.tensor([handles[0].prompt_ids[:shared]], device=self.model.device)
         with torch.inference_mode():
-            cache = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **self._adapter_kwargs(handles[:1])).cache
+            cache = self.model(input_ids=ids, cache=self._new_cache(), use_cache=True, logits_to_keep=1,
+                               **self._adapter_kwargs(handles[:1])).cache
         for layer in cache.layers:
             layer.keys = layer.keys.expand(len(handles), -1, -1, -1).contiguous()
             layer.values = layer.values.expand(len(handles), -1, -1, -1).contiguous()
         return shared, cache
+
+    def _new_cache(self):
+        """An empty cache for a prefill: growing full-attention layers where the batch is merged in place, else
+        None (the model makes its own)."""
+        if not self.batchable:
+            return None
+        from transformers.cache_utils import DynamicCache
+
+        from tunesmith.models.kv_cache import GrowingLayer
+
+        cache = DynamicCache(config=self.model.config)
+        cache.layers = [GrowingLayer(grow_by=GROW_BY) for _ in cache.layers]
+        return cache
 
     @property
     def _pad_id(self) -> int:
