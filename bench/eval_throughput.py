@@ -122,7 +122,7 @@ def _args():
     p.add_argument("--run", default=None, help="run name or folder (default: a 6-step LoRA run on the FAQ)")
     p.add_argument("--examples", type=int, default=50, help="test examples")
     p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=16, help="compare's generation batch")
+    p.add_argument("--batch-size", type=int, default=None, help="compare's generation batch (default: eval.batch_size)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--quick", action="store_true", help="10 examples, 32 new tokens")
     args = p.parse_args()

@@ -135,7 +135,7 @@ class TrainConfig:
 class EvalConfig:
     strategies: list[str] = opt(["base", "prompt", "rag", "tuned", "tuned+rag"], "strategies to compare")
     max_new_tokens: int = opt(128, "longest generated answer, in tokens")
-    batch_size: int = opt(8, "generation batch size")
+    batch_size: int = opt(16, "answers generated together (the engine's batch: one forward pass a token for all)")
     few_shot: int = opt(3, "few-shot examples in the prompt strategy")
     rag_k: int = opt(3, "retrieved examples or chunks in the rag strategies")
     docs: str | None = opt(None, "folder of .txt/.md documents to retrieve from (default: training examples)")
