@@ -4,9 +4,9 @@
     python bench/ui_pages.py --runs 1000 --repeat 50
 
 Registers fake runs (a manifest, a config and 40 metric lines each, as tests/ui_helpers.py makes
-them) and one run with a 500-example compare report in a temporary $TUNESMITH_HOME, builds the app in this process and times each page through
-an in-process client (median and worst of --repeat, after one warm-up); then serves it on a free
-port and times how long an appended metrics line takes to reach a server-sent-events client.
+them) and one run with a 500-example compare report in a temporary $TUNESMITH_HOME, builds the app
+in this process and times each page through an in-process client (median and worst of --repeat,
+after one warm-up); then serves it on a free port and times how long an appended metrics line takes to reach a server-sent-events client.
 Targets (issue 16): a page under 300 ms on the 2-core machine, a logged step on the curve within
 2 s, the idle UI process under 300 MB RSS. Prints the figures, then one JSON line.
 """
